@@ -1,0 +1,1235 @@
+# Copyright 2026 The internvideo3 authors. Licensed under the Apache License, Version 2.0.
+"""InternVideo3: the Qwen3-VL vision tower + a text decoder whose attention is M²LA (multimodal multi-head latent
+attention), with a latent KV cache and absorbed decode.
+
+The file reads top to bottom as the architecture (SPEC §1): outputs -> rotary helpers -> vision tower (patch embed,
+2-D rotary, blocks, merger, DeepStack mergers) -> text blocks (MRoPE, RMSNorm, M²LA attention, MLP, decoder layer)
+-> latent cache -> `PreTrainedModel` base -> vision model -> text model -> multimodal model -> causal-LM heads.
+
+Shape letters used everywhere: B batch, S query length, T cached + current length, H heads, r `kv_lora_rank`,
+d_r `qk_rope_head_dim`, d_n `qk_nope_head_dim`, d_v `v_head_dim`, D hidden size, N vision patches.
+
+Shipped as Hub remote code (SPEC §8): top-level imports are torch and transformers only; sibling files are imported
+relatively (flat), with a fallback for a source checkout.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+
+try:  # Hub export / checkpoint folder: flat sibling files
+    from .configuration_internvideo3 import InternVideo3Config, InternVideo3TextConfig, InternVideo3VisionConfig
+except ImportError:  # source checkout with the repository root on sys.path
+    from configuration_internvideo3 import InternVideo3Config, InternVideo3TextConfig, InternVideo3VisionConfig
+
+try:
+    from .latent_attention import latent_attention_decode
+except ImportError:
+    from kernels.latent_attention import latent_attention_decode
+
+try:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # very old transformers: plain module, no checkpointing wrapper
+    GradientCheckpointingLayer = nn.Module
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InternVideo3CausalLMOutputWithPast(ModelOutput):
+    """Output of `InternVideo3ForConditionalGeneration.forward`.
+
+    loss: scalar next-token cross entropy when `labels` are given. logits: [B, S, vocab] (or the kept positions).
+    past_key_values: the `InternVideo3LatentCache`. hidden_states: tuple of [B, S, D] when asked for.
+    rope_deltas: [B, 1] long, MRoPE position of the next token minus the (padded) sequence length (SPEC §5.4).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    rope_deltas: torch.LongTensor | None = None
+
+
+@dataclass
+class InternVideo3VisionOutput(ModelOutput):
+    """Vision tower output: merged embeddings [N/4, D_text] and one DeepStack feature set [N/4, D_text] per index."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    deepstack_features: list[torch.FloatTensor] | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rotary helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [-x2, x1] on the last axis (rotate-half RoPE layout)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def deinterleave_rope_channels(x: torch.Tensor) -> torch.Tensor:
+    """Pair-interleaved -> rotate-half layout: [x0, x1, ..., x127] -> [x0, x2, ..., x126, x1, x3, ..., x127] (SPEC §5.3).
+
+    The stored q_pe/k_pe weight rows (2j, 2j+1) form the rotation pair of frequency j (DeepSeek-V3 `rope_interleave`).
+    """
+    *lead, d = x.shape
+    return x.view(*lead, d // 2, 2).transpose(-1, -2).reshape(*lead, d)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate `x` [..., S, d_r] by cos/sin [B, 1, S, d_r] in fp32; returns the rotate-half layout in x's dtype."""
+    dtype = x.dtype
+    x = x.float()
+    if interleaved:
+        x = deinterleave_rope_channels(x)
+    return (x * cos + rotate_half(x) * sin).to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Vision tower (Qwen3-VL, unchanged: SPEC §6)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class InternVideo3VisionPatchEmbed(nn.Module):
+    """Conv3d(C -> D_v, kernel = stride = (temporal_patch, patch, patch)): rows of C·T·P·P pixels -> [N, D_v]."""
+
+    def __init__(self, config: InternVideo3VisionConfig):
+        super().__init__()
+        self.in_channels = config.in_channels
+        self.temporal_patch_size = config.temporal_patch_size
+        self.patch_size = config.patch_size
+        kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
+        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel_size=kernel, stride=kernel, bias=True)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = pixel_values.view(-1, self.in_channels, self.temporal_patch_size, self.patch_size, self.patch_size)
+        return self.proj(x.to(self.proj.weight.dtype)).flatten(1)  # [N, D_v]
+
+
+class InternVideo3VisionMLP(nn.Module):
+    def __init__(self, config: InternVideo3VisionConfig):
+        super().__init__()
+        self.linear_fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.linear_fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_fc2(self.act_fn(self.linear_fc1(x)))
+
+
+class InternVideo3VisionPatchMerger(nn.Module):
+    """2×2 patch merger: LayerNorm, view 4 patches as one row of 4·D_v, MLP with exact GELU -> D_text (SPEC §6).
+
+    `use_postshuffle_norm=True` (the DeepStack mergers) normalises after the 4-patch view instead of before.
+    """
+
+    def __init__(self, config: InternVideo3VisionConfig, use_postshuffle_norm: bool = False):
+        super().__init__()
+        self.hidden_size = config.hidden_size * config.spatial_merge_size**2
+        self.use_postshuffle_norm = use_postshuffle_norm
+        self.norm = nn.LayerNorm(self.hidden_size if use_postshuffle_norm else config.hidden_size, eps=1e-6)
+        self.linear_fc1 = nn.Linear(self.hidden_size, self.hidden_size)
+        self.act_fn = nn.GELU()
+        self.linear_fc2 = nn.Linear(self.hidden_size, config.out_hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_postshuffle_norm:
+            x = self.norm(x.view(-1, self.hidden_size))
+        else:
+            x = self.norm(x).view(-1, self.hidden_size)
+        return self.linear_fc2(self.act_fn(self.linear_fc1(x)))  # [N/4, D_text]
+
+
+class InternVideo3VisionAttention(nn.Module):
+    """Non-causal attention within each temporal patch (cu_seqlens segments), fused qkv, 2-D rotary (SPEC §6)."""
+
+    def __init__(self, config: InternVideo3VisionConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_heads
+        self.head_dim = config.hidden_size // config.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: list[int], cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        N = x.shape[0]
+        q, k, v = self.qkv(x).view(N, 3, self.num_heads, self.head_dim).unbind(1)  # each [N, H, d]
+        dtype = q.dtype
+        # Rotary in fp32 as Qwen3-VL does, so bf16 runs match it.
+        q = (q.float() * cos[:, None] + rotate_half(q.float()) * sin[:, None]).to(dtype)
+        k = (k.float() * cos[:, None] + rotate_half(k.float()) * sin[:, None]).to(dtype)
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, N, d]
+        attention = VISION_ATTENTION_FUNCTIONS.get(self.config._attn_implementation, sdpa_attention)
+        outputs = []
+        for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+            outputs.append(
+                attention(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], None, self.scaling, False)
+            )
+        out = torch.cat(outputs, dim=1)  # [1, N, H, d]
+        return self.proj(out.reshape(N, -1))
+
+
+class InternVideo3VisionBlock(GradientCheckpointingLayer):
+    """Pre-LN ViT block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: InternVideo3VisionConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=1e-6)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=1e-6)
+        self.attn = InternVideo3VisionAttention(config)
+        self.mlp = InternVideo3VisionMLP(config)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: list[int], cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cu_seqlens, cos, sin)
+        return x + self.mlp(self.norm2(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Attention functions (one table; eager and SDPA)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def eager_attention(query, key, value, attention_mask, scaling, is_causal, dropout=0.0, training=False):
+    """softmax(Q Kᵀ·scale + mask) V in fp32 softmax.
+
+    query [B, H, S, d_qk], key [B, H, T, d_qk], value [B, H, T, d_v]; attention_mask None or bool [B, 1|H, S, T]
+    (True = attend). Returns [B, S, H, d_v].
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scaling
+    S, T = query.shape[-2], key.shape[-2]
+    if is_causal:
+        causal = torch.ones(S, T, dtype=torch.bool, device=query.device).tril(T - S)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    probs = F.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs, value).transpose(1, 2)
+
+
+def sdpa_attention(query, key, value, attention_mask, scaling, is_causal, dropout=0.0, training=False):
+    """`torch.nn.functional.scaled_dot_product_attention` with the same contract as `eager_attention`."""
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout if training else 0.0,
+        is_causal=is_causal and attention_mask is None,
+        scale=scaling,
+    )
+    return out.transpose(1, 2)
+
+
+ATTENTION_FUNCTIONS: dict[str, Callable] = {"eager": eager_attention, "sdpa": sdpa_attention}
+VISION_ATTENTION_FUNCTIONS = ATTENTION_FUNCTIONS
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text decoder: MRoPE, RMSNorm, M²LA attention, MLP (SPEC §4-§5)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class InternVideo3TextRotaryEmbedding(nn.Module):
+    """Interleaved MRoPE (SPEC §5.1-5.2): position_ids [3, B, S] (T, H, W) -> cos, sin [B, S, d_r] in fp32.
+
+    inv_freq[j] = theta ** (-2j / d_r). Frequency slot j takes its angle from H if j % 3 == 1 and j < 3·section[1],
+    from W if j % 3 == 2 and j < 3·section[2], else from T. Text-only positions (equal rows) reduce to 1-D RoPE.
+    `inv_freq` is recomputed from the config (not a buffer), so meta-device loading never leaves it unset.
+    """
+
+    def __init__(self, config: InternVideo3TextConfig):
+        super().__init__()
+        self.dim = config.qk_rope_head_dim
+        self.theta = config.rope_theta
+        self.mrope_section = list(config.mrope_section)
+        self.interleaved = config.mrope_interleaved
+
+    def inv_freq(self, device) -> torch.Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.float, device=device) / self.dim))
+
+    def axis_of_frequency(self, device) -> torch.Tensor:
+        """[d_r / 2] long: which position axis (0 T, 1 H, 2 W) drives each frequency."""
+        j = torch.arange(self.dim // 2, device=device)
+        axis = torch.zeros_like(j)
+        if self.interleaved:
+            for a in (1, 2):
+                axis[(j % 3 == a) & (j < 3 * self.mrope_section[a])] = a
+        else:  # chunked [TTT..HHH..WWW] (Qwen2-VL style)
+            t, h = self.mrope_section[0], self.mrope_section[1]
+            axis[t : t + h] = 1
+            axis[t + h : t + h + self.mrope_section[2]] = 2
+        return axis
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if position_ids.ndim == 2:
+            position_ids = position_ids[None].expand(3, -1, -1)
+        device = position_ids.device
+        freqs = position_ids[..., None].float() * self.inv_freq(device)  # [3, B, S, d_r/2]
+        axis = self.axis_of_frequency(device)
+        freqs = torch.gather(freqs, 0, axis.view(1, 1, 1, -1).expand(1, *freqs.shape[1:]))[0]  # [B, S, d_r/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+class InternVideo3RMSNorm(nn.Module):
+    """RMSNorm in fp32: weight · x / sqrt(mean(x²) + eps)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(dtype)
+
+
+class InternVideo3TextMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: InternVideo3TextConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class InternVideo3TextAttention(nn.Module):
+    """M²LA: multi-head latent attention with one shared RoPE key (SPEC §3-§4).
+
+    Weights (checkpoint names are a public contract, SPEC §3):
+        q_proj              [H·(d_n+d_r), D] (+bias): per head rows [0:d_n] q_nope, [d_n:] q_pe
+        kv_a_proj_with_mqa  [r+d_r, D] (+bias):      rows [0:r] latent c, rows [r:] shared k_pe
+        kv_a_layernorm      [r] only if the checkpoint has it (the released model has none)
+        kv_b_proj           [H·(d_n+d_v), r]:        per head rows [0:d_n] W_UK, [d_n:] W_UV (no bias: absorption)
+        o_proj              [D, H·d_v]
+
+    The cache stores per token only [c (r) | k_pe after RoPE (d_r)] (keys = c [B, 1, T, r], values = k_pe
+    [B, 1, T, d_r]). Prefill/training expands K/V; a short query over a longer cache is absorbed (SPEC §4):
+    q_lat = q_nope·W_UK, scores = (q_lat·cᵀ + q_pe·k_peᵀ)·scale, o = softmax(scores)·c·W_UV, so past tokens are
+    never re-expanded to per-head K/V.
+    """
+
+    def __init__(self, config: InternVideo3TextConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.qk_nope_head_dim = config.qk_nope_head_dim
+        self.qk_rope_head_dim = config.qk_rope_head_dim
+        self.v_head_dim = config.v_head_dim
+        self.qk_head_dim = config.qk_nope_head_dim + config.qk_rope_head_dim
+        self.kv_lora_rank = config.layer_kv_lora_rank(layer_idx)
+        self.scaling = config.softmax_scale
+        self.rope_interleave = config.rope_interleave
+        self.attention_dropout = config.attention_dropout
+        H, r = self.num_heads, self.kv_lora_rank
+
+        self.q_proj = nn.Linear(config.hidden_size, H * self.qk_head_dim, bias=config.attention_bias)
+        self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, r + self.qk_rope_head_dim, bias=config.attention_bias)
+        self.kv_a_layernorm = InternVideo3RMSNorm(r, eps=config.rms_norm_eps) if config.qk_latent_layernorm else None
+        self.kv_b_proj = nn.Linear(r, H * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(H * self.v_head_dim, config.hidden_size, bias=False)
+
+        # Absorb while it costs fewer FLOPs than expanding the cache: per query token absorbed attention costs
+        # H·T·(2r + d_r) against the expansion's T·r·H·(d_n + d_v) shared by all S queries plus H·T·(d_qk + d_v)
+        # per query, so absorb when S < r·(d_n + d_v) / (2r + d_r - d_qk - d_v) (149 for the 8B widths).
+        denominator = max(2 * r + self.qk_rope_head_dim - self.qk_head_dim - self.v_head_dim, 1)
+        self.absorb_max_query_len = max(1, (r * (self.qk_nope_head_dim + self.v_head_dim)) // denominator)
+
+    def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK [H, d_n, r] and W_UV [H, d_v, r], views of `kv_b_proj.weight` (SPEC §4)."""
+        w = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        return w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None = None,
+        is_causal: bool = False,
+        **kwargs,
+    ) -> torch.Tensor:
+        """hidden_states [B, S, D] -> [B, S, D]. attention_mask: None or bool [B, 1, S, T] (True = attend)."""
+        B, S, _ = hidden_states.shape
+        H, r, d_n, d_r = self.num_heads, self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim
+        cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # [B, 1, S, d_r]
+
+        q = self.q_proj(hidden_states).view(B, S, H, self.qk_head_dim).transpose(1, 2)  # [B, H, S, d_n + d_r]
+        q_nope, q_pe = q.split([d_n, d_r], dim=-1)  # [B, H, S, d_n], [B, H, S, d_r]
+        ckv = self.kv_a_proj_with_mqa(hidden_states)  # [B, S, r + d_r]
+        latent, k_pe = ckv.split([r, d_r], dim=-1)  # [B, S, r], [B, S, d_r]
+        if self.kv_a_layernorm is not None:
+            latent = self.kv_a_layernorm(latent)
+        latent = latent.unsqueeze(1)  # [B, 1, S, r]
+        q_pe = apply_rope(q_pe, cos, sin, self.rope_interleave)  # [B, H, S, d_r]
+        k_pe = apply_rope(k_pe.unsqueeze(1), cos, sin, self.rope_interleave)  # [B, 1, S, d_r]
+
+        if past_key_values is not None:
+            # Cache layout (SPEC §4): keys = latent c [B, 1, T, r], values = rotated k_pe [B, 1, T, d_r].
+            latent, k_pe = past_key_values.update(latent, k_pe, self.layer_idx)
+        T = latent.shape[-2]
+
+        if T > S and S <= self.absorb_max_query_len:
+            attn_output = self._absorbed(q_nope, q_pe, latent, k_pe, attention_mask)
+        else:
+            attn_output = self._expanded(q_nope, q_pe, latent, k_pe, attention_mask, is_causal)
+        return self.o_proj(attn_output.reshape(B, S, H * self.v_head_dim))
+
+    def _expanded(self, q_nope, q_pe, latent, k_pe, attention_mask, is_causal):
+        """Expand c to per-head K/V for all T tokens (prefill/training). Returns [B, S, H, d_v]."""
+        B, H, S, _ = q_nope.shape
+        T = latent.shape[-2]
+        kv = self.kv_b_proj(latent[:, 0]).view(B, T, H, self.qk_nope_head_dim + self.v_head_dim).transpose(1, 2)
+        k_nope, value = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)  # [B, H, T, d_n], [B, H, T, d_v]
+        key = torch.cat((k_nope, k_pe.expand(B, H, T, self.qk_rope_head_dim)), dim=-1)  # [B, H, T, d_n + d_r]
+        query = torch.cat((q_nope, q_pe), dim=-1)  # [B, H, S, d_n + d_r]
+        attention = ATTENTION_FUNCTIONS.get(self.config._attn_implementation, sdpa_attention)
+        return attention(
+            query, key, value, attention_mask, self.scaling, is_causal, self.attention_dropout, self.training
+        )
+
+    def _absorbed(self, q_nope, q_pe, latent, k_pe, attention_mask):
+        """Weight-absorbed attention over the latent cache (SPEC §4). Returns [B, S, H, d_v]."""
+        w_uk, w_uv = self.absorbed_weights()  # [H, d_n, r], [H, d_v, r]
+        # einsum letters: b batch, h head, s query, d per-head width, c latent channel.
+        q_lat = torch.einsum("bhsd,hdc->bhsc", q_nope, w_uk)  # [B, H, S, r]
+        o_lat = latent_attention_decode(q_lat, q_pe, latent[:, 0], k_pe[:, 0], self.scaling, attention_mask)
+        out = torch.einsum("bhsc,hdc->bhsd", o_lat, w_uv)  # [B, H, S, d_v]
+        return out.transpose(1, 2)
+
+
+class InternVideo3TextDecoderLayer(GradientCheckpointingLayer):
+    """RMSNorm -> M²LA attention -> residual -> RMSNorm -> SwiGLU -> residual."""
+
+    def __init__(self, config: InternVideo3TextConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = InternVideo3TextAttention(config, layer_idx)
+        self.mlp = InternVideo3TextMLP(config)
+        self.input_layernorm = InternVideo3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = InternVideo3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, is_causal=False):
+        hidden_states = hidden_states + self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values, is_causal
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Latent KV cache
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class InternVideo3LatentCache(Cache):
+    """KV cache holding, per layer and token, only the latent c (r values) and the rotated shared k_pe (d_r values).
+
+    Layout (SPEC §4, §8): one `DynamicLayer` per decoder layer with keys = c [B, 1, T, r] and values = k_pe
+    [B, 1, T, d_r]. That is (r + d_r) values per token per layer: 1024 for the 8B model, 73,728 bytes/token in bf16
+    over 36 layers, half of Qwen3-VL-8B's GQA cache (2·8·128 per layer, 147,456 bytes/token). Because the layers are
+    transformers' own, `crop`, `reorder_cache` (beam search), `batch_select_indices`, `batch_repeat_interleave` and
+    offloading work unchanged.
+
+    Args:
+        config: an `InternVideo3Config` or `InternVideo3TextConfig` (the number of layers is read from it).
+        num_hidden_layers: alternative to `config`.
+        offloading: move layers to CPU between uses (transformers' offloading).
+    """
+
+    def __init__(self, config=None, num_hidden_layers: int | None = None, offloading: bool = False, **kwargs):
+        text_config = config.get_text_config() if config is not None else None
+        if num_hidden_layers is None:
+            if text_config is None:
+                raise ValueError("InternVideo3LatentCache needs `config` or `num_hidden_layers`")
+            num_hidden_layers = text_config.num_hidden_layers
+        super().__init__(layers=[DynamicLayer() for _ in range(num_hidden_layers)], offloading=offloading)
+
+    def _stored(self):
+        for layer in self.layers:
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if keys is not None and keys.numel():
+                yield keys, values
+
+    def nbytes(self) -> int:
+        """Bytes of every tensor the cache holds, summed over layers (int, bytes)."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self._stored())
+
+    def bytes_per_token(self) -> float:
+        """Measured cache bytes per token and sequence: nbytes / (batch · cached tokens). 0.0 when empty."""
+        tokens = self.get_seq_length()
+        stored = list(self._stored())
+        if not tokens or not stored:
+            return 0.0
+        return self.nbytes() / (stored[0][0].shape[0] * tokens)
+
+    def values_per_token_per_layer(self) -> list[int]:
+        """Per layer, the values stored per token: r_l + d_r (the layout check of SPEC §4)."""
+        return [k.shape[-1] + v.shape[-1] for k, v in self._stored()]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pre-trained model base
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _is_transformers_v5_tied_weights_api() -> bool:
+    """transformers 5.x declares `_tied_weights_keys` as {target: source}; 4.x as a list of targets."""
+    return hasattr(PreTrainedModel, "get_expanded_tied_weights_keys")
+
+
+_LM_HEAD_TIE = (
+    {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    if _is_transformers_v5_tied_weights_api()
+    else ["lm_head.weight"]
+)
+_TEXT_LM_HEAD_TIE = {"lm_head.weight": "model.embed_tokens.weight"} if isinstance(_LM_HEAD_TIE, dict) else ["lm_head.weight"]
+
+# Keys of one M²LA layer whose presence decides the attention modules (SPEC §3).
+_ATTENTION_KEY_SUFFIXES = (
+    "q_proj.weight",
+    "q_proj.bias",
+    "kv_a_proj_with_mqa.weight",
+    "kv_a_proj_with_mqa.bias",
+    "kv_a_layernorm.weight",
+    "kv_b_proj.weight",
+    "o_proj.weight",
+)
+
+
+_ATTENTION_KEY_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.(.+)$")
+
+
+def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, list[int]]:
+    """{tensor name: shape} of a safetensors checkpoint, from its headers only (no weights are read).
+
+    `path` is a local folder or a Hub repo id (then `huggingface_hub.get_safetensors_metadata` reads the remote
+    headers). Returns {} when no safetensors files can be found (e.g. a `.bin` checkpoint).
+    """
+    path = str(path)
+    subfolder = hub_kwargs.get("subfolder") or ""
+    folder = os.path.join(path, subfolder)
+    if os.path.isdir(folder):
+        from safetensors import safe_open
+
+        index = os.path.join(folder, "model.safetensors.index.json")
+        if os.path.isfile(index):
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        else:
+            files = [name for name in os.listdir(folder) if name.endswith(".safetensors")]
+        shapes = {}
+        for name in files:
+            with safe_open(os.path.join(folder, name), framework="pt") as f:
+                for key in f.keys():
+                    shapes[key] = list(f.get_slice(key).get_shape())
+        return shapes
+    try:
+        from huggingface_hub import get_safetensors_metadata
+
+        metadata = get_safetensors_metadata(
+            path, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token")
+        )
+    except Exception:  # offline, gated or not a safetensors repo: fall back to the config's flags
+        return {}
+    return {name: list(info.shape) for file in metadata.files_metadata.values() for name, info in file.tensors.items()}
+
+
+def adapt_text_config_to_checkpoint(text_config: InternVideo3TextConfig, shapes: dict) -> None:
+    """Decide attention biases, the latent norm and per-layer ranks from checkpoint keys (SPEC §3 "verify").
+
+    The released `config.json` may say `attention_bias: false` or `qk_latent_layernorm: true` while the weights
+    disagree: the weights win. Mutates `text_config`.
+
+    Raises:
+        ValueError: layers disagree on which attention tensors exist, or `q_proj`/`kv_b_proj` are missing.
+    """
+    layers = {}
+    for key, shape in shapes.items():
+        match = _ATTENTION_KEY_PATTERN.search(key)
+        if match and "visual." not in key:
+            layers.setdefault(int(match.group(1)), {})[match.group(2)] = shape
+    if not layers:
+        return
+    signatures = {i: frozenset(k for k in keys if k in _ATTENTION_KEY_SUFFIXES) for i, keys in layers.items()}
+    first = signatures[min(signatures)]
+    odd = sorted(i for i, s in signatures.items() if s != first)
+    if odd:
+        raise ValueError(f"attention tensors differ between layers {min(signatures)} and {odd}: cannot build one layout")
+    missing = {"q_proj.weight", "kv_a_proj_with_mqa.weight", "kv_b_proj.weight", "o_proj.weight"} - first
+    if missing:
+        raise ValueError(f"checkpoint lacks M²LA attention tensors {sorted(missing)} in layer {min(layers)}")
+    text_config.attention_bias = "q_proj.bias" in first
+    text_config.qk_latent_layernorm = "kv_a_layernorm.weight" in first
+    ranks = [layers[i]["kv_a_proj_with_mqa.weight"][0] - text_config.qk_rope_head_dim for i in sorted(layers)]
+    if len(ranks) == text_config.num_hidden_layers:
+        if len(set(ranks)) == 1:
+            text_config.kv_lora_rank, text_config.kv_lora_rank_list = ranks[0], None
+        else:
+            text_config.kv_lora_rank_list = ranks
+    text_config.validate_m2la()
+
+
+class InternVideo3PreTrainedModel(PreTrainedModel):
+    """Base class: weight init, capabilities, and a `from_pretrained` that sizes attention from the checkpoint."""
+
+    config_class = InternVideo3Config
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["InternVideo3TextDecoderLayer", "InternVideo3VisionBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = False  # V (128) and Q/K (256) widths differ, and the absorbed path is our own
+    _supports_flash_attn_2 = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+    _supports_cache_class = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus: attention biases, the latent norm and per-layer ranks come from the
+        checkpoint's keys (SPEC §3), and any missing or unexpected weight raises `ValueError` naming the keys.
+
+        Raises:
+            ValueError: missing or unexpected keys after loading, or inconsistent attention tensors.
+        """
+        config = kwargs.pop("config", None)
+        hub_keys = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+        hub_kwargs = {k: kwargs[k] for k in hub_keys if k in kwargs}
+        if not isinstance(config, cls.config_class):
+            config = cls.config_class.from_pretrained(
+                config if config is not None else pretrained_model_name_or_path, **hub_kwargs
+            )
+        config = copy.deepcopy(config)
+        shapes = read_checkpoint_shapes(pretrained_model_name_or_path, **hub_kwargs)
+        adapt_text_config_to_checkpoint(config.get_text_config(), shapes)
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, config=config, output_loading_info=True, **kwargs
+        )
+        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        problems = {k: v for k, v in problems.items() if v}
+        if problems:
+            raise ValueError(f"{cls.__name__}.from_pretrained({pretrained_model_name_or_path!r}): {problems}")
+        return (model, info) if want_info else model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Vision model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class InternVideo3VisionModel(InternVideo3PreTrainedModel):
+    """Qwen3-VL ViT: patch embed + interpolated learned positions + 2-D rotary + blocks + merger + DeepStack (SPEC §6).
+
+    forward(pixel_values [N, C·T·P·P] float, grid_thw [n, 3] long) -> `InternVideo3VisionOutput` with merged
+    embeddings [N/4, D_text] and `len(deepstack_visual_indexes)` DeepStack features [N/4, D_text].
+    """
+
+    config_class = InternVideo3VisionConfig
+    _no_split_modules = ["InternVideo3VisionBlock"]
+
+    def __init__(self, config: InternVideo3VisionConfig):
+        super().__init__(config)
+        self.spatial_merge_size = config.spatial_merge_size
+        self.patch_embed = InternVideo3VisionPatchEmbed(config)
+        self.pos_embed = nn.Embedding(config.num_position_embeddings, config.hidden_size)
+        self.num_grid_per_side = int(round(config.num_position_embeddings**0.5))
+        self.blocks = nn.ModuleList([InternVideo3VisionBlock(config) for _ in range(config.depth)])
+        self.merger = InternVideo3VisionPatchMerger(config, use_postshuffle_norm=False)
+        self.deepstack_visual_indexes = list(config.deepstack_visual_indexes)
+        self.deepstack_merger_list = nn.ModuleList(
+            [InternVideo3VisionPatchMerger(config, use_postshuffle_norm=True) for _ in self.deepstack_visual_indexes]
+        )
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _merge_order(self, x: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
+        """[t·h·w, ...] in raster order -> merge-block order (t, h/2, w/2, 2, 2)."""
+        m = self.spatial_merge_size
+        return x.view(t, h // m, m, w // m, m, -1).permute(0, 1, 3, 2, 4, 5).reshape(t * h * w, -1)
+
+    def position_embeddings(self, grid_thw: list[list[int]], dtype) -> torch.Tensor:
+        """Learned 48×48 grid bilinearly resampled to each (h, w) with corner-aligned linspace(0, 47, n). [N, D_v]."""
+        side = self.num_grid_per_side
+        weight = self.pos_embed.weight.view(side, side, -1)
+        out = []
+        for t, h, w in grid_thw:
+            hs = torch.linspace(0, side - 1, h, device=weight.device)
+            ws = torch.linspace(0, side - 1, w, device=weight.device)
+            h0, w0 = hs.long(), ws.long()
+            h1, w1 = (h0 + 1).clamp(max=side - 1), (w0 + 1).clamp(max=side - 1)
+            dh, dw = (hs - h0)[:, None], (ws - w0)[None, :]
+            corners = ((h0, w0, (1 - dh) * (1 - dw)), (h0, w1, (1 - dh) * dw), (h1, w0, dh * (1 - dw)), (h1, w1, dh * dw))
+            grid = sum(weight[r][:, c] * wt.to(weight.dtype)[..., None] for r, c, wt in corners)  # [h, w, D_v]
+            out.append(self._merge_order(grid.to(dtype).reshape(1, h * w, -1).expand(t, -1, -1), t, h, w))
+        return torch.cat(out)
+
+    def rotary_embeddings(self, grid_thw: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """2-D rotary: 1/4 of head_dim frequencies per axis (theta 10000) from (row, col) -> cos, sin [N, head_dim]."""
+        head_dim = self.config.hidden_size // self.config.num_heads
+        dim = head_dim // 2
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
+        coords = []
+        for t, h, w in grid_thw:
+            rows = torch.arange(h, device=device)[:, None].expand(h, w)
+            cols = torch.arange(w, device=device)[None, :].expand(h, w)
+            rc = torch.stack((rows, cols), dim=-1).reshape(1, h * w, 2).expand(t, -1, -1)
+            coords.append(self._merge_order(rc, t, h, w))
+        coords = torch.cat(coords).float()  # [N, 2]
+        freqs = (coords[..., None] * inv_freq).flatten(1)  # [N, dim]: rows' frequencies then columns'
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> InternVideo3VisionOutput:
+        grid = [[int(v) for v in row] for row in grid_thw.tolist()]
+        x = self.patch_embed(pixel_values)
+        x = x + self.position_embeddings(grid, x.dtype)
+        cos, sin = self.rotary_embeddings(grid, x.device)
+        # Attention runs within each temporal patch: one segment of h·w patches per frame group.
+        cu_seqlens = [0]
+        for t, h, w in grid:
+            cu_seqlens.extend([h * w] * t)
+        cu_seqlens = torch.tensor(cu_seqlens).cumsum(0).tolist()
+        deepstack = []
+        for idx, block in enumerate(self.blocks):
+            x = block(x, cu_seqlens, cos, sin)
+            if idx in self.deepstack_visual_indexes:
+                deepstack.append(self.deepstack_merger_list[self.deepstack_visual_indexes.index(idx)](x))
+        return InternVideo3VisionOutput(last_hidden_state=self.merger(x), deepstack_features=deepstack)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Text model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_attention_mask(
+    attention_mask: torch.Tensor | None, batch: int, query_len: int, past_len: int, device
+) -> tuple[torch.Tensor | None, bool]:
+    """Bool mask [B, 1, S, T] (True = attend) from a 2-D padding mask, or (None, is_causal) when none is needed.
+
+    attention_mask: None, [B, T] of 0/1 (T = past_len + S), or an already-built 4-D mask (bool, or additive float
+    where 0 = attend). Rows with no visible key (left-padding queries) attend everywhere so no NaN appears; their
+    outputs are never used.
+
+    Raises:
+        ValueError: a 2-D mask whose length is not past_len + S.
+    """
+    total = past_len + query_len
+    if attention_mask is not None and attention_mask.ndim == 4:
+        mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+        return mask[..., -total:] if mask.shape[-1] > total else mask, False
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if attention_mask is not None and attention_mask.shape[-1] != total:
+        raise ValueError(f"attention_mask has {attention_mask.shape[-1]} columns, expected past {past_len} + new {query_len}")
+    if not padded:
+        if query_len == 1:
+            return None, False
+        if past_len == 0:
+            return None, True
+    keys = torch.arange(total, device=device)
+    queries = torch.arange(past_len, total, device=device)
+    mask = (keys[None, :] <= queries[:, None])[None, None]  # [1, 1, S, T]
+    if padded:
+        mask = mask & attention_mask.bool().to(device)[:, None, None, :]
+    mask = mask | ~mask.any(-1, keepdim=True)
+    return mask.expand(batch, 1, query_len, total), False
+
+
+class InternVideo3TextModel(InternVideo3PreTrainedModel):
+    """Token embedding + M²LA decoder layers + final RMSNorm, with DeepStack injection after the first layers.
+
+    forward(input_ids [B, S] | inputs_embeds [B, S, D], attention_mask [B, T], position_ids [3, B, S] | [B, S],
+    past_key_values, visual_pos_masks [B, S] bool, deepstack_visual_embeds list of [n_visual, D])
+    -> BaseModelOutputWithPast(last_hidden_state [B, S, D], past_key_values, hidden_states).
+    """
+
+    config_class = InternVideo3TextConfig
+    _no_split_modules = ["InternVideo3TextDecoderLayer"]
+
+    def __init__(self, config: InternVideo3TextConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [InternVideo3TextDecoderLayer(config, i) for i in range(config.num_hidden_layers)]
+        )
+        self.norm = InternVideo3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = InternVideo3TextRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        visual_pos_masks: torch.Tensor | None = None,
+        deepstack_visual_embeds: list[torch.Tensor] | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = InternVideo3LatentCache(self.config)
+        if not use_cache:
+            past_key_values = None
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        B, S, _ = inputs_embeds.shape
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = text_position_ids(attention_mask, B, S, past_len, inputs_embeds.device)
+        mask, is_causal = build_attention_mask(attention_mask, B, S, past_len, inputs_embeds.device)
+        position_embeddings = self.rotary_emb(position_ids)
+
+        hidden_states = inputs_embeds
+        all_hidden = [] if output_hidden_states else None
+        for idx, layer in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            hidden_states = layer(hidden_states, position_embeddings, mask, past_key_values, is_causal)
+            if deepstack_visual_embeds is not None and idx < len(deepstack_visual_embeds):
+                # DeepStack (SPEC §6): add the idx-th visual feature set at visual positions after layer idx.
+                hidden_states = hidden_states.clone()
+                hidden_states[visual_pos_masks] += deepstack_visual_embeds[idx].to(hidden_states.dtype)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        )
+
+
+def text_position_ids(attention_mask, batch, query_len, past_len, device) -> torch.Tensor:
+    """1-D positions [B, S] for text: count of real tokens before each one (left padding skips pads)."""
+    if attention_mask is not None and attention_mask.ndim == 2:
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.clamp(min=0)[:, -query_len:].to(device)
+    return (torch.arange(past_len, past_len + query_len, device=device))[None].expand(batch, -1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Multimodal model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class InternVideo3Model(InternVideo3PreTrainedModel):
+    """Vision tower (`visual`) + M²LA text decoder (`language_model`), with placeholder injection and MRoPE positions."""
+
+    def __init__(self, config: InternVideo3Config):
+        super().__init__(config)
+        self.visual = InternVideo3VisionModel._from_config(config.vision_config)
+        self.language_model = InternVideo3TextModel._from_config(config.text_config)
+        self.rope_deltas = None  # [B, 1], set at prefill, used while decoding (SPEC §5.4)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.language_model.embed_tokens = value
+
+    def get_video_features(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.LongTensor):
+        """Vision features for videos: (embeds [N/4, D], deepstack list of [N/4, D])."""
+        return self.get_image_features(pixel_values_videos, video_grid_thw)
+
+    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor):
+        """Vision features for images: (embeds [N/4, D], deepstack list of [N/4, D])."""
+        out = self.visual(pixel_values.to(self.visual.dtype), image_grid_thw)
+        return out.last_hidden_state, out.deepstack_features
+
+    def get_rope_index(
+        self,
+        input_ids: torch.LongTensor,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """3-D MRoPE positions as Qwen3-VL's `get_rope_index` (SPEC §5.4).
+
+        Text advances all three axes by one per token; each image, and each video frame group (its own
+        `<|vision_start|>…<|vision_end|>` segment, grid (1, h/2, w/2)), is placed at (0, row, col) + offset; the next
+        text starts at max + 1. Padding (attention_mask == 0) is skipped and gets position 1.
+
+        Returns:
+            position_ids [3, B, S] long, rope_deltas [B, 1] long = max position + 1 - S (S the padded length), so
+            decoding continues at cache length + delta.
+
+        Raises:
+            ValueError: more image/video placeholder groups than grids.
+        """
+        cfg = self.config
+        m = cfg.vision_config.spatial_merge_size
+        B, S = input_ids.shape
+        if attention_mask is None or attention_mask.ndim != 2:
+            attention_mask = torch.ones_like(input_ids)
+        grids = {cfg.image_token_id: [], cfg.video_token_id: []}
+        if image_grid_thw is not None:
+            grids[cfg.image_token_id] = [[1, h, w] for t, h, w in image_grid_thw.tolist() for _ in range(t)]
+        if video_grid_thw is not None:
+            # Timestamps separate video frame groups, so each group is its own t = 1 grid.
+            grids[cfg.video_token_id] = [[1, h, w] for t, h, w in video_grid_thw.tolist() for _ in range(t)]
+        cursor = {cfg.image_token_id: 0, cfg.video_token_id: 0}
+        position_ids = torch.ones(3, B, S, dtype=torch.long, device=input_ids.device)
+        deltas = []
+        for b in range(B):
+            keep = attention_mask[b].bool()
+            tokens = input_ids[b][keep].tolist()
+            pieces, pos, i = [], 0, 0
+            while i < len(tokens):
+                token = tokens[i]
+                if token in grids:
+                    if cursor[token] >= len(grids[token]):
+                        kind = "image" if token == cfg.image_token_id else "video"
+                        raise ValueError(f"more {kind} placeholder groups than {kind} grids ({len(grids[token])})")
+                    _, h, w = grids[token][cursor[token]]
+                    cursor[token] += 1
+                    gh, gw = h // m, w // m
+                    rows = torch.arange(gh).view(-1, 1).expand(gh, gw).flatten()
+                    cols = torch.arange(gw).view(1, -1).expand(gh, gw).flatten()
+                    pieces.append(torch.stack([torch.zeros_like(rows), rows, cols]) + pos)
+                    pos += max(gh, gw)
+                    i += gh * gw
+                else:
+                    j = i
+                    while j < len(tokens) and tokens[j] not in grids:
+                        j += 1
+                    pieces.append(torch.arange(pos, pos + j - i).view(1, -1).expand(3, -1))
+                    pos += j - i
+                    i = j
+            positions = torch.cat(pieces, dim=1) if pieces else torch.zeros(3, 0, dtype=torch.long)
+            position_ids[:, b, keep] = positions.to(input_ids.device)
+            deltas.append((int(positions.max()) + 1 if positions.numel() else 0) - S)
+        return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
+
+    def _inject(self, input_ids, inputs_embeds, token_id, features, kind):
+        """Replace placeholder embeddings, in order, by features. Returns (embeds, mask [B, S] bool)."""
+        mask = input_ids == token_id
+        n_tokens, n_features = int(mask.sum()), features.shape[0]
+        if n_tokens != n_features:
+            raise ValueError(
+                f"{kind} placeholder tokens ({n_tokens}) and {kind} features ({n_features}) differ: the prompt must "
+                f"hold one <|{kind}_pad|> per merged patch"
+            )
+        embeds = inputs_embeds.masked_scatter(mask[..., None], features.to(inputs_embeds.dtype))
+        return embeds, mask
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Embeds text, injects vision features at placeholders, computes MRoPE positions and runs the decoder.
+
+        Raises:
+            ValueError: placeholder/feature count mismatch (names both numbers), or neither/both of
+                input_ids and inputs_embeds.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = InternVideo3LatentCache(self.config)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        masks, deepstacks = [], []
+        for pixels, grid, token_id, kind in (
+            (pixel_values, image_grid_thw, self.config.image_token_id, "image"),
+            (pixel_values_videos, video_grid_thw, self.config.video_token_id, "video"),
+        ):
+            if pixels is None:
+                continue
+            if input_ids is None:
+                raise ValueError(f"{kind} inputs need input_ids to locate the placeholders")
+            embeds, deepstack = self.get_image_features(pixels, grid)
+            inputs_embeds, mask = self._inject(input_ids, inputs_embeds, token_id, embeds, kind)
+            masks.append(mask)
+            deepstacks.append(deepstack)
+        visual_pos_masks, deepstack_visual_embeds = None, None
+        if masks:
+            visual_pos_masks = masks[0] if len(masks) == 1 else masks[0] | masks[1]
+            if len(masks) == 1:
+                deepstack_visual_embeds = deepstacks[0]
+            else:  # interleave image and video features in sequence order
+                is_image = masks[0][visual_pos_masks]
+                deepstack_visual_embeds = []
+                for image_feat, video_feat in zip(*deepstacks):
+                    joint = image_feat.new_zeros(is_image.shape[0], image_feat.shape[-1])
+                    joint[is_image] = image_feat.to(joint.dtype)
+                    joint[~is_image] = video_feat.to(joint.dtype)
+                    deepstack_visual_embeds.append(joint)
+
+        if position_ids is None:
+            position_ids = self._position_ids(
+                input_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, past_key_values
+            )
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            visual_pos_masks=visual_pos_masks,
+            deepstack_visual_embeds=deepstack_visual_embeds,
+        )
+
+    def _position_ids(self, input_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, cache):
+        """Prefill: `get_rope_index` and store `rope_deltas`; later steps: cache length + arange(S) + rope_deltas."""
+        past_len = cache.get_seq_length() if cache is not None else 0
+        B, S = inputs_embeds.shape[:2]
+        mask_2d = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        if past_len == 0 and input_ids is not None:
+            position_ids, self.rope_deltas = self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, mask_2d)
+            return position_ids
+        if past_len == 0 or self.rope_deltas is None:
+            return text_position_ids(mask_2d, B, S, past_len, inputs_embeds.device)[None].expand(3, -1, -1)
+        delta = self.rope_deltas.to(inputs_embeds.device)
+        if delta.shape[0] != B:  # beam search / num_return_sequences expanded the batch
+            delta = delta.repeat_interleave(B // delta.shape[0], dim=0)
+        positions = torch.arange(past_len, past_len + S, device=inputs_embeds.device)[None] + delta  # [B, S]
+        return positions[None].expand(3, -1, -1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Causal-LM heads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _LatentCacheGenerationMixin(GenerationMixin):
+    """`generate()` plumbing shared by both heads: the latent cache by default, vision inputs only at prefill."""
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        user_cache = model_kwargs.get("past_key_values")
+        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("past_key_values")
+        if user_cache is None and type(cache) is DynamicCache:
+            model_kwargs["past_key_values"] = InternVideo3LatentCache(
+                self.config, offloading=bool(getattr(cache, "offloading", False))
+            )
+        return result
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        # MRoPE positions come from rope_deltas in forward, not from generate's 1-D positions.
+        model_inputs["position_ids"] = None
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            for key in ("pixel_values", "pixel_values_videos"):
+                model_inputs[key] = None
+        return model_inputs
+
+
+class InternVideo3ForConditionalGeneration(InternVideo3PreTrainedModel, _LatentCacheGenerationMixin):
+    """InternVideo3 with its (untied) LM head: video/image/text in, next-token logits out; `generate()` ready.
+
+    Checkpoint keys: `model.visual.*`, `model.language_model.*`, `lm_head.weight` (SPEC §3).
+    """
+
+    _tied_weights_keys = _LM_HEAD_TIE
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: InternVideo3Config):
+        super().__init__(config)
+        self.model = InternVideo3Model(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    @property
+    def visual(self):
+        return self.model.visual
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> InternVideo3CausalLMOutputWithPast:
+        """input_ids [B, S], attention_mask [B, T], pixel_values_videos [N, 1536], video_grid_thw [n, 3] (and the
+        image equivalents) -> logits [B, S, vocab] (last `logits_to_keep` positions when > 0), loss when labels."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        return InternVideo3CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            rope_deltas=self.model.rope_deltas,
+        )
+
+
+class InternVideo3TextForCausalLM(InternVideo3PreTrainedModel, _LatentCacheGenerationMixin):
+    """Text-only M²LA causal LM (converted Qwen3 / Qwen2 / Llama sources, SPEC §9): keys `model.*`, `lm_head.weight`."""
+
+    config_class = InternVideo3TextConfig
+    _tied_weights_keys = _TEXT_LM_HEAD_TIE
+    _no_split_modules = ["InternVideo3TextDecoderLayer"]
+
+    def __init__(self, config: InternVideo3TextConfig):
+        super().__init__(config)
+        self.model = InternVideo3TextModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_hidden_states=None,
+        logits_to_keep=0,
+        return_dict=None,
+        **kwargs,
+    ) -> InternVideo3CausalLMOutputWithPast:
+        """input_ids [B, S], attention_mask [B, T] -> logits [B, S, vocab]; loss when labels are given."""
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        return InternVideo3CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = [
+    "InternVideo3ForConditionalGeneration",
+    "InternVideo3LatentCache",
+    "InternVideo3Model",
+    "InternVideo3PreTrainedModel",
+    "InternVideo3TextForCausalLM",
+    "InternVideo3TextModel",
+    "InternVideo3VisionModel",
+]
