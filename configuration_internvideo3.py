@@ -47,6 +47,8 @@ class InternVideo3TextConfig(PretrainedConfig):
         hidden_size (`int`, 4096), intermediate_size (`int`, 12288): residual width and SwiGLU width.
         num_hidden_layers (`int`, 36), num_attention_heads (`int`, 32).
         head_dim (`int`, 128): head width of the source GQA model; kept for reference and conversion.
+        source_num_key_value_heads (`int`, 8): KV heads of the source GQA model, for cache-size comparisons:
+            a GQA cache holds 2 · source_num_key_value_heads · head_dim values per token per layer.
         kv_lora_rank (`int`, 896): latent width r cached per token (excludes the RoPE key).
         kv_lora_rank_list (`list[int]`, optional): per-layer ranks; overrides `kv_lora_rank` layer by layer.
         q_lora_rank (`int`, optional): must be None (direct `q_proj`); kept for the released config's field.
@@ -100,6 +102,7 @@ class InternVideo3TextConfig(PretrainedConfig):
         mrope_interleaved=None,
         pad_token_id=None,
         tie_word_embeddings=False,
+        source_num_key_value_heads=8,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -110,6 +113,8 @@ class InternVideo3TextConfig(PretrainedConfig):
         # After conversion every head has its own K/V; kept so generic tooling that reads it sees the truth.
         self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
         self.head_dim = head_dim
+        # KV heads of the GQA model this one was converted from (Qwen3-VL-8B: 8); only for cache-size comparisons.
+        self.source_num_key_value_heads = source_num_key_value_heads
         self.kv_lora_rank = kv_lora_rank
         self.kv_lora_rank_list = list(kv_lora_rank_list) if kv_lora_rank_list is not None else None
         self.q_lora_rank = q_lora_rank
@@ -160,6 +165,10 @@ class InternVideo3TextConfig(PretrainedConfig):
     def cache_values_per_token(self) -> int:
         """Values the latent cache holds per token, summed over layers: Σ_l (r_l + qk_rope_head_dim) (SPEC §4)."""
         return sum(self.layer_kv_lora_rank(i) + self.qk_rope_head_dim for i in range(self.num_hidden_layers))
+
+    def gqa_cache_values_per_token(self) -> int:
+        """Values a GQA cache of the source model holds per token over all layers: L · 2 · kv_heads · head_dim."""
+        return self.num_hidden_layers * 2 * self.source_num_key_value_heads * self.head_dim
 
     def validate_m2la(self) -> None:
         """Raise `ValueError` on impossible M²LA shapes (SPEC §2-§5)."""

@@ -475,6 +475,16 @@ class InternVideo3LatentCache(Cache):
             num_hidden_layers = text_config.num_hidden_layers
         super().__init__(layers=[DynamicLayer() for _ in range(num_hidden_layers)], offloading=offloading)
 
+    def crop(self, max_length: int) -> None:
+        """Keep the first `max_length` tokens (transformers 4.x meaning) or, when negative, drop the last
+        `-max_length` tokens (transformers 5.x meaning); the same call works on every supported version."""
+        length = self.get_seq_length()
+        keep = length + max_length if max_length < 0 else min(max_length, length)
+        for layer in self.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[..., :keep, :]
+                layer.values = layer.values[..., :keep, :]
+
     def _stored(self):
         for layer in self.layers:
             keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)

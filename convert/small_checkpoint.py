@@ -1,0 +1,83 @@
+"""Build a small, randomly initialised InternVideo3 checkpoint with the real layout, key names and tokenizer.
+
+The 9 B weights cannot be downloaded here; this folder exercises every code path users take:
+`AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`, `AutoProcessor.from_pretrained(...)` and
+`generate()` on a real video. Widths are small, names and shapes follow SPEC §3 exactly (vocabulary, token ids,
+patch 16 / temporal patch 2 / merge 2 as the 8B model, so the real processor output fits).
+
+    python -m convert.small_checkpoint --out checkpoints/internvideo3-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from convert.export import REPO_ROOT, load_processor, save_model_folder
+
+sys.path.insert(0, str(REPO_ROOT))
+
+from configuration_internvideo3 import InternVideo3Config  # noqa: E402
+from modeling_internvideo3 import InternVideo3ForConditionalGeneration  # noqa: E402
+
+SMALL_TEXT_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    head_dim=16,
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=16,
+    v_head_dim=16,
+    mrope_section=[2, 3, 3],
+    source_num_key_value_heads=2,
+)
+SMALL_VISION_CONFIG = dict(
+    depth=3,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=64,
+    deepstack_visual_indexes=[0, 1, 2],
+)
+
+
+def small_config(**text_overrides) -> InternVideo3Config:
+    """The small test configuration (real vocabulary, token ids, patching; small widths)."""
+    return InternVideo3Config(
+        text_config={**SMALL_TEXT_CONFIG, **text_overrides}, vision_config=dict(SMALL_VISION_CONFIG)
+    )
+
+
+def small_model(seed: int = 0, **text_overrides) -> InternVideo3ForConditionalGeneration:
+    """A randomly initialised small model in fp32; attention biases are random too so their loading is tested."""
+    torch.manual_seed(seed)
+    model = InternVideo3ForConditionalGeneration(small_config(**text_overrides)).eval()
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.kv_a_proj_with_mqa):
+                if proj.bias is not None:
+                    proj.bias.normal_(0.0, 0.02)
+    return model
+
+
+def build_small_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = False, max_shard_size="5GB") -> Path:
+    """Write the small checkpoint folder (safetensors, config with auto_map, processor, tokenizer, remote code)."""
+    return save_model_folder(small_model(seed), load_processor(), out, overwrite=overwrite, max_shard_size=max_shard_size)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    print(build_small_checkpoint(args.out, seed=args.seed, overwrite=args.overwrite))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Shared test fixtures: the repository root on sys.path, real data locations, the small model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+TOKENIZER_DIR = REPO_ROOT / "assets" / "qwen3_tokenizer"
+DEMO_VIDEO = REPO_ROOT / "assets" / "snow_dog.mp4"
+
+
+def shared_videos_dir() -> Path:
+    """Real test clips: $INTERNVIDEO3_TEST_VIDEOS, else ../shared/data/videos beside the repository."""
+    env = os.environ.get("INTERNVIDEO3_TEST_VIDEOS")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "videos"
+
+
+@pytest.fixture(scope="session")
+def videos_dir() -> Path:
+    path = shared_videos_dir()
+    if not path.is_dir():
+        pytest.fail(f"real test videos not found at {path} (set INTERNVIDEO3_TEST_VIDEOS)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """The small checkpoint folder, written once per session through the same script users run."""
+    from convert.small_checkpoint import build_small_checkpoint
+
+    return build_small_checkpoint(tmp_path_factory.mktemp("ckpt") / "internvideo3-small")
