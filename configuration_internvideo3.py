@@ -59,6 +59,8 @@ class InternVideo3TextConfig(PretrainedConfig):
         rope_interleave (`bool`, True): the q_pe/k_pe channels are stored pair-interleaved (SPEC §5.3).
         rope_theta (`float`, 5e6), mrope_section (`list[int]`, [24, 20, 20]), mrope_interleaved (`bool`, True).
         rope_scaling / rope_parameters (`dict`, optional): alternative spellings of the RoPE fields.
+        attention_query_chunk_size (`int`, 4096): prefill attends in query blocks of this many tokens, so a long
+            prompt never materialises an [S, T] mask or score matrix.
         max_position_embeddings (`int`, 262144), rms_norm_eps (`float`, 1e-6), hidden_act (`str`, "silu").
 
     Raises:
@@ -103,6 +105,7 @@ class InternVideo3TextConfig(PretrainedConfig):
         pad_token_id=None,
         tie_word_embeddings=False,
         source_num_key_value_heads=8,
+        attention_query_chunk_size=4096,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -128,6 +131,7 @@ class InternVideo3TextConfig(PretrainedConfig):
         self.use_cache = use_cache
         self.attention_bias = bool(attention_bias)
         self.attention_dropout = attention_dropout
+        self.attention_query_chunk_size = attention_query_chunk_size
         self.qk_latent_layernorm = bool(qk_latent_layernorm)
         self.rope_interleave = bool(rope_interleave)
         theta, section, interleaved = _resolve_rope(
@@ -181,6 +185,7 @@ class InternVideo3TextConfig(PretrainedConfig):
             "qk_rope_head_dim": self.qk_rope_head_dim,
             "v_head_dim": self.v_head_dim,
             "vocab_size": self.vocab_size,
+            "attention_query_chunk_size": self.attention_query_chunk_size,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value <= 0:

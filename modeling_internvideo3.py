@@ -353,6 +353,7 @@ class InternVideo3TextAttention(nn.Module):
         self.scaling = config.softmax_scale
         self.rope_interleave = config.rope_interleave
         self.attention_dropout = config.attention_dropout
+        self.query_chunk_size = config.attention_query_chunk_size
         H, r = self.num_heads, self.kv_lora_rank
 
         self.q_proj = nn.Linear(config.hidden_size, H * self.qk_head_dim, bias=config.attention_bias)
@@ -376,12 +377,11 @@ class InternVideo3TextAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None,
+        attention_mask: AttentionMaskSpec,
         past_key_values: Cache | None = None,
-        is_causal: bool = False,
         **kwargs,
     ) -> torch.Tensor:
-        """hidden_states [B, S, D] -> [B, S, D]. attention_mask: None or bool [B, 1, S, T] (True = attend)."""
+        """hidden_states [B, S, D] -> [B, S, D]; `attention_mask` is the forward's `AttentionMaskSpec`."""
         B, S, _ = hidden_states.shape
         H, r, d_n, d_r = self.num_heads, self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # [B, 1, S, d_r]
@@ -402,13 +402,15 @@ class InternVideo3TextAttention(nn.Module):
         T = latent.shape[-2]
 
         if T > S and S <= self.absorb_max_query_len:
-            attn_output = self._absorbed(q_nope, q_pe, latent, k_pe, attention_mask)
+            mask, _, _ = attention_mask.block(0, S, hidden_states.device)
+            attn_output = self._absorbed(q_nope, q_pe, latent, k_pe, mask)
         else:
-            attn_output = self._expanded(q_nope, q_pe, latent, k_pe, attention_mask, is_causal)
+            attn_output = self._expanded(q_nope, q_pe, latent, k_pe, attention_mask)
         return self.o_proj(attn_output.reshape(B, S, H * self.v_head_dim))
 
-    def _expanded(self, q_nope, q_pe, latent, k_pe, attention_mask, is_causal):
-        """Expand c to per-head K/V for all T tokens (prefill/training). Returns [B, S, H, d_v]."""
+    def _expanded(self, q_nope, q_pe, latent, k_pe, mask_spec: AttentionMaskSpec):
+        """Expand c to per-head K/V (prefill/training), attend in query blocks of `attention_query_chunk_size` so the
+        mask and score memory stay bounded for long prompts. Returns [B, S, H, d_v]."""
         B, H, S, _ = q_nope.shape
         T = latent.shape[-2]
         kv = self.kv_b_proj(latent[:, 0]).view(B, T, H, self.qk_nope_head_dim + self.v_head_dim).transpose(1, 2)
@@ -416,9 +418,17 @@ class InternVideo3TextAttention(nn.Module):
         key = torch.cat((k_nope, k_pe.expand(B, H, T, self.qk_rope_head_dim)), dim=-1)  # [B, H, T, d_n + d_r]
         query = torch.cat((q_nope, q_pe), dim=-1)  # [B, H, S, d_n + d_r]
         attention = ATTENTION_FUNCTIONS.get(self.config._attn_implementation, sdpa_attention)
-        return attention(
-            query, key, value, attention_mask, self.scaling, is_causal, self.attention_dropout, self.training
-        )
+        outputs = []
+        for start in range(0, S, self.query_chunk_size):
+            end = min(S, start + self.query_chunk_size)
+            mask, is_causal, keys = mask_spec.block(start, end, query.device)
+            outputs.append(
+                attention(
+                    query[:, :, start:end], key[:, :, :keys], value[:, :, :keys], mask, self.scaling, is_causal,
+                    self.attention_dropout, self.training,
+                )
+            )
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
     def _absorbed(self, q_nope, q_pe, latent, k_pe, attention_mask):
         """Weight-absorbed attention over the latent cache (SPEC §4). Returns [B, S, H, d_v]."""
@@ -440,9 +450,9 @@ class InternVideo3TextDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = InternVideo3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = InternVideo3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, is_causal=False):
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None):
         hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values, is_causal
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values
         )
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
@@ -746,37 +756,52 @@ class InternVideo3VisionModel(InternVideo3PreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_attention_mask(
-    attention_mask: torch.Tensor | None, batch: int, query_len: int, past_len: int, device
-) -> tuple[torch.Tensor | None, bool]:
-    """Bool mask [B, 1, S, T] (True = attend) from a 2-D padding mask, or (None, is_causal) when none is needed.
+class AttentionMaskSpec:
+    """Causal + padding mask of one forward, built lazily per query block so no [S, T] mask of the whole prompt is
+    ever materialised (a 256K-token prefill would need 64 G entries).
 
-    attention_mask: None, [B, T] of 0/1 (T = past_len + S), or an already-built 4-D mask (bool, or additive float
-    where 0 = attend). Rows with no visible key (left-padding queries) attend everywhere so no NaN appears; their
-    outputs are never used.
+    Args:
+        attention_mask: None, [B, T] of 0/1 (T = past_len + S; left padding), or an already-built 4-D mask
+            [B, 1, S, T] (bool, or additive float where 0 = attend), e.g. from generate() with a static cache.
+        query_len: S, past_len: tokens already in the cache.
 
     Raises:
         ValueError: a 2-D mask whose length is not past_len + S.
     """
-    total = past_len + query_len
-    if attention_mask is not None and attention_mask.ndim == 4:
-        mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-        return mask[..., -total:] if mask.shape[-1] > total else mask, False
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    if attention_mask is not None and attention_mask.shape[-1] != total:
-        raise ValueError(f"attention_mask has {attention_mask.shape[-1]} columns, expected past {past_len} + new {query_len}")
-    if not padded:
-        if query_len == 1:
-            return None, False
-        if past_len == 0:
-            return None, True
-    keys = torch.arange(total, device=device)
-    queries = torch.arange(past_len, total, device=device)
-    mask = (keys[None, :] <= queries[:, None])[None, None]  # [1, 1, S, T]
-    if padded:
-        mask = mask & attention_mask.bool().to(device)[:, None, None, :]
-    mask = mask | ~mask.any(-1, keepdim=True)
-    return mask.expand(batch, 1, query_len, total), False
+
+    def __init__(self, attention_mask: torch.Tensor | None, query_len: int, past_len: int):
+        self.query_len, self.past_len = query_len, past_len
+        self.total = past_len + query_len
+        self.full = None
+        self.padding = None
+        if attention_mask is not None and attention_mask.ndim == 4:
+            mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+            self.full = mask[..., : self.total] if mask.shape[-1] > self.total else mask
+        elif attention_mask is not None:
+            if attention_mask.shape[-1] != self.total:
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[-1]} columns, expected past {past_len} + new {query_len}"
+                )
+            if not bool(attention_mask.all()):
+                self.padding = attention_mask.bool()
+
+    def block(self, start: int, end: int, device) -> tuple[torch.Tensor | None, bool, int]:
+        """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible)."""
+        keys = self.past_len + end  # later keys are causally invisible: callers slice them away
+        if self.full is not None:
+            return self.full[:, :, start:end, :keys], False, keys
+        if self.padding is None:
+            if end - start == 1:
+                return None, False, keys
+            if self.past_len == 0 and start == 0:
+                return None, True, keys  # square causal block: SDPA's is_causal
+        key_pos = torch.arange(keys, device=device)
+        query_pos = torch.arange(self.past_len + start, self.past_len + end, device=device)
+        mask = (key_pos[None, :] <= query_pos[:, None])[None, None]  # [1, 1, q, K]
+        if self.padding is not None:
+            mask = mask & self.padding[:, None, None, :keys].to(device)
+        # Left-padding queries see no key: let them see all so no NaN appears; their outputs are never used.
+        return mask | ~mask.any(-1, keepdim=True), False, keys
 
 
 class InternVideo3TextModel(InternVideo3PreTrainedModel):
@@ -834,7 +859,7 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             position_ids = text_position_ids(attention_mask, B, S, past_len, inputs_embeds.device)
-        mask, is_causal = build_attention_mask(attention_mask, B, S, past_len, inputs_embeds.device)
+        mask = AttentionMaskSpec(attention_mask, S, past_len)
         position_embeddings = self.rotary_emb(position_ids)
 
         hidden_states = inputs_embeds
@@ -842,7 +867,7 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         for idx, layer in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
-            hidden_states = layer(hidden_states, position_embeddings, mask, past_key_values, is_causal)
+            hidden_states = layer(hidden_states, position_embeddings, mask, past_key_values)
             if deepstack_visual_embeds is not None and idx < len(deepstack_visual_embeds):
                 # DeepStack (SPEC §6): add the idx-th visual feature set at visual positions after layer idx.
                 hidden_states = hidden_states.clone()

@@ -182,3 +182,33 @@ def test_8b_layout_on_meta_device():
         assert got == expected_attention
     strip = lambda shapes: {k: s for k, s in shapes.items() if ".self_attn." not in k}  # noqa: E731
     assert strip(ours_shapes) == strip(qwen_shapes)
+
+
+@pytest.mark.parametrize("make_batch", [text_batch, video_batch], ids=["text", "video"])
+def test_query_chunked_prefill_matches_one_block(model, make_batch):
+    """Attending in query blocks (bounded mask/score memory for long prompts) changes no logit."""
+    batch = make_batch()
+    valid = batch["attention_mask"].bool()
+    with torch.no_grad():
+        whole = model(**batch, use_cache=False).logits
+        for layer in model.model.language_model.layers:
+            layer.self_attn.query_chunk_size = 3
+        try:
+            chunked = model(**batch, use_cache=False).logits
+        finally:
+            for layer in model.model.language_model.layers:
+                layer.self_attn.query_chunk_size = model.config.text_config.attention_query_chunk_size
+    torch.testing.assert_close(chunked[valid], whole[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_impossible_shapes_raise():
+    from configuration_internvideo3 import InternVideo3TextConfig
+
+    with pytest.raises(ValueError, match="qk_rope_head_dim must be even"):
+        InternVideo3TextConfig(qk_rope_head_dim=15)
+    with pytest.raises(ValueError, match="q_lora_rank"):
+        InternVideo3TextConfig(q_lora_rank=1536)
+    with pytest.raises(ValueError, match="kv_lora_rank_list has 2 entries for 36 layers"):
+        InternVideo3TextConfig(kv_lora_rank_list=[896, 896])
+    with pytest.raises(ValueError, match="mrope_section"):
+        InternVideo3TextConfig(qk_rope_head_dim=64)

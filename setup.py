@@ -1,0 +1,37 @@
+"""internvideo3: InternVideo3 (Qwen3-VL + M²LA latent attention) for transformers.
+
+The model itself ships as flat Hugging Face remote-code files at the repository root (`configuration_internvideo3.py`,
+`modeling_internvideo3.py`, `processing_internvideo3.py`, plus `kernels/latent_attention.py` flattened on export),
+loaded with `trust_remote_code=True`. Installing this package installs the dependencies those files and the tools
+(`convert/`, `examples/`, `bench/`) need; it deliberately installs no generic top-level module names (`kernels`,
+`convert`, `tests`) into site-packages: run the tools from the repository root.
+"""
+
+from setuptools import setup
+
+setup(
+    name="internvideo3",
+    version="0.1.0",
+    description="InternVideo3: long-video multimodal model with M²LA latent attention, for transformers",
+    long_description=__doc__,
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    py_modules=[],
+    packages=[],
+    install_requires=[
+        "transformers>=4.57.3,<6",
+        "torch>=2.4,<3",
+        "safetensors>=0.4.3",
+        "huggingface_hub>=0.34",
+        "accelerate>=1.0",
+        "av>=12",
+        "pillow>=10",
+        "numpy>=1.24",
+        "tqdm>=4.66",
+        "qwen-vl-utils>=0.0.14",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "triton>=3.1; platform_system == 'Linux'"],
+        "triton": ["triton>=3.1"],
+    },
+)
