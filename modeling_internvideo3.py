@@ -16,6 +16,7 @@ relatively (flat), with a fallback for a source checkout.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
@@ -399,6 +400,8 @@ class InternVideo3TextAttention(nn.Module):
         if past_key_values is not None:
             # Cache layout (SPEC §4): keys = latent c [B, 1, T, r], values = rotated k_pe [B, 1, T, d_r].
             latent, k_pe = past_key_values.update(latent, k_pe, self.layer_idx)
+            # Static caches return their whole pre-allocated buffer: keep the live tokens only.
+            latent, k_pe = latent[:, :, : attention_mask.total], k_pe[:, :, : attention_mask.total]
         T = latent.shape[-2]
 
         if T > S and S <= self.absorb_max_query_len:
@@ -471,19 +474,43 @@ class InternVideo3LatentCache(Cache):
     transformers' own, `crop`, `reorder_cache` (beam search), `batch_select_indices`, `batch_repeat_interleave` and
     offloading work unchanged.
 
+    With `max_cache_len` the layers are transformers' `StaticLayer`s instead: pre-allocated [B, 1, max_cache_len, r]
+    and [B, 1, max_cache_len, d_r] buffers written in place (what `generate(cache_implementation="static")` and
+    `torch.compile` need). That needs a transformers whose `StaticLayer` sizes values by their own width (5.x).
+
     Args:
         config: an `InternVideo3Config` or `InternVideo3TextConfig` (the number of layers is read from it).
         num_hidden_layers: alternative to `config`.
         offloading: move layers to CPU between uses (transformers' offloading).
+        max_cache_len: tokens to pre-allocate (static cache); None for a growing cache.
+
+    Raises:
+        ValueError: neither `config` nor `num_hidden_layers`; `max_cache_len` on a transformers whose static layers
+            cannot hold values narrower than keys (4.57).
     """
 
-    def __init__(self, config=None, num_hidden_layers: int | None = None, offloading: bool = False, **kwargs):
+    def __init__(
+        self,
+        config=None,
+        num_hidden_layers: int | None = None,
+        offloading: bool = False,
+        max_cache_len: int | None = None,
+        **kwargs,
+    ):
         text_config = config.get_text_config() if config is not None else None
         if num_hidden_layers is None:
             if text_config is None:
                 raise ValueError("InternVideo3LatentCache needs `config` or `num_hidden_layers`")
             num_hidden_layers = text_config.num_hidden_layers
-        super().__init__(layers=[DynamicLayer() for _ in range(num_hidden_layers)], offloading=offloading)
+        if max_cache_len is None:
+            layers = [DynamicLayer() for _ in range(num_hidden_layers)]
+        elif "value_states" in inspect.signature(StaticLayer.lazy_initialization).parameters:
+            layers = [StaticLayer(max_cache_len=max_cache_len) for _ in range(num_hidden_layers)]
+        else:
+            raise ValueError(
+                "a static latent cache needs transformers 5.x: this version's StaticLayer gives values the keys' width"
+            )
+        super().__init__(layers=layers, offloading=offloading)
 
     def crop(self, max_length: int) -> None:
         """Keep the first `max_length` tokens (transformers 4.x meaning) or, when negative, drop the last
@@ -789,7 +816,8 @@ class AttentionMaskSpec:
         """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible)."""
         keys = self.past_len + end  # later keys are causally invisible: callers slice them away
         if self.full is not None:
-            return self.full[:, :, start:end, :keys], False, keys
+            mask = self.full[:, :, start:end, :keys]
+            return mask | ~mask.any(-1, keepdim=True), False, keys
         if self.padding is None:
             if end - start == 1:
                 return None, False, keys
@@ -856,7 +884,7 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         B, S, _ = inputs_embeds.shape
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_len = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
         if position_ids is None:
             position_ids = text_position_ids(attention_mask, B, S, past_len, inputs_embeds.device)
         mask = AttentionMaskSpec(attention_mask, S, past_len)
@@ -1069,7 +1097,7 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
 
     def _position_ids(self, input_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, cache):
         """Prefill: `get_rope_index` and store `rope_deltas`; later steps: cache length + arange(S) + rope_deltas."""
-        past_len = cache.get_seq_length() if cache is not None else 0
+        past_len = int(cache.get_seq_length()) if cache is not None else 0
         B, S = inputs_embeds.shape[:2]
         mask_2d = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
         if past_len == 0 and input_ids is not None:
@@ -1100,13 +1128,18 @@ class _LatentCacheGenerationMixin(GenerationMixin):
             model_kwargs["past_key_values"] = InternVideo3LatentCache(
                 self.config, offloading=bool(getattr(cache, "offloading", False))
             )
+        elif user_cache is None and isinstance(cache, StaticCache):
+            # transformers sized per-head K/V buffers; the latent cache needs r + d_r values per token instead.
+            model_kwargs["past_key_values"] = InternVideo3LatentCache(
+                self.config, max_cache_len=max(layer.max_cache_len for layer in cache.layers)
+            )
         return result
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
         # MRoPE positions come from rope_deltas in forward, not from generate's 1-D positions.
         model_inputs["position_ids"] = None
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+        if past_key_values is not None and int(past_key_values.get_seq_length()) > 0:
             for key in ("pixel_values", "pixel_values_videos"):
                 model_inputs[key] = None
         return model_inputs

@@ -212,3 +212,26 @@ def test_impossible_shapes_raise():
         InternVideo3TextConfig(kv_lora_rank_list=[896, 896])
     with pytest.raises(ValueError, match="mrope_section"):
         InternVideo3TextConfig(qk_rope_head_dim=64)
+
+
+def test_static_latent_cache_generation(model):
+    """generate(cache_implementation="static") pre-allocates latent buffers and gives the dynamic cache's tokens; on a
+    transformers whose StaticLayer cannot hold narrower values (4.57) it fails with a clear error instead."""
+    import inspect
+
+    from transformers.cache_utils import StaticLayer
+
+    batch = video_batch()
+    with torch.no_grad():
+        dynamic = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        if "value_states" not in inspect.signature(StaticLayer.lazy_initialization).parameters:
+            with pytest.raises(ValueError, match="static latent cache needs transformers 5"):
+                model.generate(**batch, max_new_tokens=4, do_sample=False, cache_implementation="static")
+            return
+        static = model.generate(
+            **batch, max_new_tokens=4, do_sample=False, cache_implementation="static", return_dict_in_generate=True
+        )
+    assert torch.equal(static.sequences, dynamic)
+    layer = static.past_key_values.layers[0]
+    text = model.config.text_config
+    assert layer.keys.shape[-1] == text.kv_lora_rank and layer.values.shape[-1] == text.qk_rope_head_dim
