@@ -42,6 +42,11 @@ try:
 except ImportError:
     from kernels.latent_attention import latent_attention_decode
 
+try:  # torch >= 2.2: causal mask aligned to the last key, run by SDPA's fused kernels without materialising it
+    from torch.nn.attention.bias import causal_lower_right
+except ImportError:
+    causal_lower_right = None
+
 try:
     from transformers.modeling_layers import GradientCheckpointingLayer
 except ImportError:  # very old transformers: plain module, no checkpointing wrapper
@@ -421,10 +426,13 @@ class InternVideo3TextAttention(nn.Module):
         key = torch.cat((k_nope, k_pe.expand(B, H, T, self.qk_rope_head_dim)), dim=-1)  # [B, H, T, d_n + d_r]
         query = torch.cat((q_nope, q_pe), dim=-1)  # [B, H, S, d_n + d_r]
         attention = ATTENTION_FUNCTIONS.get(self.config._attn_implementation, sdpa_attention)
+        sdpa = attention is sdpa_attention
+        # SDPA's fused kernels need no score matrix when causality alone masks: then one block is best.
+        chunk = S if sdpa and mask_spec.is_plain_causal else self.query_chunk_size
         outputs = []
-        for start in range(0, S, self.query_chunk_size):
-            end = min(S, start + self.query_chunk_size)
-            mask, is_causal, keys = mask_spec.block(start, end, query.device)
+        for start in range(0, S, chunk):
+            end = min(S, start + chunk)
+            mask, is_causal, keys = mask_spec.block(start, end, query.device, sdpa)
             outputs.append(
                 attention(
                     query[:, :, start:end], key[:, :, :keys], value[:, :, :keys], mask, self.scaling, is_causal,
@@ -812,9 +820,20 @@ class AttentionMaskSpec:
             if not bool(attention_mask.all()):
                 self.padding = attention_mask.bool()
 
-    def block(self, start: int, end: int, device) -> tuple[torch.Tensor | None, bool, int]:
-        """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible)."""
+    @property
+    def is_plain_causal(self) -> bool:
+        """No padding and no prebuilt mask: causality alone decides, so SDPA's memory-efficient kernels apply."""
+        return self.full is None and self.padding is None
+
+    def block(self, start: int, end: int, device, sdpa: bool = False) -> tuple[torch.Tensor | None, bool, int]:
+        """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible).
+
+        With `sdpa=True` and plain causality, a block that does not start at key 0 gets torch's lower-right causal
+        bias instead of a materialised mask, which SDPA runs without an [S, K] score matrix.
+        """
         keys = self.past_len + end  # later keys are causally invisible: callers slice them away
+        if sdpa and self.is_plain_causal and end - start > 1 and self.past_len + start > 0 and causal_lower_right:
+            return causal_lower_right(end - start, keys), False, keys
         if self.full is not None:
             mask = self.full[:, :, start:end, :keys]
             return mask | ~mask.any(-1, keepdim=True), False, keys

@@ -235,3 +235,24 @@ def test_static_latent_cache_generation(model):
     layer = static.past_key_values.layers[0]
     text = model.config.text_config
     assert layer.keys.shape[-1] == text.kv_lora_rank and layer.values.shape[-1] == text.qk_rope_head_dim
+
+
+@pytest.mark.parametrize("absorb", [True, False], ids=["absorbed", "expanded"])
+def test_prefill_in_pieces_through_the_cache(model, absorb):
+    """A prompt fed in two pieces through the cache (S > 1 over a non-empty cache: the causal block is aligned to the
+    last key) gives the logits of one full forward, with the absorbed and with the expanded attention."""
+    model.config.text_config._attn_implementation = "sdpa"
+    ids = torch.arange(300, 324).view(2, 12)
+    with torch.no_grad():
+        reference = model(input_ids=ids, use_cache=False).logits
+        saved = [layer.self_attn.absorb_max_query_len for layer in model.model.language_model.layers]
+        for layer in model.model.language_model.layers:
+            layer.self_attn.absorb_max_query_len = 64 if absorb else 0
+        try:
+            cache = InternVideo3LatentCache(model.config)
+            first = model(input_ids=ids[:, :7], past_key_values=cache, use_cache=True).logits
+            second = model(input_ids=ids[:, 7:], past_key_values=cache, use_cache=True).logits
+        finally:
+            for layer, value in zip(model.model.language_model.layers, saved):
+                layer.self_attn.absorb_max_query_len = value
+    torch.testing.assert_close(torch.cat([first, second], dim=1), reference, atol=1e-4, rtol=1e-4)
