@@ -99,3 +99,147 @@ def save_model_folder(model, processor, out: str | os.PathLike, overwrite: bool 
             processor.save_pretrained(tmp)
         write_remote_code(tmp)
     return Path(out)
+
+
+MODEL_CARD = """---
+library_name: transformers
+pipeline_tag: video-text-to-text
+license: apache-2.0
+tags: [video, multimodal, mla, m2la, long-context, custom_code]
+---
+
+# {name}
+
+InternVideo3 (arXiv 2606.12195): Qwen3-VL-8B with its attention converted to M²LA (multimodal multi-head latent
+attention). The KV cache holds one {rank}-dim latent plus one shared {rope}-dim RoPE key per token and layer
+({values:,} values/token over {layers} layers), and decoding attends over the latent directly (weight absorption).
+
+Needs `transformers>=4.57.3` (4.57.3 and 5.x tested), `torch`, and `av` (PyAV) for video decoding; no torchvision,
+torchcodec, decord or system FFmpeg.
+
+```bash
+pip install "transformers>=4.57.3" torch av accelerate
+```
+
+## Text
+
+```python
+import torch
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+path = "{repo_id}"
+model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="auto", device_map="auto")
+processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+messages = [{{"role": "user", "content": [{{"type": "text", "text": "Give me a short introduction to long-video understanding."}}]}}]
+inputs = processor.apply_chat_template(
+    messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+).to(model.device)
+out = model.generate(**inputs, max_new_tokens=64)
+print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])
+```
+
+## Video
+
+```python
+import torch
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+path = "{repo_id}"
+video_path = "{video}"
+fps, max_frames = 2.0, 256          # frames sampled per second, and at most this many frames
+max_pixels = 256 * 32 * 32          # pixels per frame after resizing (about 256 visual tokens per frame group)
+
+model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="auto", device_map="auto")
+processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+messages = [{{"role": "user", "content": [
+    {{"type": "video", "video": video_path, "fps": fps, "max_frames": max_frames, "max_pixels": max_pixels}},
+    {{"type": "text", "text": "What is the main activity in the video?"}},
+]}}]
+inputs = processor.apply_chat_template(
+    messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+).to(model.device)
+out = model.generate(**inputs, max_new_tokens=128)
+print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])
+```
+"""
+
+_COPIED_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt", ".model", ".tiktoken")
+
+
+def export_for_hub(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    repo_id: str | None = None,
+    video_example: str = "my_clip.mp4",
+    overwrite: bool = False,
+) -> Path:
+    """Write a Hub-ready folder from checkpoint folder `src`: weights and tokenizer/processor files copied as they
+    are, `auto_map` set in `config.json` and in the processor configs, the flat remote code, and a model card whose
+    snippets load `repo_id` (the snippets are tested against a local export). Written atomically.
+
+    Raises:
+        FileNotFoundError: `src` has no config.json. FileExistsError: `out` exists and not `overwrite`.
+    """
+    import json
+
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src} has no config.json: not a checkpoint folder")
+    with atomic_folder(out, overwrite=overwrite) as tmp:
+        for path in sorted(src.iterdir()):
+            if path.is_file() and path.name.endswith(_COPIED_SUFFIXES) and path.name != "README.md":
+                shutil.copyfile(path, tmp / path.name)
+        config = json.loads((tmp / "config.json").read_text())
+        text = config.get("text_config", config)
+        multimodal = config.get("model_type") != "internvideo3_text"
+        config["auto_map"] = dict(MULTIMODAL_AUTO_MAP if multimodal else TEXT_AUTO_MAP)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name in ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                     "tokenizer_config.json"):
+            path = tmp / name
+            if path.is_file():
+                data = json.loads(path.read_text())
+                data.setdefault("auto_map", {}).update(PROCESSOR_AUTO_MAP)
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_remote_code(tmp)
+        layers = text.get("num_hidden_layers", 36)
+        rank, rope = text.get("kv_lora_rank", 896), text.get("qk_rope_head_dim", 128)
+        (tmp / "README.md").write_text(
+            MODEL_CARD.format(
+                name=repo_id or Path(out).name, repo_id=repo_id or str(Path(out)), video=video_example,
+                rank=rank, rope=rope, layers=layers, values=layers * (rank + rope),
+            )
+        )
+    return Path(out)
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload an exported folder with huggingface_hub (`create_repo` + `upload_folder`). Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload InternVideo3"))
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export an InternVideo3 checkpoint folder for the Hub")
+    parser.add_argument("--src", required=True, help="checkpoint folder (e.g. written by convert.gqa_to_m2la)")
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--repo-id", help="Hub repo id used in the model card (and pushed to with --push)")
+    parser.add_argument("--push", action="store_true", help="upload the folder to --repo-id")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    folder = export_for_hub(args.src, args.out, repo_id=args.repo_id, overwrite=args.overwrite)
+    print(f"exported {folder}")
+    if args.push:
+        if not args.repo_id:
+            parser.error("--push needs --repo-id")
+        print(push_folder(folder, args.repo_id, private=args.private))
+
+
+if __name__ == "__main__":
+    main()

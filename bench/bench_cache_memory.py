@@ -1,0 +1,162 @@
+"""KV-cache bytes and peak memory: InternVideo3 (M²LA latent cache) vs transformers' Qwen3-VL (GQA) in one run.
+
+    python bench/bench_cache_memory.py bytes              # bytes/token at the 8B widths, measured + extrapolated
+    python bench/bench_cache_memory.py memory             # peak RSS of prefill + 32 decode steps vs context (CPU)
+
+`bytes`: builds ONE decoder layer of each model at the real 8B widths (bf16), prefills 256 tokens, sums the bytes of
+every tensor each cache object holds, divides by tokens, multiplies by 36 layers (measured), then multiplies by the
+context length for 8K-256K (extrapolated: caches grow linearly, nothing else is assumed).
+
+`memory`: a reduced-width pair with the 8B ratios (hidden 1024, 32 heads of 32, 8 KV heads; M²LA r = 7·32 = 224,
+d_r = 32, so the latent cache is half of GQA's), 4 layers, bf16, each (model, context) in a fresh subprocess that
+reports its own peak RSS after prefill + 32 greedy decode steps. CPU timings are compute-bound and do not represent
+GPU decode; only memory is compared here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from configuration_internvideo3 import InternVideo3TextConfig  # noqa: E402
+from modeling_internvideo3 import InternVideo3LatentCache, InternVideo3TextForCausalLM  # noqa: E402
+
+CONTEXTS = [8_192, 32_768, 131_072, 262_144]
+
+
+def qwen3vl_text_model(layers, hidden, heads, kv_heads, head_dim, intermediate, vocab):
+    from transformers import Qwen3VLTextConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
+
+    config = Qwen3VLTextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, rope_theta=5_000_000.0,
+        rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+    )
+    return Qwen3VLTextModel(config)
+
+
+def m2la_text_model(layers, hidden, heads, head_dim, rank, intermediate, vocab, mrope):
+    config = InternVideo3TextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, head_dim=head_dim, kv_lora_rank=rank, qk_nope_head_dim=head_dim,
+        qk_rope_head_dim=head_dim, v_head_dim=head_dim, mrope_section=mrope,
+    )
+    return InternVideo3TextForCausalLM(config)
+
+
+def cache_nbytes(cache) -> int:
+    total = 0
+    for layer in cache.layers:
+        for t in (layer.keys, layer.values):
+            total += t.numel() * t.element_size()
+    return total
+
+
+@torch.no_grad()
+def bench_bytes(tokens: int = 256) -> None:
+    ids = torch.randint(0, 1000, (1, tokens))
+    qwen = qwen3vl_text_model(1, 4096, 32, 8, 128, 12288, 1000).to(torch.bfloat16).eval()
+    out = qwen(input_ids=ids, use_cache=True)
+    gqa_layer = cache_nbytes(out.past_key_values) / tokens
+    del qwen, out
+    ours = m2la_text_model(1, 4096, 32, 128, 896, 12288, 1000, [24, 20, 20]).to(torch.bfloat16).eval()
+    out = ours(input_ids=ids, use_cache=True)
+    assert isinstance(out.past_key_values, InternVideo3LatentCache)
+    m2la_layer = cache_nbytes(out.past_key_values) / tokens
+    gqa, m2la = gqa_layer * 36, m2la_layer * 36
+    print(f"measured on one 8B-width layer, {tokens} tokens, bf16, x 36 layers:")
+    print(f"  Qwen3-VL-8B GQA cache : {gqa:>10,.0f} bytes/token")
+    print(f"  InternVideo3 M²LA     : {m2la:>10,.0f} bytes/token   ratio {m2la / gqa:.3f}")
+    print("extrapolated (linear in context):")
+    print(f"  {'context':>8} {'GQA GiB':>9} {'M²LA GiB':>9} {'saved GiB':>10}")
+    for n in CONTEXTS:
+        print(f"  {n:>8,} {gqa * n / 2**30:>9.2f} {m2la * n / 2**30:>9.2f} {(gqa - m2la) * n / 2**30:>10.2f}")
+
+
+REDUCED = dict(layers=4, hidden=1024, heads=32, head_dim=32, intermediate=2816, vocab=1000)
+
+
+def run_one(kind: str, context: int, steps: int = 32) -> dict:
+    """In this (fresh) process: build the reduced model, prefill `context` tokens, decode `steps`; report peak RSS."""
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    if kind == "qwen3vl":
+        model = qwen3vl_text_model(kv_heads=8, **REDUCED)
+    else:
+        model = m2la_text_model(rank=224, mrope=[6, 5, 5], **REDUCED)
+    model = model.to(torch.bfloat16).eval()
+    ids = torch.randint(0, REDUCED["vocab"], (1, context))
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        hidden = out.last_hidden_state if kind == "qwen3vl" else out.logits
+        prefill = time.perf_counter() - start
+        token = ids[:, -1:]
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        decode = (time.perf_counter() - start) / steps
+    del hidden
+    return {
+        "kind": kind,
+        "context": context,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cache_mib": cache_nbytes(cache) / 2**20,
+        "prefill_s": prefill,
+        "decode_s_per_token": decode,
+    }
+
+
+def bench_memory(contexts: list[int]) -> None:
+    print("reduced width (hidden 1024, 32 heads x 32, GQA 8 KV heads vs M²LA r=224 + d_r=32), 4 layers, bf16, CPU")
+    print(f"{'context':>8} {'model':>9} {'peak RSS MiB':>13} {'cache MiB':>10} {'prefill s':>10} {'decode ms/tok':>14}")
+    rows = {}
+    for context in contexts:
+        for kind in ("qwen3vl", "m2la"):
+            result = subprocess.run(
+                [sys.executable, __file__, "one", kind, str(context)], capture_output=True, text=True, check=True
+            )
+            row = json.loads(result.stdout.strip().splitlines()[-1])
+            rows[(kind, context)] = row
+            print(
+                f"{context:>8,} {kind:>9} {row['peak_rss_mib']:>13,.0f} {row['cache_mib']:>10,.1f} "
+                f"{row['prefill_s']:>10.2f} {row['decode_s_per_token'] * 1000:>14.1f}"
+            )
+        q, m = rows[("qwen3vl", context)], rows[("m2la", context)]
+        print(f"{'':>8} {'ratio':>9} {m['peak_rss_mib'] / q['peak_rss_mib']:>13.3f} {m['cache_mib'] / q['cache_mib']:>10.3f}"
+              f" {m['prefill_s'] / q['prefill_s']:>10.2f} {m['decode_s_per_token'] / q['decode_s_per_token']:>14.2f}")
+    print("CPU timings are compute-bound and do not represent GPU decode; compare memory, not speed.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("bytes")
+    mem = sub.add_parser("memory")
+    mem.add_argument("--contexts", type=int, nargs="+", default=[2048, 8192, 16384])
+    one = sub.add_parser("one")
+    one.add_argument("kind", choices=["qwen3vl", "m2la"])
+    one.add_argument("context", type=int)
+    args = parser.parse_args()
+    if args.cmd == "bytes":
+        bench_bytes()
+    elif args.cmd == "memory":
+        bench_memory(args.contexts)
+    else:
+        print(json.dumps(run_one(args.kind, args.context)))
+
+
+if __name__ == "__main__":
+    main()
