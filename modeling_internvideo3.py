@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
 from transformers.generation import GenerationMixin
@@ -691,7 +691,8 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
         config = kwargs.pop("config", None)
         hub_keys = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
         hub_kwargs = {k: kwargs[k] for k in hub_keys if k in kwargs}
-        if not isinstance(config, cls.config_class):
+        # Remote code may hand over a config built from another copy of the config module: accept any config object.
+        if not isinstance(config, PretrainedConfig):
             config = cls.config_class.from_pretrained(
                 config if config is not None else pretrained_model_name_or_path, **hub_kwargs
             )

@@ -1,0 +1,1565 @@
+"""InternVideo3 processor: video decoding (PyAV), frame sampling, Qwen3-VL image/video preprocessing, prompt layout.
+
+Hugging Face remote code (SPEC §7, §8): this flat file travels with a checkpoint and is loaded with
+`AutoProcessor.from_pretrained(folder, trust_remote_code=True)` on transformers 4.57.3 and 5.x. Top-level imports are
+limited to torch, numpy, PIL and transformers; PyAV (`av`) is imported only when a video file is decoded.
+
+Pipeline (the numbers are the InternVideo3-8B / Qwen3-VL-8B ones):
+
+    video file --load_video--> frames uint8 [T, H, W, 3] + VideoMetadata (timestamps in seconds)
+        T: frames sampled at `fps` (default 2) clamped to [min_frames, max_frames], padded to a multiple of 2
+    frames --resize (bicubic, antialiased) to multiples of 32 within the pixel budget--> [T, 3, H', W']
+        --(x - 127.5) / 127.5--> --patchify--> pixel_values_videos [T/2 * H'/16 * W'/16, 1536] float32
+                                               video_grid_thw [n_videos, 3] = (T/2, H'/16, W'/16)
+    prompt: each group g of 2 frames -> "<{t_g:.1f} seconds><|vision_start|>" + "<|video_pad|>" * (H'/32 * W'/32)
+            + "<|vision_end|>", t_g = mean timestamp of the group's two frames.
+
+Numerical contract: for the same decoded frames and budget, `pixel_values_videos` equals transformers'
+`Qwen3VLVideoProcessor` (torchvision's uint8 bicubic antialiased resize is `torch.nn.functional.interpolate`, used
+here directly) and `pixel_values` equals transformers' PIL Qwen2-VL image processor (PIL bicubic); the prompt layout
+equals `Qwen3VLProcessor` of transformers <= 5.10, on every supported transformers version (>= 5.12 keeps two extra
+outer `<|vision_start|>`/`<|vision_end|>` tokens per video; this package never does).
+
+Two video pixel budgets (SPEC §7); both produce multiples of 32 and both are selectable per call and per video:
+
+* ``video_budget="per_frame"`` (default, qwen-vl-utils semantics): every frame gets between `min_pixels`
+  (128·32² = 131,072) and `max_pixels` (768·32² = 786,432) pixels, and all frames together at most `total_pixels`
+  (128,000·32²·0.9 = 117,964,800 pixels, i.e. about 115,200 visual tokens). Token cost grows with clip length.
+* ``video_budget="total"`` (transformers' `Qwen3VLVideoProcessor` semantics): `size={"shortest_edge": 4,096,
+  "longest_edge": 25,165,824}` bounds the whole T×H×W volume, so a short clip keeps near-native resolution and a long
+  one is shrunk. Passing `size` to a call selects it; passing `min_pixels`/`max_pixels`/`total_pixels` selects
+  ``"per_frame"``; `video_budget=` overrides both.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import tempfile
+from bisect import bisect_right
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+__all__ = [
+    "InternVideo3Processor",
+    "VideoLoadError",
+    "VideoMetadata",
+    "load_video",
+    "load_image",
+    "sample_frame_indices",
+    "smart_resize",
+    "smart_resize_frame",
+    "smart_resize_video",
+    "resize_frames",
+    "normalize_frames",
+    "patchify",
+    "group_timestamps",
+    "CHAT_TEMPLATE",
+]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Constants (SPEC §2 vision config, §7 processor). Everything the processor uses is also a constructor argument.
+# ---------------------------------------------------------------------------------------------------------------
+PATCH_SIZE = 16
+TEMPORAL_PATCH_SIZE = 2
+MERGE_SIZE = 2
+FACTOR = PATCH_SIZE * MERGE_SIZE  # 32: resized sides are multiples of this
+
+DEFAULT_FPS = 2.0
+DEFAULT_MIN_FRAMES = 4
+DEFAULT_MAX_FRAMES = 768
+# qwen-vl-utils: VIDEO_MIN_TOKEN_NUM = 128, VIDEO_MAX_TOKEN_NUM = 768 tokens per frame, MODEL_SEQ_LEN = 128000
+VIDEO_MIN_PIXELS = 128 * FACTOR * FACTOR  # 131,072 pixels per frame
+VIDEO_MAX_PIXELS = 768 * FACTOR * FACTOR  # 786,432 pixels per frame
+VIDEO_TOTAL_PIXELS = 128000 * FACTOR * FACTOR * 9 // 10  # 117,964,800 pixels for the whole clip
+# transformers' Qwen3-VL release (video_preprocessor_config.json): a T*H*W budget
+VIDEO_SIZE = {"shortest_edge": 4096, "longest_edge": 25165824}
+# transformers' Qwen3-VL release (preprocessor_config.json): per-image pixel bounds
+IMAGE_MIN_PIXELS = 65536
+IMAGE_MAX_PIXELS = 16777216
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+MAX_ASPECT_RATIO = 200
+
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+
+# Budget keys a call, or a single image/video item of a chat message, may set (qwen-vl-utils / transformers names).
+VIDEO_SETTING_KEYS = (
+    "fps", "min_frames", "max_frames", "nframes", "num_frames", "video_start", "video_end", "video_budget",
+    "min_pixels", "max_pixels", "total_pixels", "size", "resized_height", "resized_width",
+)  # fmt: skip
+IMAGE_SETTING_KEYS = ("image_min_pixels", "image_max_pixels", "resized_height", "resized_width")
+TEXT_KWARGS = (
+    "padding", "truncation", "max_length", "padding_side", "return_attention_mask", "add_special_tokens",
+    "pad_to_multiple_of", "return_token_type_ids", "return_length", "verbose",
+)  # fmt: skip
+
+
+class VideoLoadError(ValueError):
+    """A video could not be opened or decoded (corrupt, empty, no video stream, zero frames). The message names the
+    file or URL and the reason."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chat template (SPEC §7): Qwen3-VL message layout plus Qwen3's thinking switch and tool calls.
+# ---------------------------------------------------------------------------------------------------------------
+CHAT_TEMPLATE = r"""{#- InternVideo3 chat template (Qwen3-VL layout). Image items render as <|vision_start|><|image_pad|><|vision_end|>,
+video items as <|vision_start|><|video_pad|><|vision_end|>; the processor expands both. Flags: add_vision_id adds
+"Picture n: " / "Video n: " labels; enable_thinking=true opens "<think>\n", enable_thinking=false emits an empty think
+block (Qwen3), unset emits nothing (Instruct); tools adds the Qwen3 <tools>/<tool_call> system block. -#}
+{%- set image_count = namespace(value=0) %}
+{%- set video_count = namespace(value=0) %}
+{%- macro render_content(content, count_vision) %}
+    {%- if content is string %}
+        {{- content }}
+    {%- elif content is iterable and content is not mapping %}
+        {%- for item in content %}
+            {%- if item is string %}
+                {{- item }}
+            {%- elif item.type == 'image' or item.type == 'image_url' or 'image' in item or 'image_url' in item %}
+                {%- if count_vision %}
+                    {%- set image_count.value = image_count.value + 1 %}
+                {%- endif %}
+                {%- if add_vision_id %}
+                    {{- 'Picture ' ~ image_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|image_pad|><|vision_end|>' }}
+            {%- elif item.type == 'video' or 'video' in item %}
+                {%- if count_vision %}
+                    {%- set video_count.value = video_count.value + 1 %}
+                {%- endif %}
+                {%- if add_vision_id %}
+                    {{- 'Video ' ~ video_count.value ~ ': ' }}
+                {%- endif %}
+                {{- '<|vision_start|><|video_pad|><|vision_end|>' }}
+            {%- elif 'text' in item %}
+                {{- item.text }}
+            {%- endif %}
+        {%- endfor %}
+    {%- endif %}
+{%- endmacro %}
+{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- render_content(messages[0].content, true) + '\n\n' }}
+    {%- endif %}
+    {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + render_content(messages[0].content, true) + '<|im_end|>\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == 'user' %}
+        {%- set query = render_content(message.content, false) %}
+        {%- if not (query.startswith('<tool_response>') and query.endswith('</tool_response>')) %}
+            {%- set ns.multi_step_tool = false %}
+            {%- set ns.last_query_index = index %}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if message.role == 'system' %}
+        {%- if not loop.first %}
+            {{- '<|im_start|>system\n' + render_content(message.content, true) + '<|im_end|>\n' }}
+        {%- endif %}
+    {%- elif message.role == 'user' %}
+        {{- '<|im_start|>user\n' + render_content(message.content, true) + '<|im_end|>\n' }}
+    {%- elif message.role == 'assistant' %}
+        {%- set content = render_content(message.content, true) %}
+        {%- set reasoning = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning = message.reasoning_content %}
+        {%- elif '</think>' in content %}
+            {%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+            {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+        {%- endif %}
+        {%- if reasoning and loop.index0 > ns.last_query_index %}
+            {{- '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+        {%- else %}
+            {{- '<|im_start|>assistant\n' + content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if (loop.first and content) or (not loop.first) %}
+                    {{- '\n' }}
+                {%- endif %}
+                {%- if tool_call.function %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '<tool_call>\n{"name": "' }}
+                {{- tool_call.name }}
+                {{- '", "arguments": ' }}
+                {%- if tool_call.arguments is string %}
+                    {{- tool_call.arguments }}
+                {%- else %}
+                    {{- tool_call.arguments | tojson }}
+                {%- endif %}
+                {{- '}\n</tool_call>' }}
+            {%- endfor %}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or (messages[loop.index0 - 1].role != 'tool') %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' + render_content(message.content, true) + '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is true %}
+        {{- '<think>\n' }}
+    {%- elif enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resize rules (SPEC §7). Three formulas, each identical to the implementation it is named after.
+# ---------------------------------------------------------------------------------------------------------------
+def _check_aspect_ratio(height: int, width: int) -> None:
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {max(height, width) / min(height, width)}"
+        )
+
+
+def smart_resize(
+    height: int, width: int, factor: int = FACTOR, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS
+) -> tuple[int, int]:
+    """Image target size: sides rounded to multiples of `factor` with `min_pixels <= h*w <= max_pixels`, aspect kept.
+
+    Identical to transformers' Qwen2-VL/Qwen3-VL image `smart_resize` (SPEC §7). Units: pixels.
+
+    Returns:
+        (height, width) in pixels, multiples of `factor`.
+    Raises:
+        ValueError: aspect ratio above 200.
+    """
+    _check_aspect_ratio(height, width)
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def smart_resize_frame(
+    height: int, width: int, factor: int = FACTOR, min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS
+) -> tuple[int, int]:
+    """Per-frame video target size (``video_budget="per_frame"``): identical to qwen-vl-utils' `smart_resize`.
+
+    Differs from :func:`smart_resize` only for frames with a side under `factor / 2` pixels (this one never rounds a
+    side to 0). Units: pixels.
+
+    Returns:
+        (height, width) in pixels, multiples of `factor`.
+    Raises:
+        ValueError: aspect ratio above 200, or `max_pixels < min_pixels`.
+    """
+    if max_pixels < min_pixels:
+        raise ValueError(f"max_pixels ({max_pixels}) must be >= min_pixels ({min_pixels})")
+    _check_aspect_ratio(height, width)
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def smart_resize_video(
+    num_frames: int,
+    height: int,
+    width: int,
+    temporal_factor: int = TEMPORAL_PATCH_SIZE,
+    factor: int = FACTOR,
+    min_pixels: int = VIDEO_SIZE["shortest_edge"],
+    max_pixels: int = VIDEO_SIZE["longest_edge"],
+) -> tuple[int, int]:
+    """Whole-clip video target size (``video_budget="total"``): transformers' `Qwen3VLVideoProcessor` rule.
+
+    `min_pixels <= T*h*w <= max_pixels` where `min_pixels`/`max_pixels` are transformers' `size["shortest_edge"]` /
+    `size["longest_edge"]` (a T×H×W volume, not edges). Identical to transformers 5.x (frames smaller than `factor`
+    are first scaled up; transformers 4.57 raises for them). `num_frames` is the sampled count before padding to a
+    multiple of `temporal_factor` (what transformers sees); values below `temporal_factor` are raised to it.
+
+    Returns:
+        (height, width) in pixels, multiples of `factor`.
+    Raises:
+        ValueError: aspect ratio above 200.
+    """
+    num_frames = max(num_frames, temporal_factor)
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    _check_aspect_ratio(height, width)
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frame sampling and timestamps (SPEC §7)
+# ---------------------------------------------------------------------------------------------------------------
+def sample_frame_indices(
+    total_num_frames: int,
+    source_fps: float | None,
+    fps: float | None = DEFAULT_FPS,
+    min_frames: int = DEFAULT_MIN_FRAMES,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    num_frames: int | None = None,
+    temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+) -> tuple[np.ndarray, int]:
+    """Indices of the frames to keep, uniformly spread over the clip (transformers' `Qwen3VLVideoProcessor.sample_frames`).
+
+    n = int(total_num_frames / source_fps * fps), clamped to [min_frames, max_frames] and to total_num_frames;
+    indices = round(linspace(0, total_num_frames - 1, n)). With `num_frames` set, n = num_frames (at most the total).
+    With neither `fps` nor `num_frames`, n = min(total, max_frames). When n is odd, the last index is repeated so the
+    count is a multiple of `temporal_patch_size`: the same frames and timestamps transformers produces by padding in
+    `patchify` and `_calculate_timestamps`.
+
+    Returns:
+        (indices int64 [n_padded], n): n is the count before padding.
+    Raises:
+        ValueError: `total_num_frames < 1`.
+    """
+    if total_num_frames < 1:
+        raise ValueError(f"cannot sample from {total_num_frames} frames")
+    if num_frames is not None:
+        n = int(num_frames)
+    elif fps is not None:
+        if not source_fps or source_fps <= 0:
+            raise ValueError(f"sampling at fps={fps} needs the source frame rate, got {source_fps}")
+        n = int(total_num_frames / source_fps * fps)
+        n = min(max(n, min_frames), max_frames)
+    else:
+        n = min(max(total_num_frames, min_frames), max_frames)
+    # at most one sample per source frame: sampled timestamps then strictly increase
+    n = max(1, min(n, total_num_frames))
+    indices = np.linspace(0, total_num_frames - 1, n).round().astype(np.int64)
+    pad = -n % temporal_patch_size
+    if pad:
+        indices = np.concatenate([indices, np.repeat(indices[-1:], pad)])
+    return indices, n
+
+
+def group_timestamps(timestamps: Sequence[float], temporal_patch_size: int = TEMPORAL_PATCH_SIZE) -> list[float]:
+    """Seconds shown for each temporal patch: mean of its first and last frame timestamp (SPEC §7).
+
+    Same arithmetic as transformers' `Qwen3VLProcessor._calculate_timestamps` (a short last group is padded with its
+    last timestamp). Returns a list of length ceil(len(timestamps) / temporal_patch_size).
+    """
+    ts = [float(t) for t in timestamps]
+    if len(ts) % temporal_patch_size:
+        ts.extend(ts[-1] for _ in range(temporal_patch_size - len(ts) % temporal_patch_size))
+    return [(ts[i] + ts[i + temporal_patch_size - 1]) / 2 for i in range(0, len(ts), temporal_patch_size)]
+
+
+@dataclass
+class VideoMetadata:
+    """What `load_video` knows about a clip. Readable as attributes or as a mapping (`meta["fps"]`).
+
+    Fields: `source` (path/URL or None), `fps` (source frames per second), `total_num_frames` (frames in the clip,
+    or in the `video_start`..`video_end` window), `duration` (seconds, total_num_frames / fps), `width`/`height`
+    (displayed size in pixels, after rotation, before any resize), `frames_indices` (presentation-order indices of the
+    returned frames, padding repeats the last), `timestamps` (seconds from the clip's first frame, one per returned
+    frame), `num_sampled_frames` (count before padding to a multiple of 2), `rotation` (display-matrix rotation in
+    degrees counter-clockwise, already applied), `resized` (frames already resized by `load_video(resize_to=...)`),
+    `variable_frame_rate` (sampled uniformly in time rather than by index), `video_backend`.
+    """
+
+    total_num_frames: int
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    duration: float | None = None
+    video_backend: str = "pyav"
+    frames_indices: list[int] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    num_sampled_frames: int = 0
+    source: str | None = None
+    rotation: int = 0
+    resized: bool = False
+    variable_frame_rate: bool = False
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def __contains__(self, key):
+        return hasattr(self, key)
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)
+
+    def keys(self):
+        return asdict(self).keys()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding (SPEC §7): PyAV only, no torchvision / torchcodec / decord.
+# ---------------------------------------------------------------------------------------------------------------
+def _import_av():
+    try:
+        import av  # noqa: PLC0415 - optional at import time, required to decode files
+    except ImportError as error:  # pragma: no cover - environment dependent
+        raise ImportError(
+            "decoding video files needs PyAV: `pip install av` (frames already in memory do not need it)"
+        ) from error
+    return av
+
+
+def _av_errors(av) -> tuple[type[BaseException], ...]:
+    errors = [getattr(getattr(av, "error", None), "FFmpegError", None), getattr(av, "AVError", None)]
+    return tuple(e for e in errors if isinstance(e, type)) + (EOFError,)
+
+
+def _pick_stream(container):
+    """The default/best video stream: FFmpeg's `av_find_best_stream` (default disposition first), never cover art."""
+    videos = [s for s in container.streams.video if not _has_disposition(s, "attached_pic")]
+    if not videos:
+        return None
+    try:
+        best = container.streams.best("video")
+    except Exception:  # pragma: no cover - very old PyAV
+        best = None
+    if best is None or best not in videos:
+        defaults = [s for s in videos if _has_disposition(s, "default")]
+        best = (defaults or videos)[0]
+    return best
+
+
+def _has_disposition(stream, name: str) -> bool:
+    disposition = getattr(stream, "disposition", None)
+    try:
+        import av  # noqa: PLC0415
+
+        return bool(disposition & getattr(av.stream.Disposition, name))
+    except Exception:
+        return False
+
+
+def _display_matrix(frame) -> np.ndarray | None:
+    for side in getattr(frame, "side_data", None) or ():
+        if str(getattr(side, "type", "")).upper().endswith("DISPLAYMATRIX"):
+            matrix = np.frombuffer(bytes(side), dtype=np.int32)
+            return matrix if matrix.size == 9 else None
+    return None
+
+
+def _orient(array: np.ndarray, rotation: float, matrix: np.ndarray | None) -> np.ndarray:
+    """Apply the display matrix the way FFmpeg's autorotate does (ffmpeg_filter.c): a phone clip stored landscape with
+    a 90° matrix comes out portrait. `rotation` is `av_display_rotation_get` (degrees counter-clockwise)."""
+    if not rotation and matrix is None:
+        return array
+    theta = -float(rotation)  # clockwise degrees, as fftools' get_rotation
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    m = matrix if matrix is not None else np.array([65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30])
+    if abs(theta - 90) < 1.0:  # transpose=cclock_flip (plain transpose) or clock
+        return array.transpose(1, 0, 2) if m[3] > 0 else np.rot90(array, -1)
+    if abs(theta - 180) < 1.0:
+        if m[0] < 0:
+            array = array[:, ::-1]
+        if m[4] < 0:
+            array = array[::-1]
+        return array
+    if abs(theta - 270) < 1.0:  # transpose=clock_flip or cclock
+        return np.rot90(array, -1)[::-1] if m[3] < 0 else np.rot90(array, 1)
+    if abs(theta) < 1.0 or abs(theta - 360) < 1.0:
+        return array[::-1] if m[4] < 0 else array
+    # arbitrary angles (never written by cameras): nearest quarter turn
+    return np.rot90(array, int(round(-theta / 90)) % 4)
+
+
+def _rotation_of(frame, stream) -> tuple[float, np.ndarray | None]:
+    matrix = _display_matrix(frame)
+    rotation = getattr(frame, "rotation", None)
+    if rotation is None and matrix is not None:  # PyAV without VideoFrame.rotation
+        a, b = matrix[0] / 65536.0, matrix[1] / 65536.0
+        c, d = matrix[3] / 65536.0, matrix[4] / 65536.0
+        rotation = -math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
+    if rotation is None or (not rotation and matrix is None):
+        # FFmpeg < 5 exported the clockwise "rotate" tag instead of frame side data
+        tag = (getattr(stream, "metadata", None) or {}).get("rotate")
+        rotation = -float(tag) if tag not in (None, "") else 0.0
+    return float(rotation or 0.0), matrix
+
+
+def _resize_uint8(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W, 3] uint8 -> [h, w, 3] uint8 with the same kernel as `resize_frames` (torch backend)."""
+    if array.shape[:2] == tuple(size):
+        return array
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
+    out = F.interpolate(tensor, size=list(size), mode="bicubic", align_corners=False, antialias=True)
+    return out[0].permute(1, 2, 0).numpy()
+
+
+def _download(url: str, directory: str) -> str:
+    """Fetch an http(s) video once into `directory` (so both decoding passes read a local, seekable file)."""
+    import urllib.request  # noqa: PLC0415
+
+    name = os.path.basename(url.split("?", 1)[0]) or "video"
+    path = os.path.join(directory, name)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+    except Exception as error:
+        raise VideoLoadError(f"cannot download video {url!r}: {error}") from error
+    return path
+
+
+def _resolve_source(source) -> tuple[str, bool]:
+    """(path or URL, is_remote). Raises FileNotFoundError for a missing local file."""
+    source = os.fspath(source)
+    if source.startswith("file://"):
+        from urllib.parse import unquote  # noqa: PLC0415
+
+        source = unquote(source[len("file://") :])
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source):
+        return source, True
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"video file not found: {source!r}")
+    if os.path.isdir(source):
+        raise VideoLoadError(f"cannot decode video {source!r}: it is a directory, not a video file")
+    if os.path.getsize(source) == 0:
+        raise VideoLoadError(f"cannot decode video {source!r}: the file is empty (0 bytes)")
+    return source, False
+
+
+def _open(av, path: str, label: str):
+    try:
+        return av.open(path, mode="r", timeout=60) if "://" in path else av.open(path, mode="r")
+    except _av_errors(av) + (OSError, ValueError) as error:
+        raise VideoLoadError(f"cannot open video {label!r}: {error}") from error
+
+
+def _presentation_pts(av, path: str, label: str) -> tuple[list[int], Fraction, float | None, int, bool]:
+    """First pass: demux only (no decoding) to list every frame's presentation timestamp, sorted.
+
+    Sorting by pts puts frames in presentation order even when the container stores them out of order (B-frames,
+    files like decord's unordered.mov). Returns (sorted pts, time_base, average fps, stream index, numbered): with
+    `numbered` the stream had no timestamps and frames are numbered in decoding order instead.
+    """
+    with _open(av, path, label) as container:
+        stream = _pick_stream(container)
+        if stream is None:
+            raise VideoLoadError(f"cannot decode video {label!r}: it has no video stream")
+        pts, missing = [], 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 or getattr(packet, "is_discard", False):  # flush / edit-list discarded packets
+                    continue
+                value = packet.pts if packet.pts is not None else packet.dts
+                if value is None:
+                    missing += 1
+                    continue
+                pts.append(int(value))
+        except _av_errors(av) as error:
+            raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
+        rate = stream.average_rate or getattr(stream, "guessed_rate", None) or getattr(stream, "base_rate", None)
+        time_base = stream.time_base
+        index = stream.index
+    if missing:
+        # a stream without timestamps: number the frames and let the nominal frame rate give their times
+        rate = rate or 25
+        time_base = Fraction(rate.denominator, rate.numerator) if isinstance(rate, Fraction) else Fraction(1, 25)
+        pts = list(range(len(pts) + missing))
+    pts = sorted(set(pts))
+    if not pts:
+        raise VideoLoadError(f"cannot decode video {label!r}: the video stream contains no frames")
+    return pts, Fraction(time_base), float(rate) if rate else None, index, bool(missing)
+
+
+def _choose_frames(
+    times: np.ndarray, source_fps: float | None, settings: dict
+) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
+    """(frame indices, timestamps in seconds, n before padding, variable frame rate, source fps used).
+
+    Constant frame rate: transformers' index rule (`sample_frame_indices`), timestamps = the frames' own times.
+    Variable frame rate: the same count n, placed uniformly in *time*: the frame on screen at each target instant
+    (latest frame with time <= target), timestamp = that instant, so a clip with long still segments is not
+    oversampled where frames are dense.
+    """
+    total = len(times)
+    diffs = np.diff(times)
+    median = float(np.median(diffs)) if total > 1 else 0.0
+    vfr = bool(total > 2 and median > 0 and np.max(np.abs(diffs - median)) > 0.25 * median)
+    if not source_fps:
+        source_fps = (total - 1) / (times[-1] - times[0]) if total > 1 and times[-1] > times[0] else 1.0
+    indices, n = sample_frame_indices(
+        total,
+        source_fps,
+        fps=settings.get("fps", DEFAULT_FPS),
+        min_frames=settings.get("min_frames", DEFAULT_MIN_FRAMES),
+        max_frames=settings.get("max_frames", DEFAULT_MAX_FRAMES),
+        num_frames=settings.get("nframes", settings.get("num_frames")),
+        temporal_patch_size=settings.get("temporal_patch_size", TEMPORAL_PATCH_SIZE),
+    )
+    if not vfr:
+        return indices, times[indices], n, False, source_fps
+    targets = np.linspace(times[0], times[-1], n)
+    chosen = np.searchsorted(times, targets + 1e-9, side="right") - 1
+    pad = len(indices) - n
+    if pad:
+        chosen = np.concatenate([chosen, np.repeat(chosen[-1:], pad)])
+        targets = np.concatenate([targets, np.repeat(targets[-1:], pad)])
+    return chosen.astype(np.int64), targets, n, True, source_fps
+
+
+def _decode_selected(
+    av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered
+):
+    """Second pass: decode sequentially, convert to RGB only the frames whose pts are wanted (memory: the kept frames
+    only), apply the display matrix, optionally resize each kept frame at once. Frames without a pts (or every frame
+    when `numbered`) take the next entry of `all_pts`. Returns (frames list, seen pts, rotation, displayed (h, w),
+    resize target or None)."""
+    out: list[np.ndarray | None] = [None] * slots
+    remaining = sum(len(v) for v in wanted.values())
+    seen: list[int] = []
+    rotation, shape, target = 0.0, None, None
+    with _open(av, path, label) as container:
+        stream = container.streams[stream_index]
+        stream.thread_type = "AUTO"  # frame + slice threads
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    pts = frame.pts
+                    if numbered or pts is None:
+                        pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
+                    if pts is None:
+                        continue
+                    seen.append(int(pts))
+                    targets = wanted.get(int(pts))
+                    if not targets or out[targets[0]] is not None:
+                        continue
+                    rotation, matrix = _rotation_of(frame, stream)
+                    array = _orient(frame.to_ndarray(format="rgb24"), rotation, matrix)
+                    if shape is None:
+                        shape = array.shape[:2]
+                        if resize_to is not None:
+                            target = tuple(resize_to(n_sampled, *shape)) if callable(resize_to) else tuple(resize_to)
+                    if array.shape[:2] != shape:  # resolution change mid-stream: keep one size
+                        array = _resize_uint8(array, shape)
+                    if target is not None:
+                        array = _resize_uint8(array, target)
+                    array = np.ascontiguousarray(array)
+                    for slot in targets:
+                        out[slot] = array
+                    remaining -= len(targets)
+                if remaining <= 0:
+                    break
+        except _av_errors(av) as error:
+            raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
+    return out, seen, rotation, shape, target
+
+
+def load_video(
+    source,
+    fps: float | None = DEFAULT_FPS,
+    min_frames: int = DEFAULT_MIN_FRAMES,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    nframes: int | None = None,
+    video_start: float | None = None,
+    video_end: float | None = None,
+    source_fps: float | None = None,
+    resize_to: tuple[int, int] | Callable[[int, int, int], tuple[int, int]] | None = None,
+    temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+) -> tuple[np.ndarray, VideoMetadata]:
+    """Decode and sample a video with PyAV (SPEC §7). No torchvision, torchcodec or decord.
+
+    Args:
+        source: a local path, `file://` URL, http(s) URL (downloaded once to a temporary file), any other URL PyAV
+            opens (rtsp://...), a list of frame image paths, a list of PIL images, or a numpy array / torch tensor
+            [T, H, W, C] or [T, C, H, W] (uint8, or floats taken as 0-255 values).
+        fps: target frames per second of video; `None` keeps every frame up to `max_frames`.
+        min_frames, max_frames: bounds on the sampled count (before padding).
+        nframes: exact number of frames instead of `fps` (qwen-vl-utils' `nframes`, transformers' `num_frames`).
+        video_start, video_end: seconds; sample only inside this window (timestamps stay relative to the clip start).
+        source_fps: frame rate of in-memory frames (arrays, frame lists). `None`: they are taken as already sampled
+            at `fps` (qwen-vl-utils' convention), so all are kept up to `max_frames`. Ignored for files.
+        resize_to: (height, width), or a callable (num_sampled_frames, height, width) -> (height, width) on the
+            displayed size; each kept frame is resized right after decoding (bicubic, antialiased, the processor's
+            video kernel) so memory holds only T frames at the target size.
+        temporal_patch_size: the frame count is padded (repeating the last frame) to a multiple of this.
+
+    Returns:
+        frames: uint8 numpy array [T, H, W, 3], T a multiple of `temporal_patch_size`, presentation order, display
+            orientation applied (a portrait phone clip comes out portrait).
+        metadata: `VideoMetadata` (source fps, total frames, duration in seconds, sampled indices, timestamps in
+            seconds, strictly increasing except for the padding repeat).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist (the message names it).
+        VideoLoadError (a ValueError): empty file, no video stream, zero frames, undecodable/corrupt data, failed
+            download; the message names the file or URL and the reason.
+        ImportError: PyAV is not installed and a file must be decoded.
+
+    Decoding reads the file twice: a demux-only pass lists every frame's presentation timestamp (cheap, no
+    decoding), then a decode pass keeps only the sampled frames. Variable frame rate clips are sampled uniformly in
+    time (see `VideoMetadata.variable_frame_rate`).
+    """
+    settings = {
+        "fps": fps, "min_frames": min_frames, "max_frames": max_frames, "nframes": nframes,
+        "temporal_patch_size": temporal_patch_size,
+    }  # fmt: skip
+    if _is_frame_collection(source):
+        return _load_frames_in_memory(source, settings, source_fps, resize_to, video_start, video_end)
+
+    av = _import_av()
+    label = os.fspath(source)
+    path, remote = _resolve_source(source)
+    tmpdir = None
+    try:
+        if remote and path.lower().startswith(("http://", "https://")):
+            tmpdir = tempfile.mkdtemp(prefix="internvideo3-video-")
+            path = _download(path, tmpdir)
+            if os.path.getsize(path) == 0:
+                raise VideoLoadError(f"cannot decode video {label!r}: the download is empty (0 bytes)")
+
+        all_pts, time_base, rate, stream_index, numbered = _presentation_pts(av, path, label)
+        first = all_pts[0]
+        # exact rational -> float once, so CFR times equal transformers' idx / fps bit for bit
+        times = np.array([(p - first) * time_base.numerator / time_base.denominator for p in all_pts])
+        window = np.arange(len(times))
+        if video_start is not None or video_end is not None:
+            lo = -np.inf if video_start is None else float(video_start)
+            hi = np.inf if video_end is None else float(video_end)
+            window = np.nonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))[0]
+            if window.size == 0:
+                raise VideoLoadError(
+                    f"cannot decode video {label!r}: no frame between video_start={video_start} and "
+                    f"video_end={video_end} seconds (clip is {times[-1]:.3f} s)"
+                )
+        local, stamps, n, vfr, rate = _choose_frames(times[window], rate, settings)
+        indices = window[local]
+
+        wanted: dict[int, list[int]] = {}
+        for slot, index in enumerate(indices.tolist()):
+            wanted.setdefault(all_pts[index], []).append(slot)
+        frames, seen, rotation, shape, target = _decode_selected(
+            av, path, label, stream_index, wanted, len(indices), resize_to, n, all_pts, numbered
+        )
+        if not seen:
+            raise VideoLoadError(f"cannot decode video {label!r}: no frame could be decoded")
+        if any(f is None for f in frames):
+            # the decoder dropped some listed frames: take the nearest decoded ones (a third, rare pass)
+            decoded = np.array(sorted(set(seen)))
+            remap: dict[int, list[int]] = {}
+            for slot, index in enumerate(indices.tolist()):
+                p = all_pts[index]
+                j = int(np.clip(np.searchsorted(decoded, p), 1, len(decoded) - 1)) if len(decoded) > 1 else 0
+                nearest = decoded[j] if abs(decoded[j] - p) < abs(decoded[j - 1] - p) else decoded[j - 1]
+                remap.setdefault(int(nearest), []).append(slot)
+            frames, _, rotation, shape, target = _decode_selected(
+                av, path, label, stream_index, remap, len(indices), resize_to, n, all_pts, numbered
+            )
+            if any(f is None for f in frames):
+                raise VideoLoadError(f"cannot decode video {label!r}: sampled frames could not be decoded")
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    video = np.stack(frames)
+    height, width = shape
+    metadata = VideoMetadata(
+        total_num_frames=int(window.size),
+        fps=rate,
+        width=int(width),
+        height=int(height),
+        duration=None,
+        frames_indices=[int(i) for i in indices],
+        timestamps=[float(t) for t in stamps],
+        num_sampled_frames=n,
+        source=label,
+        rotation=int(round(rotation)),
+        resized=target is not None,
+        variable_frame_rate=vfr,
+    )
+    if metadata.fps:
+        metadata.duration = metadata.total_num_frames / metadata.fps
+    return video, metadata
+
+
+def _is_frame_collection(source) -> bool:
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return True
+    return isinstance(source, (list, tuple)) and len(source) > 0
+
+
+def _frames_to_uint8_thwc(frames) -> np.ndarray:
+    array = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if array.ndim != 4:
+        raise ValueError(f"a video array must be 4-D [T, H, W, C] or [T, C, H, W], got shape {tuple(array.shape)}")
+    if array.shape[1] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(0, 2, 3, 1)
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array.astype(np.float32)), 0, 255).astype(np.uint8)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    elif array.shape[-1] == 4:
+        array = _composite_on_white(array)
+    return array
+
+
+def _composite_on_white(array: np.ndarray) -> np.ndarray:
+    rgb, alpha = array[..., :3].astype(np.float32), array[..., 3:].astype(np.float32) / 255.0
+    return np.clip(np.rint(rgb * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
+
+
+def _load_frames_in_memory(source, settings, source_fps, resize_to, video_start, video_end):
+    is_list = isinstance(source, (list, tuple))
+    total = len(source) if is_list else int(source.shape[0])
+    if total == 0:
+        raise VideoLoadError("cannot use video: it has zero frames")
+    rate = float(source_fps) if source_fps else float(settings["fps"] or DEFAULT_FPS)
+    times = np.arange(total) / rate
+    window = np.arange(total)
+    if video_start is not None or video_end is not None:
+        lo = -np.inf if video_start is None else float(video_start)
+        hi = np.inf if video_end is None else float(video_end)
+        window = np.nonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))[0]
+        if window.size == 0:
+            raise VideoLoadError(f"no frame between video_start={video_start} and video_end={video_end} seconds")
+    local, n = sample_frame_indices(
+        int(window.size), rate, fps=settings["fps"], min_frames=settings["min_frames"],
+        max_frames=settings["max_frames"], num_frames=settings["nframes"],
+        temporal_patch_size=settings["temporal_patch_size"],
+    )  # fmt: skip
+    indices = window[local]
+    if is_list:
+        picked = [_frame_to_array(source[i]) for i in indices.tolist()]
+        shape = picked[0].shape[:2]
+        video = np.stack([_resize_uint8(f, shape) for f in picked])
+    else:
+        video = _frames_to_uint8_thwc(source[torch.from_numpy(indices) if isinstance(source, torch.Tensor) else indices])
+    height, width = video.shape[1:3]
+    resized = False
+    if resize_to is not None:
+        target = tuple(resize_to(n, height, width)) if callable(resize_to) else tuple(resize_to)
+        video = np.stack([_resize_uint8(f, target) for f in video])
+        resized = True
+    metadata = VideoMetadata(
+        total_num_frames=int(window.size), fps=rate, width=int(width), height=int(height),
+        duration=int(window.size) / rate, video_backend="frames", frames_indices=[int(i) for i in indices],
+        timestamps=[float(times[i]) for i in indices], num_sampled_frames=n, resized=resized,
+    )  # fmt: skip
+    return np.ascontiguousarray(video), metadata
+
+
+def _frame_to_array(frame) -> np.ndarray:
+    if isinstance(frame, (str, os.PathLike)):
+        frame = load_image(frame)
+    if isinstance(frame, Image.Image):
+        return np.asarray(_to_rgb(frame))
+    array = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
+    return _frames_to_uint8_thwc(array[None])[0]
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparency composited on white (as transformers' `convert_to_rgb` and qwen-vl-utils)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(source) -> Image.Image:
+    """Open an image (path, `file://` / http(s) URL, base64 data URL, PIL image) as an RGB PIL image.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: the data is not an image.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    source = os.fspath(source)
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    if not re.match(r"^(https?://|data:)", source) and not os.path.exists(source):
+        raise FileNotFoundError(f"image file not found: {source!r}")
+    from transformers.image_utils import load_image as hf_load_image  # noqa: PLC0415
+
+    try:
+        image = hf_load_image(source)
+    except Exception as error:
+        raise ValueError(f"cannot open image {source!r}: {error}") from error
+    return _to_rgb(image)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pixel processing (SPEC §6-7)
+# ---------------------------------------------------------------------------------------------------------------
+def resize_frames(frames: torch.Tensor, size: tuple[int, int], backend: str = "torch") -> torch.Tensor:
+    """Bicubic, antialiased resize of frames [T, C, H, W] to `size` = (height, width) pixels.
+
+    backend "torch": `torch.nn.functional.interpolate(..., mode="bicubic", antialias=True)` on the input dtype -
+    exactly what torchvision's `resize` runs on CPU (native uint8 kernel for uint8, float kernel for floats), hence
+    what transformers' `Qwen3VLVideoProcessor`, its fast image processors and qwen-vl-utils produce.
+    backend "pil": PIL `Image.resize(..., BICUBIC)` per frame (uint8 only), as transformers' PIL/slow Qwen2-VL image
+    processor and qwen-vl-utils' `fetch_image`. The two differ by at most a few uint8 levels on ~0.1% of values.
+    Returns a tensor of the input dtype; the input itself when the size is unchanged.
+    """
+    height, width = int(size[0]), int(size[1])
+    if tuple(frames.shape[-2:]) == (height, width):
+        return frames
+    if backend == "pil":
+        if frames.dtype != torch.uint8:
+            raise ValueError("the PIL resize backend needs uint8 frames")
+        out = [
+            np.asarray(Image.fromarray(f.permute(1, 2, 0).numpy()).resize((width, height), Image.Resampling.BICUBIC))
+            for f in frames
+        ]
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    if backend != "torch":
+        raise ValueError(f"unknown resize backend {backend!r}: use 'torch' or 'pil'")
+    if frames.dtype not in (torch.uint8, torch.float32, torch.float64):
+        frames = frames.float()
+    return F.interpolate(frames, size=[height, width], mode="bicubic", align_corners=False, antialias=True)
+
+
+def normalize_frames(
+    frames: torch.Tensor, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD, rescale: float = 1 / 255
+) -> torch.Tensor:
+    """(x * rescale - mean) / std for frames [T, C, H, W] (values 0-255) -> float32, written as transformers' fused form
+    (x - mean/rescale) / (std/rescale) so the result is bit-identical to `Qwen3VLVideoProcessor` (SPEC §7)."""
+    m = torch.tensor(mean, dtype=torch.float32) * (1.0 / rescale)
+    s = torch.tensor(std, dtype=torch.float32) * (1.0 / rescale)
+    return (frames.to(torch.float32) - m[:, None, None]) / s[:, None, None]
+
+
+def patchify(
+    frames: torch.Tensor,
+    patch_size: int = PATCH_SIZE,
+    merge_size: int = MERGE_SIZE,
+    temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+) -> tuple[torch.Tensor, list[int]]:
+    """Frames [T, C, H, W] -> rows [grid_t*grid_h*grid_w, C*temporal_patch_size*patch_size²] and [grid_t, grid_h, grid_w].
+
+    Rows are ordered (grid_t, grid_h/merge, grid_w/merge, merge, merge) so each 2×2 merge block is contiguous, and
+    each row is flattened (C, T, P, P) (SPEC §6): 3·2·16·16 = 1536 values. A frame count that is not a multiple of
+    `temporal_patch_size` is padded by repeating the last frame (an image is one frame repeated).
+    """
+    if pad := -frames.shape[0] % temporal_patch_size:
+        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
+    t, c, h, w = frames.shape
+    if h % (patch_size * merge_size) or w % (patch_size * merge_size):
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {patch_size * merge_size}")
+    gt, gh, gw = t // temporal_patch_size, h // patch_size, w // patch_size
+    x = frames.reshape(gt, temporal_patch_size, c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size)
+    # (gt, tp, c, gh/m, m, p, gw/m, m, p) -> (gt, gh/m, gw/m, m, m, c, tp, p, p)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gt * gh * gw, c * temporal_patch_size * patch_size * patch_size), [gt, gh, gw]
+
+
+def _video_to_tchw(video) -> torch.Tensor:
+    """An in-memory video (array/tensor [T,H,W,C] or [T,C,H,W], list of frames) -> tensor [T, 3, H, W] keeping the
+    dtype (uint8 stays uint8, float frames such as qwen-vl-utils' 0-255 floats stay float)."""
+    if isinstance(video, (list, tuple)):
+        frames = [_frame_to_array(f) for f in video]
+        return torch.from_numpy(np.stack([_resize_uint8(f, frames[0].shape[:2]) for f in frames])).permute(0, 3, 1, 2)
+    tensor = video if isinstance(video, torch.Tensor) else torch.from_numpy(np.asarray(video))
+    if tensor.ndim != 4:
+        raise ValueError(f"a video must be 4-D [T, H, W, C] or [T, C, H, W], got shape {tuple(tensor.shape)}")
+    if tensor.shape[1] not in (1, 3, 4) and tensor.shape[-1] in (1, 3, 4):
+        tensor = tensor.permute(0, 3, 1, 2)
+    if tensor.shape[1] == 1:
+        tensor = tensor.expand(-1, 3, -1, -1)
+    elif tensor.shape[1] == 4:
+        tensor = torch.from_numpy(_composite_on_white(tensor.permute(0, 2, 3, 1).numpy())).permute(0, 3, 1, 2)
+    if tensor.dtype not in (torch.uint8, torch.float32, torch.float64):
+        tensor = tensor.float()
+    return tensor
+
+
+def _image_to_tensor(image) -> torch.Tensor:
+    """An image (PIL, path/URL, array/tensor [H,W,C] or [C,H,W]) -> tensor [3, H, W] (uint8 unless given floats)."""
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.asarray(_to_rgb(image)).copy()).permute(2, 0, 1)
+    tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image))
+    if tensor.ndim == 2:
+        tensor = tensor[None]
+    if tensor.ndim != 3:
+        raise ValueError(f"an image must be 2-D or 3-D, got shape {tuple(tensor.shape)}")
+    return _video_to_tchw(tensor[None])[0]
+
+
+def _metadata_timestamps(meta, num_frames: int, default_fps: float) -> list[float]:
+    """Per-frame seconds from any metadata flavour: ours (`timestamps`), transformers' `VideoMetadata`
+    (frames_indices / fps), qwen-vl-utils' dict (`fps`, `frames_indices`), or none (frames taken at `default_fps`)."""
+
+    def read(key):
+        if meta is None:
+            return None
+        if isinstance(meta, dict):
+            return meta.get(key)
+        try:
+            return getattr(meta, key)
+        except Exception:  # transformers' VideoMetadata.timestamps raises without fps
+            return None
+
+    stamps = read("timestamps") if isinstance(meta, VideoMetadata) else None
+    if not stamps:
+        fps = read("fps") or default_fps
+        indices = read("frames_indices")
+        if indices is None:
+            indices = list(range(num_frames))
+        indices = indices.tolist() if hasattr(indices, "tolist") else list(indices)
+        stamps = [float(i) / float(fps) for i in indices]
+    stamps = list(stamps)
+    if len(stamps) > num_frames:
+        raise ValueError(f"video metadata lists {len(stamps)} frames but the video has {num_frames}")
+    # frames padded after the metadata was made (odd counts): repeat the last time, as transformers does
+    stamps += [stamps[-1]] * (num_frames - len(stamps)) if stamps else [0.0] * num_frames
+    return stamps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processor
+# ---------------------------------------------------------------------------------------------------------------
+class InternVideo3Processor(ProcessorMixin):
+    r"""Tokenizer (Qwen2/Qwen3 BPE) + image/video preprocessing + chat template for InternVideo3 (SPEC §7).
+
+    Args:
+        tokenizer: a Qwen2 tokenizer (`Qwen2Tokenizer` / `Qwen2TokenizerFast`).
+        chat_template: jinja template; default `CHAT_TEMPLATE` (Qwen3-VL layout with `enable_thinking`, tools,
+            `add_vision_id` labels).
+        fps, min_frames, max_frames: frame sampling of videos (frames per second of video, frame counts).
+        video_budget: "per_frame" (default; qwen-vl-utils: `min_pixels`/`max_pixels` per frame, `total_pixels` for
+            the clip) or "total" (transformers' `Qwen3VLVideoProcessor`: `size` bounds T×H×W). See the module doc.
+        min_pixels, max_pixels, total_pixels: pixel budgets of "per_frame" (defaults 131,072 / 786,432 /
+            117,964,800, i.e. 128-768 tokens per frame, ~115K tokens per clip).
+        size: {"shortest_edge", "longest_edge"} of "total", in pixels of the T×H×W volume (default 4,096 /
+            25,165,824, transformers' Qwen3-VL release).
+        image_min_pixels, image_max_pixels: per-image pixel bounds (default 65,536 / 16,777,216, Qwen3-VL release).
+        patch_size, temporal_patch_size, merge_size: vision tower geometry (16, 2, 2).
+        image_mean, image_std: normalization (0.5, 0.5, 0.5).
+        image_resize_backend: "pil" (default, = transformers' PIL image processor) or "torch".
+        video_resize_backend: "torch" (default, = transformers' `Qwen3VLVideoProcessor` / torchvision) or "pil".
+        padding_side: "left" (default, for batched generation) or "right".
+
+    `__call__` returns `input_ids`, `attention_mask`, and when given `pixel_values` [N_img_patches, 1536] float32,
+    `image_grid_thw` [n_images, 3], `pixel_values_videos` [N_vid_patches, 1536] float32, `video_grid_thw`
+    [n_videos, 3] (t, h, w patch grid before the 2×2 merge; a video costs t·h·w/4 `<|video_pad|>` tokens).
+    """
+
+    # transformers 4.57 reads `attributes` / `tokenizer_class`; 5.x infers the sub-processors from `__init__`.
+    attributes = ["tokenizer"]
+    tokenizer_class = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+    # save_pretrained writes auto_map {"AutoProcessor": "processing_internvideo3.InternVideo3Processor"} and this file.
+    _auto_class = "AutoProcessor"
+
+    def __init__(
+        self,
+        tokenizer=None,
+        chat_template=None,
+        fps: float = DEFAULT_FPS,
+        min_frames: int = DEFAULT_MIN_FRAMES,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        video_budget: str = "per_frame",
+        min_pixels: int = VIDEO_MIN_PIXELS,
+        max_pixels: int = VIDEO_MAX_PIXELS,
+        total_pixels: int = VIDEO_TOTAL_PIXELS,
+        size: dict | None = None,
+        image_min_pixels: int = IMAGE_MIN_PIXELS,
+        image_max_pixels: int = IMAGE_MAX_PIXELS,
+        patch_size: int = PATCH_SIZE,
+        temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+        merge_size: int = MERGE_SIZE,
+        image_mean: Sequence[float] = IMAGE_MEAN,
+        image_std: Sequence[float] = IMAGE_STD,
+        image_resize_backend: str = "pil",
+        video_resize_backend: str = "torch",
+        padding_side: str = "left",
+        **kwargs,
+    ):
+        if kwargs:
+            raise TypeError(f"InternVideo3Processor got unexpected arguments: {sorted(kwargs)}")
+        if video_budget not in ("per_frame", "total"):
+            raise ValueError(f"video_budget must be 'per_frame' or 'total', got {video_budget!r}")
+        self.fps = fps
+        self.min_frames = min_frames
+        self.max_frames = max_frames
+        self.video_budget = video_budget
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+        self.total_pixels = total_pixels
+        self.size = dict(size) if size is not None else dict(VIDEO_SIZE)
+        self.image_min_pixels = image_min_pixels
+        self.image_max_pixels = image_max_pixels
+        self.patch_size = patch_size
+        self.temporal_patch_size = temporal_patch_size
+        self.merge_size = merge_size
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.image_resize_backend = image_resize_backend
+        self.video_resize_backend = video_resize_backend
+        self.padding_side = padding_side
+        super().__init__(tokenizer, chat_template=chat_template if chat_template is not None else CHAT_TEMPLATE)
+        self.image_token, self.video_token = IMAGE_PAD, VIDEO_PAD
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+        self.vision_start_token_id = tokenizer.convert_tokens_to_ids(VISION_START)
+        self.vision_end_token_id = tokenizer.convert_tokens_to_ids(VISION_END)
+
+    # ---- settings ------------------------------------------------------------------------------------------
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"]
+
+    def _video_settings(self, overrides: dict) -> dict:
+        """Processor defaults updated by call-level or per-item budget keys; resolves which budget applies."""
+        settings = {
+            "fps": self.fps, "min_frames": self.min_frames, "max_frames": self.max_frames,
+            "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "total_pixels": self.total_pixels,
+            "size": dict(self.size), "video_budget": self.video_budget,
+        }  # fmt: skip
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "video_budget" not in given:
+            if "size" in given:
+                given["video_budget"] = "total"
+            elif any(k in given for k in ("min_pixels", "max_pixels", "total_pixels")):
+                given["video_budget"] = "per_frame"
+        settings.update(given)
+        if settings["video_budget"] not in ("per_frame", "total"):
+            raise ValueError(f"video_budget must be 'per_frame' or 'total', got {settings['video_budget']!r}")
+        return settings
+
+    def video_target_size(self, num_frames: int, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
+        """Resized (height, width) in pixels for a clip of `num_frames` sampled frames (before padding) of
+        `height`×`width` under `settings` (see the module doc for the two budgets)."""
+        s = self._video_settings(settings or {})
+        factor = self.patch_size * self.merge_size
+        if s.get("resized_height") and s.get("resized_width"):
+            # qwen-vl-utils: an explicit size is only rounded to the factor
+            return smart_resize_frame(s["resized_height"], s["resized_width"], factor, 4 * factor**2, 16384 * factor**2)
+        if s["video_budget"] == "total":
+            return smart_resize_video(
+                num_frames, height, width, self.temporal_patch_size, factor,
+                s["size"]["shortest_edge"], s["size"]["longest_edge"],
+            )  # fmt: skip
+        nframes = num_frames + (-num_frames % self.temporal_patch_size)
+        # qwen-vl-utils fetch_video: each frame gets at most its share of total_pixels (2 frames share a patch)
+        max_pixels = max(
+            min(s["max_pixels"], s["total_pixels"] / nframes * self.temporal_patch_size), int(s["min_pixels"] * 1.05)
+        )
+        return smart_resize_frame(height, width, factor, s["min_pixels"], max_pixels)
+
+    def image_target_size(self, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
+        """Resized (height, width) in pixels for an image (transformers' Qwen2-VL/Qwen3-VL rule)."""
+        s = settings or {}
+        factor = self.patch_size * self.merge_size
+        if s.get("resized_height") and s.get("resized_width"):
+            return smart_resize(s["resized_height"], s["resized_width"], factor, 4 * factor**2, 16384 * factor**2)
+        min_pixels = s.get("image_min_pixels") or s.get("min_pixels") or self.image_min_pixels
+        max_pixels = s.get("image_max_pixels") or s.get("max_pixels") or self.image_max_pixels
+        return smart_resize(height, width, factor, min_pixels, max_pixels)
+
+    # ---- vision inputs -------------------------------------------------------------------------------------
+    def load_video(self, source, **settings) -> tuple[np.ndarray, VideoMetadata]:
+        """`load_video` with this processor's sampling defaults, frames resized during decoding to the budget size
+        (so a long video never holds full-resolution frames). Keys: see `VIDEO_SETTING_KEYS`."""
+        s = self._video_settings(settings)
+        return load_video(
+            source,
+            fps=s["fps"],
+            min_frames=s["min_frames"],
+            max_frames=s["max_frames"],
+            nframes=s.get("nframes", s.get("num_frames")),
+            video_start=s.get("video_start"),
+            video_end=s.get("video_end"),
+            source_fps=s.get("source_fps"),
+            resize_to=lambda n, h, w: self.video_target_size(n, h, w, s),
+            temporal_patch_size=self.temporal_patch_size,
+        )
+
+    def _process_videos(self, videos: list, metadata: list, settings: list[dict], do_sample_frames):
+        rows, grids, stamps = [], [], []
+        for video, meta, s in zip(videos, metadata, settings):
+            if isinstance(video, (str, os.PathLike)) or (
+                isinstance(video, (list, tuple)) and video and isinstance(video[0], (str, os.PathLike))
+            ):
+                video, meta = self.load_video(video, **s)
+            elif do_sample_frames:
+                source_fps = None
+                if meta is not None:
+                    source_fps = meta.get("fps") if isinstance(meta, dict) else getattr(meta, "fps", None)
+                video, meta = self.load_video(video, source_fps=source_fps or s.get("source_fps"), **s)
+            frames = _video_to_tchw(video)
+            num = frames.shape[0]
+            stamp = _metadata_timestamps(meta, num, s.get("fps") or self.fps)
+            sampled = num
+            if isinstance(meta, VideoMetadata) and meta.num_sampled_frames:
+                sampled = meta.num_sampled_frames
+            height, width = frames.shape[-2:]
+            factor = self.patch_size * self.merge_size
+            already = isinstance(meta, VideoMetadata) and meta.resized and height % factor == 0 and width % factor == 0
+            if not already:
+                target = self.video_target_size(sampled, height, width, s)
+                frames = resize_frames(frames, target, self.video_resize_backend)
+            pixels = normalize_frames(frames, self.image_mean, self.image_std)
+            patches, grid = patchify(pixels, self.patch_size, self.merge_size, self.temporal_patch_size)
+            rows.append(patches)
+            grids.append(grid)
+            stamps.append(group_timestamps(stamp, self.temporal_patch_size))
+        return torch.cat(rows), torch.tensor(grids, dtype=torch.long), stamps
+
+    def _process_images(self, images: list, settings: list[dict]):
+        rows, grids = [], []
+        for image, s in zip(images, settings):
+            tensor = _image_to_tensor(image)
+            target = self.image_target_size(*tensor.shape[-2:], s)
+            backend = self.image_resize_backend if tensor.dtype == torch.uint8 else "torch"
+            resized = resize_frames(tensor[None], target, backend)
+            pixels = normalize_frames(resized, self.image_mean, self.image_std)
+            patches, grid = patchify(pixels, self.patch_size, self.merge_size, self.temporal_patch_size)
+            rows.append(patches)
+            grids.append(grid)
+        return torch.cat(rows), torch.tensor(grids, dtype=torch.long)
+
+    # ---- prompt expansion ----------------------------------------------------------------------------------
+    def _expand_text(self, texts: list[str], image_grids, video_grids, video_stamps) -> list[str]:
+        """Replace each image/video placeholder by its tokens (SPEC §7). Raises ValueError on a count mismatch."""
+        merge = self.merge_size**2
+        video_pattern = re.compile(re.escape(VISION_START + VIDEO_PAD + VISION_END) + "|" + re.escape(VIDEO_PAD))
+        n_video_slots = sum(len(video_pattern.findall(t)) for t in texts)
+        n_videos = 0 if video_grids is None else len(video_grids)
+        if n_video_slots != n_videos:
+            raise ValueError(f"the text has {n_video_slots} video placeholders but {n_videos} videos were given")
+        n_image_slots = sum(t.count(IMAGE_PAD) for t in texts)
+        n_images = 0 if image_grids is None else len(image_grids)
+        if n_image_slots != n_images:
+            raise ValueError(f"the text has {n_image_slots} image placeholders but {n_images} images were given")
+
+        counter = {"image": 0, "video": 0}
+
+        def video_tokens(_match) -> str:
+            i = counter["video"]
+            counter["video"] += 1
+            t, h, w = (int(v) for v in video_grids[i])
+            pads = VIDEO_PAD * (h * w // merge)
+            return "".join(f"<{video_stamps[i][g]:.1f} seconds>{VISION_START}{pads}{VISION_END}" for g in range(t))
+
+        def image_tokens(_match) -> str:
+            i = counter["image"]
+            counter["image"] += 1
+            return IMAGE_PAD * (int(image_grids[i].prod()) // merge)
+
+        out = []
+        for text in texts:
+            text = video_pattern.sub(video_tokens, text)
+            out.append(re.sub(re.escape(IMAGE_PAD), image_tokens, text))
+        return out
+
+    # ---- public entry points -------------------------------------------------------------------------------
+    def __call__(self, images=None, text=None, videos=None, **kwargs) -> BatchFeature:
+        """Tokenize `text` with expanded vision placeholders and preprocess `images` / `videos`.
+
+        Args:
+            images: an image or a list (PIL, path/URL, array/tensor [H,W,C] or [C,H,W]); nested per-sample lists are
+                flattened in order.
+            text: a string or a list of strings containing `<|vision_start|><|image_pad|><|vision_end|>` /
+                `<|vision_start|><|video_pad|><|vision_end|>` (or a bare pad) once per image / video, in order.
+            videos: a video or a list: path/URL (decoded and sampled with PyAV), a 4-D array/tensor [T,H,W,C] or
+                [T,C,H,W] (e.g. `qwen_vl_utils.process_vision_info` outputs; used as given unless
+                `do_sample_frames=True`), or a list of frames. A list of strings is a list of video files; wrap
+                frame paths of one video in a list: `[[f0, f1, ...]]`.
+            video_metadata: one per video (ours, transformers' `VideoMetadata`, or qwen-vl-utils' dict with `fps`,
+                `frames_indices`) for timestamps; without it in-memory frames are taken at `fps` frames per second.
+            fps, min_frames, max_frames, nframes/num_frames, video_start, video_end, video_budget, min_pixels,
+                max_pixels, total_pixels, size, resized_height, resized_width: video budget for this call (a `fps`
+                list gives one value per video).
+            image_min_pixels, image_max_pixels: image budget for this call.
+            padding (default: True for a batch of several texts), padding_side (default "left"), truncation,
+                max_length, add_special_tokens, ...: passed to the tokenizer. return_tensors: "pt" (default), "np".
+
+        Returns:
+            BatchFeature with `input_ids` [B, S], `attention_mask` [B, S], and when present `pixel_values`
+            [N, 1536] float32, `image_grid_thw` [n_images, 3], `pixel_values_videos` [N, 1536] float32,
+            `video_grid_thw` [n_videos, 3] (int64).
+
+        Raises:
+            ValueError: placeholders and images/videos differ in number, or the tokenized `<|video_pad|>` /
+                `<|image_pad|>` count differs from the visual feature count (e.g. truncation); messages name both.
+            TypeError: an unknown keyword argument.
+            FileNotFoundError, VideoLoadError: see `load_video`.
+        """
+        return self._encode(images=images, text=text, videos=videos, **kwargs)
+
+    def _encode(
+        self,
+        images=None,
+        text=None,
+        videos=None,
+        video_metadata=None,
+        video_settings: list[dict] | None = None,
+        image_settings: list[dict] | None = None,
+        return_tensors="pt",
+        do_sample_frames=None,
+        **kwargs,
+    ) -> BatchFeature:
+        for key in ("text_kwargs", "videos_kwargs", "images_kwargs"):  # transformers-style grouped kwargs
+            kwargs.update(kwargs.pop(key, None) or {})
+        kwargs.pop("return_metadata", None)
+        call_video = {k: kwargs.pop(k) for k in VIDEO_SETTING_KEYS if k in kwargs}
+        call_image = {k: kwargs.pop(k) for k in ("image_min_pixels", "image_max_pixels") if k in kwargs}
+        for key in ("resized_height", "resized_width"):
+            if key in call_video:
+                call_image[key] = call_video[key]
+        text_kwargs = {k: kwargs.pop(k) for k in TEXT_KWARGS if k in kwargs}
+        if kwargs:
+            raise TypeError(f"InternVideo3Processor got unexpected keyword arguments: {sorted(kwargs)}")
+
+        data: dict[str, Any] = {}
+        image_grids = video_grids = video_stamps = None
+        if images is not None:
+            images = _flatten_images(images)
+            settings = image_settings or [dict(call_image) for _ in images]
+            data["pixel_values"], image_grids = self._process_images(images, settings)
+            data["image_grid_thw"] = image_grids
+        if videos is not None:
+            videos = _as_video_list(videos)
+            metadata = _as_list(video_metadata, len(videos), "video_metadata")
+            if video_settings is None:
+                fps_value = call_video.get("fps")
+                video_settings = []
+                for i in range(len(videos)):
+                    s = dict(call_video)
+                    if isinstance(fps_value, (list, tuple)):  # qwen-vl-utils' video_kwargs: one fps per video
+                        s["fps"] = fps_value[i]
+                    video_settings.append(s)
+            data["pixel_values_videos"], video_grids, video_stamps = self._process_videos(
+                videos, metadata, video_settings, do_sample_frames
+            )
+            data["video_grid_thw"] = video_grids
+
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            texts = self._expand_text(texts, image_grids, video_grids, video_stamps)
+            text_kwargs.setdefault("padding", len(texts) > 1)
+            text_kwargs.setdefault("padding_side", self.padding_side)
+            encoded = self.tokenizer(texts, return_tensors=return_tensors, **text_kwargs)
+            self._check_token_counts(encoded["input_ids"], image_grids, video_grids)
+            data.update(encoded)
+        if return_tensors == "np":
+            data = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _check_token_counts(self, input_ids, image_grids, video_grids) -> None:
+        ids = np.concatenate([np.asarray(row).reshape(-1) for row in input_ids]) if len(input_ids) else np.zeros(0)
+        merge = self.merge_size**2
+        for name, token_id, grids in (("video", self.video_token_id, video_grids), ("image", self.image_token_id, image_grids)):
+            expected = 0 if grids is None else int(grids.prod(dim=1).sum()) // merge
+            found = int((ids == token_id).sum())
+            if found != expected:
+                raise ValueError(
+                    f"the tokenized text has {found} {name} placeholder tokens but the {name}s give {expected} "
+                    f"visual features (truncation or a placeholder typed into the text?)"
+                )
+
+    def apply_chat_template(
+        self,
+        conversation,
+        chat_template: str | None = None,
+        tools=None,
+        documents=None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = False,
+        return_dict: bool = True,
+        return_tensors="pt",
+        **kwargs,
+    ):
+        """Render messages with the chat template and, with `tokenize=True`, decode every image/video they reference
+        (PyAV `load_video`, never transformers' torchcodec loader) and return the model inputs - in one call.
+
+        Messages: `{"role", "content"}` with content a string or a list of `{"type": "text", "text"}`,
+        `{"type": "image", "image"|"path"|"url"|"image_url": ...}`, `{"type": "video", "video"|"path"|"url": ...}`
+        (a file/URL, a list of frames, or an array). An item may carry its own budget (`fps`, `max_frames`,
+        `min_pixels`, `max_pixels`, `total_pixels`, `nframes`, `video_start`, `video_end`, `size`, ... as
+        qwen-vl-utils), which overrides the call-level values.
+
+        Args:
+            conversation: one list of messages, or a list of them (a batch).
+            tools, documents, add_generation_prompt, continue_final_message: as in transformers.
+            tokenize: False returns the prompt string(s) with unexpanded placeholders.
+            return_dict: with `tokenize`, True returns the BatchFeature of `__call__`; False only `input_ids`.
+            **kwargs: budget keys (see `__call__`), tokenizer keys (`padding`, `padding_side`, `truncation`,
+                `max_length`, ...) and template variables (`enable_thinking`, `add_vision_id`, anything else).
+
+        Returns:
+            str | list[str] when not tokenizing; BatchFeature (or input_ids) otherwise.
+        """
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        call_video = {k: kwargs.pop(k) for k in VIDEO_SETTING_KEYS if k in kwargs}
+        call_image = {k: kwargs.pop(k) for k in ("image_min_pixels", "image_max_pixels") if k in kwargs}
+        text_kwargs = {k: kwargs.pop(k) for k in TEXT_KWARGS if k in kwargs}
+        for key in ("return_assistant_tokens_mask", "return_metadata", "num_frames_sampled"):
+            kwargs.pop(key, None)
+        rendered = self.tokenizer.apply_chat_template(
+            [list(c) for c in conversations],
+            chat_template=chat_template or self.chat_template,
+            tools=tools,
+            documents=documents,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            tokenize=False,
+            **kwargs,
+        )
+        texts = [rendered] if isinstance(rendered, str) else list(rendered)
+        if not tokenize:
+            return texts if batched else texts[0]
+
+        images, image_settings, videos, metadata, video_settings = [], [], [], [], []
+        for messages in conversations:
+            for kind, item in _vision_items(messages):
+                if kind == "image":
+                    s = dict(call_image)
+                    s.update({k: item[k] for k in ("min_pixels", "max_pixels", "resized_height", "resized_width") if k in item})
+                    images.append(_item_source(item, ("image", "path", "url", "image_url")))
+                    image_settings.append(s)
+                else:
+                    s = dict(call_video)
+                    s.update({k: item[k] for k in VIDEO_SETTING_KEYS if k in item})
+                    frames, meta = self.load_video(_item_source(item, ("video", "path", "url", "video_url")), **s)
+                    videos.append(frames)
+                    metadata.append(meta)
+                    video_settings.append(s)
+        out = self._encode(
+            images=images or None,
+            text=texts,
+            videos=videos or None,
+            video_metadata=metadata or None,
+            video_settings=video_settings or None,
+            image_settings=image_settings or None,
+            return_tensors=return_tensors,
+            **text_kwargs,
+        )
+        return out if return_dict else out["input_ids"]
+
+    def batch_decode(self, *args, **kwargs):
+        """Token ids -> strings: the tokenizer's `batch_decode`."""
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        """Token ids -> string: the tokenizer's `decode`."""
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
+        """Generated ids -> strings (used by transformers' image-text-to-text pipeline)."""
+        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input-shape helpers
+# ---------------------------------------------------------------------------------------------------------------
+def _is_image_item(item: dict) -> bool:
+    return item.get("type") in ("image", "image_url") or "image" in item or "image_url" in item
+
+
+def _vision_items(messages) -> list[tuple[str, dict]]:
+    """Images and videos in the order the chat template renders them (same classification rule)."""
+    found = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, (list, tuple)):
+            for item in content:
+                if not isinstance(item, dict):
+                    continue
+                if _is_image_item(item):
+                    found.append(("image", item))
+                elif item.get("type") == "video" or "video" in item:
+                    found.append(("video", item))
+    return found
+
+
+def _item_source(item: dict, keys: tuple[str, ...]):
+    for key in keys:
+        value = item.get(key)
+        if value is not None:
+            return value.get("url") if isinstance(value, dict) else value
+    raise ValueError(f"a {item.get('type', 'vision')} item needs one of the keys {keys}: {item}")
+
+
+def _flatten_images(images) -> list:
+    if isinstance(images, (list, tuple)):
+        out = []
+        for image in images:
+            out.extend(_flatten_images(image) if isinstance(image, (list, tuple)) else [image])
+        return out
+    return [images]
+
+
+def _as_video_list(videos) -> list:
+    if isinstance(videos, (str, os.PathLike)):
+        return [videos]
+    if isinstance(videos, (np.ndarray, torch.Tensor)):
+        return [videos] if videos.ndim == 4 else list(videos)
+    videos = list(videos)
+    if videos and (isinstance(videos[0], Image.Image) or (hasattr(videos[0], "ndim") and videos[0].ndim == 3)):
+        return [videos]  # one video given as a list of frames
+    return videos
+
+
+def _as_list(value, n: int, name: str) -> list:
+    if value is None:
+        return [None] * n
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"got {len(value)} {name} entries for {n} videos")
+        return list(value)
+    if n != 1:
+        raise ValueError(f"got one {name} entry for {n} videos")
+    return [value]
