@@ -61,6 +61,8 @@ class InternVideo3TextConfig(PretrainedConfig):
         rope_scaling / rope_parameters (`dict`, optional): alternative spellings of the RoPE fields.
         attention_query_chunk_size (`int`, 4096): prefill attends in query blocks of this many tokens, so a long
             prompt never materialises an [S, T] mask or score matrix.
+        attention_expand_budget_bytes (`int`, 268435456 = 256 MiB): prefill expands the latent to per-head K/V for
+            as many heads at a time as fit this many bytes, so long contexts keep a bounded transient.
         max_position_embeddings (`int`, 262144), rms_norm_eps (`float`, 1e-6), hidden_act (`str`, "silu").
 
     Raises:
@@ -106,6 +108,7 @@ class InternVideo3TextConfig(PretrainedConfig):
         tie_word_embeddings=False,
         source_num_key_value_heads=8,
         attention_query_chunk_size=4096,
+        attention_expand_budget_bytes=256 << 20,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -132,6 +135,7 @@ class InternVideo3TextConfig(PretrainedConfig):
         self.attention_bias = bool(attention_bias)
         self.attention_dropout = attention_dropout
         self.attention_query_chunk_size = attention_query_chunk_size
+        self.attention_expand_budget_bytes = attention_expand_budget_bytes
         self.qk_latent_layernorm = bool(qk_latent_layernorm)
         self.rope_interleave = bool(rope_interleave)
         theta, section, interleaved = _resolve_rope(
@@ -186,6 +190,7 @@ class InternVideo3TextConfig(PretrainedConfig):
             "v_head_dim": self.v_head_dim,
             "vocab_size": self.vocab_size,
             "attention_query_chunk_size": self.attention_query_chunk_size,
+            "attention_expand_budget_bytes": self.attention_expand_budget_bytes,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value <= 0:

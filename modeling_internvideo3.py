@@ -381,6 +381,8 @@ class InternVideo3TextAttention(nn.Module):
         # per query, so absorb when S < r·(d_n + d_v) / (2r + d_r - d_qk - d_v) (149 for the 8B widths).
         denominator = max(2 * r + self.qk_rope_head_dim - self.qk_head_dim - self.v_head_dim, 1)
         self.absorb_max_query_len = max(1, (r * (self.qk_nope_head_dim + self.v_head_dim)) // denominator)
+        # Transient bytes of per-head K/V that one expansion may hold; more heads are processed in groups.
+        self.expand_budget_bytes = config.attention_expand_budget_bytes
 
     def absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK [H, d_n, r] and W_UV [H, d_v, r], views of `kv_b_proj.weight` (SPEC §4)."""
@@ -425,14 +427,37 @@ class InternVideo3TextAttention(nn.Module):
         return self.o_proj(attn_output.reshape(B, S, H * self.v_head_dim))
 
     def _expanded(self, q_nope, q_pe, latent, k_pe, mask_spec: AttentionMaskSpec):
-        """Expand c to per-head K/V (prefill/training), attend in query blocks of `attention_query_chunk_size` so the
-        mask and score memory stay bounded for long prompts. Returns [B, S, H, d_v]."""
+        """Expand c to per-head K/V (prefill/training) and attend. Returns [B, S, H, d_v].
+
+        Memory stays bounded for long prompts on two axes: queries go in blocks of `attention_query_chunk_size`
+        (mask and score memory), and heads go in groups whose expanded K/V fit `expand_budget_bytes` (a chunk of a
+        256K-token video over its cache would otherwise expand T·H·(d_n + d_v) values at once, 4 GiB per layer at the
+        8B widths). Heads are independent, so grouping them is exact.
+        """
         B, H, S, _ = q_nope.shape
         T = latent.shape[-2]
-        kv = self.kv_b_proj(latent[:, 0]).view(B, T, H, self.qk_nope_head_dim + self.v_head_dim).transpose(1, 2)
-        k_nope, value = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)  # [B, H, T, d_n], [B, H, T, d_v]
-        key = torch.cat((k_nope, k_pe.expand(B, H, T, self.qk_rope_head_dim)), dim=-1)  # [B, H, T, d_n + d_r]
-        query = torch.cat((q_nope, q_pe), dim=-1)  # [B, H, S, d_n + d_r]
+        d_n, d_v = self.qk_nope_head_dim, self.v_head_dim
+        # transient values per head and key: kv_b output (d_n + d_v), key (d_qk), value padded to d_qk by SDPA
+        per_head = B * T * (d_n + d_v + 2 * self.qk_head_dim) * latent.element_size()
+        group = max(1, min(H, self.expand_budget_bytes // max(per_head, 1)))
+        if group >= H:
+            return self._expanded_heads(q_nope, q_pe, self.kv_b_proj(latent[:, 0]), k_pe, mask_spec)
+        weight = self.kv_b_proj.weight.view(H, d_n + d_v, self.kv_lora_rank)
+        outputs = []
+        for h in range(0, H, group):
+            kv = F.linear(latent[:, 0], weight[h : h + group].reshape(-1, self.kv_lora_rank))
+            outputs.append(self._expanded_heads(q_nope[:, h : h + group], q_pe[:, h : h + group], kv, k_pe, mask_spec))
+        return torch.cat(outputs, dim=2)
+
+    def _expanded_heads(self, q_nope, q_pe, kv, k_pe, mask_spec: AttentionMaskSpec):
+        """Attention of the heads in `q_nope` [B, h, S, d_n] given their expanded `kv` [B, T, h·(d_n + d_v)], in
+        query blocks. Returns [B, S, h, d_v]."""
+        B, H, S, _ = q_nope.shape
+        T = kv.shape[1]
+        kv = kv.view(B, T, H, self.qk_nope_head_dim + self.v_head_dim).transpose(1, 2)
+        k_nope, value = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)  # [B, h, T, d_n], [B, h, T, d_v]
+        key = torch.cat((k_nope, k_pe.expand(B, H, T, self.qk_rope_head_dim)), dim=-1)  # [B, h, T, d_n + d_r]
+        query = torch.cat((q_nope, q_pe), dim=-1)  # [B, h, S, d_n + d_r]
         attention = ATTENTION_FUNCTIONS.get(self.config._attn_implementation, sdpa_attention)
         sdpa = attention is sdpa_attention
         # SDPA's fused kernels need no score matrix when causality alone masks: then one block is best.

@@ -201,6 +201,41 @@ def test_query_chunked_prefill_matches_one_block(model, make_batch):
     torch.testing.assert_close(chunked[valid], whole[valid], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("make_batch", [text_batch, video_batch], ids=["text", "video"])
+def test_head_grouped_expansion_matches_one_expansion(model, make_batch, monkeypatch):
+    """Expanding K/V a few heads at a time (bounded transient for long contexts) changes no logit, also over a cache."""
+    batch = make_batch()
+    valid = batch["attention_mask"].bool()
+    layers = model.model.language_model.layers
+    groups = []  # heads per expansion
+    real = modeling.InternVideo3TextAttention._expanded_heads
+    monkeypatch.setattr(
+        modeling.InternVideo3TextAttention, "_expanded_heads",
+        lambda self, q_nope, *a: groups.append(q_nope.shape[1]) or real(self, q_nope, *a),
+    )  # fmt: skip
+    with torch.no_grad():
+        whole = model(**batch, use_cache=False).logits
+        budget = layers[0].self_attn.expand_budget_bytes
+        S = batch["input_ids"].shape[1]
+        for layer in layers:  # room for one head's K/V of this prompt (fp32): every head is its own group
+            layer.self_attn.expand_budget_bytes = S * (2 * 16 + 2 * 32) * 4
+        try:
+            grouped = model(**batch, use_cache=False).logits
+            cache = InternVideo3LatentCache(model.config)
+            first = {k: v for k, v in batch.items()}
+            first["input_ids"], first["attention_mask"] = batch["input_ids"][:, :-2], batch["attention_mask"][:, :-2]
+            model(**first, past_key_values=cache, use_cache=True)
+            tail = model(input_ids=batch["input_ids"][:, -2:], attention_mask=batch["attention_mask"],
+                         past_key_values=cache, use_cache=True).logits  # fmt: skip
+        finally:
+            for layer in layers:
+                layer.self_attn.expand_budget_bytes = budget
+    heads = model.config.text_config.num_attention_heads
+    assert groups[: len(layers)] == [heads] * len(layers) and set(groups[len(layers) :]) == {1}
+    torch.testing.assert_close(grouped[valid], whole[valid], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tail, whole[:, -2:], atol=1e-4, rtol=1e-4)
+
+
 def test_impossible_shapes_raise():
     from configuration_internvideo3 import InternVideo3TextConfig
 
