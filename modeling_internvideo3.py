@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -670,10 +671,16 @@ def adapt_text_config_to_checkpoint(text_config: InternVideo3TextConfig, shapes:
     if not layers:
         return
     signatures = {i: frozenset(k for k in keys if k in _ATTENTION_KEY_SUFFIXES) for i, keys in layers.items()}
-    first = signatures[min(signatures)]
-    odd = sorted(i for i, s in signatures.items() if s != first)
+    # The layout most layers share is the reference; name every key a layer lacks or adds relative to it.
+    first = Counter(signatures.values()).most_common(1)[0][0]
+    odd = [
+        f"{kind} layers.{i}.self_attn.{key}"
+        for i, s in sorted(signatures.items())
+        for kind, keys in (("missing", first - s), ("unexpected", s - first))
+        for key in sorted(keys)
+    ]
     if odd:
-        raise ValueError(f"attention tensors differ between layers {min(signatures)} and {odd}: cannot build one layout")
+        raise ValueError(f"attention tensors differ between layers: {', '.join(odd)}")
     missing = {"q_proj.weight", "kv_a_proj_with_mqa.weight", "kv_b_proj.weight", "o_proj.weight"} - first
     if missing:
         raise ValueError(f"checkpoint lacks M²LA attention tensors {sorted(missing)} in layer {min(layers)}")
