@@ -8,9 +8,10 @@ every tensor each cache object holds, divides by tokens, multiplies by 36 layers
 context length for 8K-256K (extrapolated: caches grow linearly, nothing else is assumed).
 
 `memory`: a reduced-width pair with the 8B ratios (hidden 1024, 32 heads of 32, 8 KV heads; M²LA r = 7·32 = 224,
-d_r = 32, so the latent cache is half of GQA's), 4 layers, bf16, each (model, context) in a fresh subprocess that
-reports its own peak RSS after prefill + 32 greedy decode steps. CPU timings are compute-bound and do not represent
-GPU decode; only memory is compared here.
+d_r = 32, so the latent cache is half of GQA's), `--layers` layers (8), bf16, each (model, context) in a fresh
+subprocess that prefills in 4,096-token chunks through the cache and decodes 32 steps, then reports its peak RSS and
+its RSS during decode; a linear fit of peak RSS over the measured contexts gives the longest context within
+`--budget-mib` (extrapolated, labeled so). CPU timings are compute-bound and do not represent GPU decode.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ from modeling_internvideo3 import InternVideo3LatentCache, InternVideo3TextForCa
 CONTEXTS = [8_192, 32_768, 131_072, 262_144]
 
 
-def qwen3vl_text_model(layers, hidden, heads, kv_heads, head_dim, intermediate, vocab):
+def qwen3vl_text_model(layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, mrope):
     from transformers import Qwen3VLTextConfig
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
 
     config = Qwen3VLTextConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, rope_theta=5_000_000.0,
-        rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+        rope_scaling={"rope_type": "default", "mrope_section": mrope, "mrope_interleaved": True},
     )
     return Qwen3VLTextModel(config)
 
@@ -84,59 +85,85 @@ def bench_bytes(tokens: int = 256) -> None:
         print(f"  {n:>8,} {gqa * n / 2**30:>9.2f} {m2la * n / 2**30:>9.2f} {(gqa - m2la) * n / 2**30:>10.2f}")
 
 
-REDUCED = dict(layers=4, hidden=1024, heads=32, head_dim=32, intermediate=2816, vocab=1000)
+REDUCED = dict(hidden=1024, heads=32, head_dim=32, intermediate=2816, vocab=1000, mrope=[6, 5, 5])
 
 
-def run_one(kind: str, context: int, steps: int = 32) -> dict:
-    """In this (fresh) process: build the reduced model, prefill `context` tokens, decode `steps`; report peak RSS."""
+def current_rss_mib() -> float:
+    """Resident set size now (Linux /proc), MiB: what the process holds during decode, after prefill transients."""
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return kib / 1024
+
+
+def run_one(kind: str, context: int, layers: int, steps: int = 32, chunk: int = 4096) -> dict:
+    """In this (fresh) process: build the reduced model, prefill `context` tokens in chunks of `chunk` through the
+    cache (so the prefill transient is bounded and the cache is what grows), decode `steps`; report peak RSS."""
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # 2 threads on a shared 2-core VM made bf16 matrix-vector products erratic
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16: an fp32 build would set the peak, not the context
     if kind == "qwen3vl":
-        model = qwen3vl_text_model(kv_heads=8, **REDUCED)
-    else:
-        model = m2la_text_model(rank=224, mrope=[6, 5, 5], **REDUCED)
+        model = qwen3vl_text_model(layers=layers, kv_heads=8, **REDUCED)
+    else:  # the decoder alone, like Qwen3VLTextModel (no LM head over every prompt position)
+        model = m2la_text_model(layers=layers, rank=224, **REDUCED).model
+    torch.set_default_dtype(torch.float32)
     model = model.to(torch.bfloat16).eval()
     ids = torch.randint(0, REDUCED["vocab"], (1, context))
+    cache = None
     start = time.perf_counter()
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
-        hidden = out.last_hidden_state if kind == "qwen3vl" else out.logits
+        for begin in range(0, context, chunk):
+            cache = model(input_ids=ids[:, begin : begin + chunk], past_key_values=cache, use_cache=True).past_key_values
         prefill = time.perf_counter() - start
         token = ids[:, -1:]
         start = time.perf_counter()
         for _ in range(steps):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            cache = model(input_ids=token, past_key_values=cache, use_cache=True).past_key_values
         decode = (time.perf_counter() - start) / steps
-    del hidden
     return {
         "kind": kind,
         "context": context,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "decode_rss_mib": current_rss_mib(),
         "cache_mib": cache_nbytes(cache) / 2**20,
         "prefill_s": prefill,
         "decode_s_per_token": decode,
     }
 
 
-def bench_memory(contexts: list[int]) -> None:
-    print("reduced width (hidden 1024, 32 heads x 32, GQA 8 KV heads vs M²LA r=224 + d_r=32), 4 layers, bf16, CPU")
-    print(f"{'context':>8} {'model':>9} {'peak RSS MiB':>13} {'cache MiB':>10} {'prefill s':>10} {'decode ms/tok':>14}")
+def bench_memory(contexts: list[int], budget_mib: float, layers: int) -> None:
+    print(f"reduced width (hidden 1024, 32 heads x 32, GQA 8 KV heads vs M²LA r=224 + d_r=32), {layers} layers, bf16, CPU,"
+          " prefill in 4,096-token chunks through the cache, then 32 decode steps")
+    print(f"{'context':>8} {'model':>9} {'peak RSS MiB':>13} {'decode RSS MiB':>15} {'cache MiB':>10} {'prefill s':>10}"
+          f" {'decode ms/tok':>14}")
     rows = {}
     for context in contexts:
         for kind in ("qwen3vl", "m2la"):
             result = subprocess.run(
-                [sys.executable, __file__, "one", kind, str(context)], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "one", kind, str(context), "--layers", str(layers)], capture_output=True, text=True, check=True
             )
             row = json.loads(result.stdout.strip().splitlines()[-1])
             rows[(kind, context)] = row
             print(
-                f"{context:>8,} {kind:>9} {row['peak_rss_mib']:>13,.0f} {row['cache_mib']:>10,.1f} "
+                f"{context:>8,} {kind:>9} {row['peak_rss_mib']:>13,.0f} {row['decode_rss_mib']:>15,.0f} {row['cache_mib']:>10,.1f} "
                 f"{row['prefill_s']:>10.2f} {row['decode_s_per_token'] * 1000:>14.1f}"
             )
         q, m = rows[("qwen3vl", context)], rows[("m2la", context)]
-        print(f"{'':>8} {'ratio':>9} {m['peak_rss_mib'] / q['peak_rss_mib']:>13.3f} {m['cache_mib'] / q['cache_mib']:>10.3f}"
+        print(f"{'':>8} {'ratio':>9} {m['peak_rss_mib'] / q['peak_rss_mib']:>13.3f}"
+              f" {m['decode_rss_mib'] / q['decode_rss_mib']:>15.3f} {m['cache_mib'] / q['cache_mib']:>10.3f}"
               f" {m['prefill_s'] / q['prefill_s']:>10.2f} {m['decode_s_per_token'] / q['decode_s_per_token']:>14.2f}")
+    print(f"longest context within a {budget_mib:,.0f} MiB budget (peak RSS):")
+    for kind in ("qwen3vl", "m2la"):
+        xs = torch.tensor([float(c) for c in contexts], dtype=torch.float64)
+        ys = torch.tensor([rows[(kind, c)]["peak_rss_mib"] for c in contexts], dtype=torch.float64)
+        fitting = [c for c in contexts if rows[(kind, c)]["peak_rss_mib"] <= budget_mib]
+        line = f"  {kind:>8}: measured {max(fitting):,} tokens" if fitting else f"  {kind:>8}: no measured context fits"
+        if len(contexts) > 1:
+            slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / ((xs - xs.mean()) ** 2).sum())
+            intercept = float(ys.mean() - slope * xs.mean())
+            if slope > 0:
+                line += f"; linear fit {intercept:,.0f} MiB + {slope * 1024:,.1f} MiB/1K tokens -> about"
+                line += f" {(budget_mib - intercept) / slope:,.0f} tokens (extrapolated)"
+        print(line)
     print("CPU timings are compute-bound and do not represent GPU decode; compare memory, not speed.")
 
 
@@ -145,17 +172,20 @@ def main() -> None:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("bytes")
     mem = sub.add_parser("memory")
-    mem.add_argument("--contexts", type=int, nargs="+", default=[2048, 8192, 16384])
+    mem.add_argument("--contexts", type=int, nargs="+", default=[2048, 8192, 16384, 32768])
+    mem.add_argument("--budget-mib", type=float, default=4096, help="memory budget for the longest-context line")
+    mem.add_argument("--layers", type=int, default=8)
     one = sub.add_parser("one")
     one.add_argument("kind", choices=["qwen3vl", "m2la"])
     one.add_argument("context", type=int)
+    one.add_argument("--layers", type=int, default=8)
     args = parser.parse_args()
     if args.cmd == "bytes":
         bench_bytes()
     elif args.cmd == "memory":
-        bench_memory(args.contexts)
+        bench_memory(args.contexts, args.budget_mib, args.layers)
     else:
-        print(json.dumps(run_one(args.kind, args.context)))
+        print(json.dumps(run_one(args.kind, args.context, args.layers)))
 
 
 if __name__ == "__main__":
