@@ -1,0 +1,236 @@
+"""Conversion quality on trained weights: train a small Qwen3-style GQA LM (QK-norm) on real text, convert it to M²LA
+at several ranks and with each method step switched off, measure perplexity, logit KL and per-layer errors, then heal.
+
+    python bench/convert_quality.py --out /tmp/RESULTS_convert.md     # ≈ 9 min on a shared 2-core CPU
+    python bench/convert_quality.py --train-minutes 1 --heal-steps 0   # quick look (prints only)
+
+Text: the documentation strings of ~90 Python standard-library modules (`convert.calibration.stdlib_docstrings`),
+split by module into train and held-out (`convert.quality.split_documents`). A byte-level BPE tokenizer with
+`--vocab` tokens is trained on the train split (the `tokenizers` library), so the source folder is a complete
+checkpoint (weights, config, tokenizer) that the CLI and `examples/heal_converted.py` take as they are. Random
+weights have no low-rank structure, which is why the model is trained first (SPEC §9.7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from convert.calibration import stdlib_docstrings  # noqa: E402
+from convert.gqa_to_m2la import ConvertOptions, convert, load_m2la  # noqa: E402
+from convert.quality import evaluate, heal, split_documents, token_rows  # noqa: E402
+
+
+def train_tokenizer(documents, vocab_size: int):
+    """A byte-level BPE `PreTrainedTokenizerFast` trained on `documents` (EOS `<|endoftext|>`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(documents, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def make_source(args, vocab_size: int, eos: int):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, head_dim=args.head_dim,
+        max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=False, rms_norm_eps=1e-6,
+        eos_token_id=eos, pad_token_id=eos, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(config)
+
+
+def train(model, data: torch.Tensor, minutes: float, batch: int, lr: float) -> int:
+    """AdamW with warm-up and cosine decay for a fixed wall-clock budget. Returns the number of steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
+    model.train()
+    start, step, budget = time.perf_counter(), 0, minutes * 60
+    g = torch.Generator().manual_seed(1)
+    while time.perf_counter() - start < budget:
+        frac = (time.perf_counter() - start) / budget
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * frac))
+        ids = data[torch.randint(0, len(data), (batch,), generator=g)]
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            print(f"  step {step} loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    model.eval()
+    return step
+
+
+def layer_means(report) -> dict:
+    layers = report["layers"]
+    keys = ("kept_energy", "k_nope_rel_error", "v_rel_error", "attn_out_rel_error", "rope_key_energy",
+            "qk_norm_fit_error_q", "qk_norm_fit_error_k")
+    return {k: sum(s[k] for s in layers) / len(layers) for k in keys}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-minutes", type=float, default=4.0)
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--ranks", default="32,64,96,128,224", help="ranks of the full method (224 = full)")
+    parser.add_argument("--ablation-ranks", default="64,96")
+    parser.add_argument("--calibration-rows", type=int, default=32, help="calibration rows of --seq-len train tokens")
+    parser.add_argument("--heal-rank", type=int, default=96)
+    parser.add_argument("--heal-steps", type=int, default=120)
+    parser.add_argument("--held-rows", type=int, default=96, help="held-out rows of --seq-len tokens to evaluate")
+    parser.add_argument("--work", default=None, help="keep the source and converted folders here")
+    parser.add_argument("--out", default=None, help="write the markdown section to this file (appended)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 because on a shared 2-core machine 2 threads ran these small matmuls "
+                             "6x slower (measured) than 1")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python bench/convert_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    started = time.perf_counter()
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="convert_quality-"))
+    train_docs, held_docs = split_documents(stdlib_docstrings())
+    tokenizer = train_tokenizer(train_docs, args.vocab)
+    train_rows = token_rows(tokenizer, train_docs, args.seq_len)
+    held = token_rows(tokenizer, held_docs, args.seq_len)[: args.held_rows]
+    print(f"data: train {train_rows.numel():,} tokens ({len(train_docs)} modules), held-out {held.numel():,} "
+          f"({len(held_docs)} modules), BPE vocabulary {len(tokenizer)}")
+    model = make_source(args, len(tokenizer), tokenizer.eos_token_id)
+    steps = train(model, train_rows, args.train_minutes, args.batch, args.lr)
+    model.save_pretrained(work / "source")
+    tokenizer.save_pretrained(work / "source")
+    src_ppl, _ = evaluate(model, held)
+    print(f"source: {steps} steps, held-out perplexity {src_ppl:.2f}")
+
+    calib = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(2))[: args.calibration_rows]]
+    full = (args.kv_heads - 1) * args.head_dim + args.kv_heads * args.head_dim
+    rows = []
+
+    def run(label, rank, out="out", **flags):
+        options = ConvertOptions(kv_lora_rank=rank, dtype="fp32", calibration_ids=calib, progress=False, overwrite=True,
+                                 **flags)
+        report = convert(work / "source", work / out, options)
+        ppl, kl = evaluate(load_m2la(work / out), held, reference=model)
+        row = dict(label=label, rank=rank, ppl=ppl, kl=kl, **layer_means(report), per_layer=report["layers"])
+        rows.append(row)
+        print(f"{label:34s} r={rank:4d} ppl {ppl:9.2f} KL {kl:.4f} kept {row['kept_energy']:.4f} "
+              f"attn err {row['attn_out_rel_error']:.4f}", flush=True)
+
+    for rank in [int(r) for r in args.ranks.split(",")]:
+        run("full method", min(rank, full), out=f"m2la-r{min(rank, full)}")
+    for rank in [int(r) for r in args.ablation_ranks.split(",")] + [full]:
+        run("no RoRoPE", rank, rorope=False)
+        if rank < full:  # at full rank nothing is dropped, so balancing changes nothing
+            run("no K/V balancing", rank, balance=False)
+        run("QK-norm: mean-scale fold", rank, qk_norm="scale")
+        run("QK-norm: weight fold only (naive)", rank, qk_norm="none")
+
+    healing = None
+    if args.heal_steps > 0:
+        sys.path.insert(0, str(REPO_ROOT / "examples"))
+        from heal_converted import main as heal_main
+
+        heal_argv = ["--source", str(work / "source"), "--converted", str(work / f"m2la-r{args.heal_rank}"),
+                     "--steps", str(args.heal_steps), "--batch", str(args.batch), "--seq-len", str(args.seq_len),
+                     "--held-rows", str(args.held_rows)]
+        healing = heal_main(heal_argv)
+        healing["command"] = "python examples/heal_converted.py " + " ".join(heal_argv)
+        # Control: the source itself trained for the same steps with the same recipe (it is under-trained too).
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as scratch:
+            heal(model, train_rows, args.heal_steps, scratch, learning_rate=3e-4, batch=args.batch)
+        healing["source_continued"] = evaluate(model, held)[0]
+        print(f"control: source continued {args.heal_steps} steps -> {healing['source_continued']:.2f} "
+              f"({time.perf_counter() - t0:.0f} s)")
+
+    (work / "results.json").write_text(json.dumps(dict(rows=rows, source_ppl=src_ppl, healing=healing), indent=2))
+    section = render(args, command, steps, src_ppl, train_rows, held, rows, healing, full,
+                     time.perf_counter() - started)
+    print(section)
+    print(f"raw results and folders: {work}")
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + section)
+
+
+def render(args, command, steps, src_ppl, train_rows, held, rows, healing, full, seconds) -> str:
+    gqa = 2 * args.kv_heads * args.head_dim
+    lines = [
+        "## GQA → M²LA conversion quality (bench/convert_quality.py)", "",
+        f"Date 2026-11-23; machine: 2-core CPU, no GPU ({args.threads} torch thread); torch {torch.__version__}. "
+        f"Command: `{command}` "
+        f"(total {seconds / 60:.1f} min).", "",
+        f"Source: Qwen3-style GQA LM with QK-norm, hidden {args.hidden}, {args.layers} layers, {args.heads} query / "
+        f"{args.kv_heads} KV heads of {args.head_dim}, trained {args.train_minutes:g} min ({steps} AdamW steps of "
+        f"{args.batch}×{args.seq_len} tokens) on {train_rows.numel():,} tokens of Python standard-library docstrings "
+        f"(byte-level BPE, {args.vocab} tokens, trained on the same split). Held-out: {held.numel():,} tokens of other "
+        f"modules. **Source perplexity {src_ppl:.2f}.** Calibration: {args.calibration_rows}×{args.seq_len} train "
+        f"tokens. The shared RoPE key keeps d_r = head_dim = {args.head_dim}; [K_nope; V] has (G−1)·d + G·d = {full} "
+        f"dims (the 8B: 1,920). The 8B's 896 + 128 = half of its GQA cache corresponds here to r = "
+        f"{gqa // 2 - args.head_dim} ({gqa // 2} of {gqa} values).", "",
+        f"| conversion | r | cache values / token / layer (GQA {gqa}) | held-out ppl | KL(src‖conv) nats/token "
+        "| kept energy | K_nope err | V err | attn-out err | RoPE-key share | QK-norm fit err q / k |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| source (GQA) | – | {gqa} | {src_ppl:.2f} | 0 | | | | | | |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['rank']} | {r['rank'] + args.head_dim} | {r['ppl']:.2f} | {r['kl']:.4f} | "
+            f"{r['kept_energy']:.4f} | {r['k_nope_rel_error']:.4f} | {r['v_rel_error']:.4f} | "
+            f"{r['attn_out_rel_error']:.4f} | {r['rope_key_energy']:.3f} | "
+            f"{r['qk_norm_fit_error_q']:.4f} / {r['qk_norm_fit_error_k']:.4f} |")
+    lines += [
+        "", "Errors are means over layers on the calibration tokens. kept energy: share of the (balanced) [K_nope; V] "
+        "second moment the rank keeps; K_nope / V err: the share of each part it loses; attn-out err: "
+        "‖M²LA(x) − GQA(x)‖² / ‖GQA(x)‖² of the real converted attention module on the source's layer inputs; "
+        "RoPE-key share: share of the key energy that stays rotated in the shared RoPE key (the rest loses its "
+        "rotation); QK-norm fit err: relative error of the affine map that replaces q_norm / k_norm.",
+    ]
+    ref = next((r for r in rows if r["label"] == "full method" and r["rank"] == args.heal_rank), rows[0])
+    lines += ["", f"Per layer, full method at r = {ref['rank']}:", "",
+              "| layer | kept energy | K_nope err | V err | attn-out err | RoPE-key share | QK-norm fit err q / k |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in ref["per_layer"]:
+        lines.append(f"| {s['layer']} | {s['kept_energy']:.4f} | {s['k_nope_rel_error']:.4f} | {s['v_rel_error']:.4f} | "
+                     f"{s['attn_out_rel_error']:.4f} | {s['rope_key_energy']:.3f} | "
+                     f"{s['qk_norm_fit_error_q']:.4f} / {s['qk_norm_fit_error_k']:.4f} |")
+    if healing:
+        lines += ["", f"Healing (`{healing['command']}`: plain `transformers.Trainer`, lr 3e-4 cosine, "
+                  f"{healing['steps']} steps of {args.batch}×{args.seq_len} tokens, {healing['seconds']:.0f} s): "
+                  f"r = {args.heal_rank} perplexity {healing['before']:.2f} → **{healing['after']:.2f}** "
+                  f"(KL {healing['kl_before']:.4f} → {healing['kl_after']:.4f}); source {healing['source']:.2f}. "
+                  f"Control, the source trained the same {healing['steps']} steps with the same recipe: "
+                  f"{healing['source_continued']:.2f}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,743 @@
+"""Convert a GQA/MHA transformers checkpoint (Qwen3-VL, Qwen3, Qwen2/2.5, Llama) into an M²LA folder (SPEC §9).
+
+    python -m convert.gqa_to_m2la --src Qwen3-VL-8B-Instruct --out InternVideo3-conv --kv-lora-rank 896
+    python -m convert.gqa_to_m2la --src qwen3-0.6b --out qwen3-m2la --kv-lora-rank 256 --calibration notes.txt
+
+Qwen3-VL sources become the full InternVideo3 model (`model.language_model.*`, vision tower `model.visual.*` copied
+unchanged); text-only sources become an `InternVideo3TextForCausalLM` folder (`model.*`, `lm_head.weight`). Both load
+with `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`.
+
+Method (details and math in `convert/m2la_math.py`): QK-norm linearized per head by least squares (Qwen3 family),
+exact MLA rewrite, RoRoPE per frequency plane (never mixes MRoPE axes), one shared RoPE key of width head_dim,
+joint K/V-balanced PCA of [K_nope; V] to `kv_lora_rank` on calibration activations, pair-interleaved RoPE rows,
+softmax-scale fix, zero-fill of dims the source lacks.
+
+Calibration: text (default: Python standard-library documentation) and, for Qwen3-VL sources, videos through the
+InternVideo3 processor and the source vision tower (3-D MRoPE positions, DeepStack), streamed through the source
+layer by layer.
+
+Streaming: the source is read tensor by tensor with `safe_open`; one layer's weights, its calibration statistics and
+the calibration hidden states ([tokens, hidden]) are in memory at a time, plus converted tensors waiting for their
+shard (at most `--max-shard-size-gb`). Shards and their index are written into a hidden temporary folder that is
+renamed to `--out` only when complete, so an interrupted run leaves nothing loadable (its leftovers are named
+`.<out>.incomplete-*` and removed by the next run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from convert.calibration import calibration_token_ids, load_tokenizer, read_calibration_files, stdlib_docstrings
+from convert.export import REPO_ROOT, TOKENIZER_DIR, atomic_folder, set_auto_map, write_remote_code
+from convert.m2la_math import (
+    QK_NORM_TREATMENTS,
+    SourceAttention,
+    build_m2la_layer,
+    key_plane_covariance,
+    linearize_qk_norm,
+    rms_norm,
+    rorope_attention,
+    rorope_basis,
+)
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+TEXT_MODEL_TYPES = {"qwen3", "qwen2", "llama"}
+VL_MODEL_TYPES = {"qwen3_vl"}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+    "added_tokens.json", "chat_template.jinja", "chat_template.json", "generation_config.json",
+    "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json", "tokenizer.model",
+)
+ATTENTION_SOURCE_KEYS = ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")
+
+
+class ConversionError(ValueError):
+    """A source the converter cannot handle (architecture, shapes, files); the message says what and why."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading the source
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class TensorReader:
+    """Lazy access to the tensors of a safetensors checkpoint folder (single file or sharded with an index)."""
+
+    def __init__(self, folder: Path):
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+            if not files:
+                bins = sorted(folder.glob("*.bin"))
+                hint = " (it has .bin weights: re-save them with safe_serialization=True)" if bins else ""
+                raise ConversionError(f"no safetensors weights in {folder}{hint}")
+            weight_map = {}
+            for file in files:
+                with safe_open(str(file), framework="pt") as f:
+                    weight_map.update({key: file.name for key in f.keys()})
+        missing = sorted({name for name in weight_map.values() if not (folder / name).is_file()})
+        if missing:
+            raise ConversionError(f"{folder}: shard files listed in the index are missing: {missing}")
+        self.folder = folder
+        self.weight_map = weight_map
+
+    def keys(self) -> list[str]:
+        return list(self.weight_map)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.weight_map
+
+    def get(self, key: str) -> torch.Tensor:
+        """One tensor, copied out of its shard. The shard is opened per call (a header parse, well under a
+        millisecond) so no memory map stays open: the read pages of earlier layers leave the resident set."""
+        name = self.weight_map.get(key)
+        if name is None:
+            raise ConversionError(f"tensor {key!r} is missing from {self.folder}")
+        with safe_open(str(self.folder / name), framework="pt") as f:
+            return f.get_tensor(key)
+
+
+@dataclass
+class SourceArch:
+    """What the converter needs to know about the source text decoder (read from config.json, checked on keys)."""
+
+    model_type: str
+    is_vl: bool
+    prefix: str  # "model.language_model." or "model."
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    mrope_section: list
+    mrope_interleaved: bool
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qk_norm: bool
+    attention_bias: bool
+    dtype: torch.dtype
+    config: dict  # the raw source config.json
+
+    @property
+    def text_config(self) -> dict:
+        return self.config["text_config"] if self.is_vl else self.config
+
+
+def _rope_fields(cfg: dict) -> tuple[float, dict]:
+    merged = {}
+    for key in ("rope_scaling", "rope_parameters"):
+        if isinstance(cfg.get(key), dict):
+            merged.update(cfg[key])
+    theta = merged.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    return float(theta), merged
+
+
+def read_source_arch(src: Path) -> SourceArch:
+    """Parse and validate the source's config.json. Raises ConversionError naming what is unsupported."""
+    config_file = src / "config.json"
+    if not src.is_dir():
+        raise ConversionError(f"source folder not found: {src}")
+    if not config_file.is_file():
+        raise ConversionError(f"{src} has no config.json: not a transformers checkpoint folder")
+    config = json.loads(config_file.read_text())
+    model_type = config.get("model_type")
+    if model_type not in TEXT_MODEL_TYPES | VL_MODEL_TYPES:
+        supported = sorted(TEXT_MODEL_TYPES | VL_MODEL_TYPES)
+        raise ConversionError(
+            f"unsupported architecture model_type={model_type!r} ({config.get('architectures')}); supported: "
+            f"{supported} (dense GQA/MHA decoders; MoE, sliding-window and other vision towers are not)"
+        )
+    is_vl = model_type in VL_MODEL_TYPES
+    text = config["text_config"] if is_vl else config
+    heads = int(text["num_attention_heads"])
+    hidden = int(text["hidden_size"])
+    head_dim = int(text.get("head_dim") or hidden // heads)
+    theta, rope = _rope_fields(text)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "mrope"):
+        raise ConversionError(f"RoPE scaling {rope_type!r} is not supported (M²LA here uses plain (M)RoPE)")
+    if float(text.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ConversionError("partial rotary embeddings (partial_rotary_factor < 1) are not supported")
+    if text.get("use_sliding_window"):
+        raise ConversionError("sliding-window attention sources are not supported")
+    if text.get("mlp_bias"):
+        raise ConversionError("MLP biases (mlp_bias=true) are not supported by the M²LA decoder")
+    if text.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"hidden_act {text.get('hidden_act')!r} is not supported (SwiGLU with silu only)")
+    if head_dim % 2:
+        raise ConversionError(f"head_dim {head_dim} is odd")
+    if is_vl:
+        section = list(rope.get("mrope_section", text.get("mrope_section", [24, 20, 20])))
+        interleaved = bool(rope.get("mrope_interleaved", True))
+    else:  # text only: every frequency follows the single (T) position axis
+        section, interleaved = [head_dim // 2, 0, 0], True
+    dtype_name = str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+                     or "bfloat16").replace("torch.", "")
+    return SourceArch(
+        model_type=model_type,
+        is_vl=is_vl,
+        prefix="model.language_model." if is_vl else "model.",
+        hidden_size=hidden,
+        num_layers=int(text["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(text.get("num_key_value_heads") or heads),
+        head_dim=head_dim,
+        intermediate_size=int(text["intermediate_size"]),
+        vocab_size=int(text["vocab_size"]),
+        rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        mrope_section=section,
+        mrope_interleaved=interleaved,
+        max_position_embeddings=int(text.get("max_position_embeddings", 32768)),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
+        qk_norm=model_type in ("qwen3", "qwen3_vl"),
+        attention_bias=False,  # decided from the keys in `check_source_keys`
+        dtype=getattr(torch, dtype_name, torch.bfloat16),
+        config=config,
+    )
+
+
+def check_source_keys(arch: SourceArch, reader: TensorReader) -> None:
+    """Verify every layer has the tensors the architecture implies; set `arch.attention_bias` from the keys."""
+    p = arch.prefix
+    layer0 = f"{p}layers.0.self_attn."
+    if f"{layer0}q_proj.weight" not in reader:
+        raise ConversionError(f"{reader.folder}: no {layer0}q_proj.weight; keys look like {reader.keys()[:3]}")
+    biases = {name: f"{layer0}{name}.bias" in reader for name in ("q_proj", "k_proj", "v_proj")}
+    if f"{layer0}o_proj.bias" in reader:
+        raise ConversionError("o_proj has a bias: not supported by the M²LA layout (SPEC §3)")
+    arch.attention_bias = any(biases.values())
+    for i in range(arch.num_layers):
+        needed = [f"{p}layers.{i}.self_attn.{n}.weight" for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        needed += [f"{p}layers.{i}.{n}.weight" for n in ("input_layernorm", "post_attention_layernorm")]
+        needed += [f"{p}layers.{i}.mlp.{n}.weight" for n in ("gate_proj", "up_proj", "down_proj")]
+        if arch.qk_norm:
+            needed += [f"{p}layers.{i}.self_attn.{n}.weight" for n in ("q_norm", "k_norm")]
+        needed += [f"{p}layers.{i}.self_attn.{n}.bias" for n, has in biases.items() if has]
+        missing = [k for k in needed if k not in reader]
+        if missing:
+            raise ConversionError(f"{reader.folder}: layer {i} lacks {missing}")
+    for key in (f"{p}embed_tokens.weight", f"{p}norm.weight"):
+        if key not in reader:
+            raise ConversionError(f"{reader.folder}: missing {key}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing the output
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class ShardWriter:
+    """Accumulate tensors and write safetensors shards of at most `max_shard_bytes`, then the index."""
+
+    def __init__(self, folder: Path, max_shard_bytes: int):
+        self.folder = folder
+        self.max_shard_bytes = max_shard_bytes
+        self.buffer: dict[str, torch.Tensor] = {}
+        self.buffer_bytes = 0
+        self.shards: list[list[str]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        nbytes = tensor.numel() * tensor.element_size()
+        if self.buffer and self.buffer_bytes + nbytes > self.max_shard_bytes:
+            self.flush()
+        self.buffer[name] = tensor.contiguous()
+        self.buffer_bytes += nbytes
+        self.total_bytes += nbytes
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        save_file(self.buffer, str(self.folder / f"shard-{len(self.shards):05d}.tmp"), metadata={"format": "pt"})
+        self.shards.append(sorted(self.buffer))
+        self.buffer, self.buffer_bytes = {}, 0
+
+    def finish(self) -> None:
+        """Name the shards `model-0000i-of-0000n.safetensors` (or `model.safetensors`) and write the index."""
+        self.flush()
+        n = len(self.shards)
+        weight_map = {}
+        for i, names in enumerate(self.shards):
+            final = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            (self.folder / f"shard-{i:05d}.tmp").rename(self.folder / final)
+            weight_map.update({name: final for name in names})
+        if n > 1:
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_processor(src: Path, tmp: Path, is_vl: bool) -> None:
+    """Tokenizer / processor files: the InternVideo3 processor around the source tokenizer for Qwen3-VL sources, else
+    the source's own tokenizer files (or the shipped Qwen3 tokenizer when the source has none); and the source's
+    `generation_config.json` if any."""
+    from convert.export import load_processor
+
+    has_tokenizer = any((src / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+    folder = src if has_tokenizer else TOKENIZER_DIR
+    if is_vl:
+        load_processor(folder).save_pretrained(tmp)
+    else:
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, tmp / name)
+    if (src / "generation_config.json").is_file():
+        shutil.copyfile(src / "generation_config.json", tmp / "generation_config.json")
+
+
+def build_target_config(arch: SourceArch, ranks: list[int], d_n: int, d_r: int, d_v: int, with_bias: bool,
+                        dtype: torch.dtype):
+    """The InternVideo3 (or text-only) config of the converted model, with `auto_map`."""
+    from configuration_internvideo3 import InternVideo3Config, InternVideo3TextConfig
+
+    text = arch.text_config
+    tokens = {k: text.get(k, arch.config.get(k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    text_kwargs = dict(
+        vocab_size=arch.vocab_size,
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads,
+        head_dim=arch.head_dim,
+        kv_lora_rank=ranks[0],
+        kv_lora_rank_list=ranks if len(set(ranks)) > 1 else None,
+        qk_nope_head_dim=d_n,
+        qk_rope_head_dim=d_r,
+        v_head_dim=d_v,
+        max_position_embeddings=arch.max_position_embeddings,
+        rms_norm_eps=arch.rms_norm_eps,
+        attention_bias=with_bias,
+        qk_latent_layernorm=False,
+        rope_interleave=True,
+        rope_theta=arch.rope_theta,
+        mrope_section=arch.mrope_section,
+        mrope_interleaved=arch.mrope_interleaved,
+        tie_word_embeddings=arch.tie_word_embeddings,
+        source_num_key_value_heads=arch.num_kv_heads,
+    )
+    if arch.is_vl:
+        vision_fields = ("depth", "hidden_size", "hidden_act", "intermediate_size", "num_heads", "in_channels",
+                         "patch_size", "spatial_merge_size", "temporal_patch_size", "out_hidden_size",
+                         "num_position_embeddings", "deepstack_visual_indexes", "initializer_range")
+        vision = {k: v for k, v in arch.config["vision_config"].items() if k in vision_fields}
+        ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+        config = InternVideo3Config(
+            text_config=text_kwargs,
+            vision_config=vision,
+            tie_word_embeddings=arch.tie_word_embeddings,
+            **{k: arch.config[k] for k in ids if k in arch.config},
+            **{k: v for k, v in tokens.items() if v is not None},
+        )
+    else:
+        config = InternVideo3TextConfig(**text_kwargs, **{k: v for k, v in tokens.items() if v is not None})
+    set_auto_map(config)
+    config.dtype = dtype  # 4.57.3 and 5.x both store `dtype` (`torch_dtype` is a deprecated alias)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The per-layer pipeline
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _rotary(arch: SourceArch):
+    from types import SimpleNamespace
+
+    from modeling_internvideo3 import InternVideo3TextRotaryEmbedding
+
+    return InternVideo3TextRotaryEmbedding(SimpleNamespace(
+        qk_rope_head_dim=arch.head_dim, rope_theta=arch.rope_theta, mrope_section=arch.mrope_section,
+        mrope_interleaved=arch.mrope_interleaved,
+    ))
+
+
+def load_source_attention(arch: SourceArch, reader: TensorReader, i: int) -> SourceAttention:
+    """Layer i's source attention tensors in float64."""
+    a = f"{arch.prefix}layers.{i}.self_attn."
+    opt = lambda key: reader.get(a + key).double() if a + key in reader else None  # noqa: E731
+    return SourceAttention(
+        wq=reader.get(a + "q_proj.weight").double(), wk=reader.get(a + "k_proj.weight").double(),
+        wv=reader.get(a + "v_proj.weight").double(), wo=reader.get(a + "o_proj.weight").double(),
+        num_heads=arch.num_heads, num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
+        bq=opt("q_proj.bias"), bk=opt("k_proj.bias"), bv=opt("v_proj.bias"),
+        q_norm=opt("q_norm.weight"), k_norm=opt("k_norm.weight"), eps=arch.rms_norm_eps,
+    )
+
+
+def source_mlp(reader: TensorReader, prefix: str):
+    """Layer `prefix`'s SwiGLU MLP in fp32 as a function of x [..., D]."""
+    gate, up, down = (reader.get(f"{prefix}mlp.{n}_proj.weight").float() for n in ("gate", "up", "down"))
+    return lambda x: (torch.nn.functional.silu(x @ gate.T) * (x @ up.T)) @ down.T
+
+
+def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
+    """The converted layer as the real `InternVideo3TextAttention` (fp32), as a function of (x [B, S, D], cos, sin)."""
+    import modeling_internvideo3 as modeling
+    from configuration_internvideo3 import InternVideo3TextConfig
+
+    cfg = InternVideo3TextConfig(
+        vocab_size=8, hidden_size=arch.hidden_size, intermediate_size=8, num_hidden_layers=1,
+        num_attention_heads=arch.num_heads, head_dim=arch.head_dim, kv_lora_rank=rank, qk_nope_head_dim=d_n,
+        qk_rope_head_dim=arch.head_dim, v_head_dim=d_v, attention_bias=weights.q_proj_bias is not None,
+        rope_theta=arch.rope_theta, mrope_section=arch.mrope_section, mrope_interleaved=arch.mrope_interleaved,
+    )
+    cfg._attn_implementation = "sdpa"
+    attn = modeling.InternVideo3TextAttention(cfg, 0).float()
+    with torch.no_grad():
+        attn.q_proj.weight.copy_(weights.q_proj_weight)
+        attn.kv_a_proj_with_mqa.weight.copy_(weights.kv_a_weight)
+        attn.kv_b_proj.weight.copy_(weights.kv_b_weight)
+        attn.o_proj.weight.copy_(weights.o_proj_weight)
+        if weights.q_proj_bias is not None:
+            attn.q_proj.bias.copy_(weights.q_proj_bias)
+            attn.kv_a_proj_with_mqa.bias.copy_(weights.kv_a_bias)
+
+    @torch.no_grad()
+    def run(x, cos, sin):
+        return attn(x, (cos, sin), modeling.AttentionMaskSpec(None, x.shape[1], 0), None)
+
+    return run
+
+
+@dataclass
+class CalibrationBatch:
+    """Calibration activations streamed through the source, one layer at a time (SPEC §9.6).
+
+    hidden [b, S, D] fp32 is the residual stream entering the current layer; cos / sin [b, S, d] its (M)RoPE
+    (rotate-half); video samples also carry visual_mask [b, S] bool and the DeepStack features (list of
+    [n_visual, D]) that Qwen3-VL adds after decoder layers 0..k-1. measure_rows: rows used for the per-layer error.
+    """
+
+    hidden: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    visual_mask: torch.Tensor | None = None
+    deepstack: list | None = None
+    measure_rows: int = 2
+
+    def advance(self, attn_out: torch.Tensor, post_norm: torch.Tensor, mlp, eps: float, layer: int) -> None:
+        """Finish source layer `layer` given its attention output [b, S, D]: residual, post-attention RMSNorm +
+        MLP, residual, then the layer's DeepStack features at the visual positions (layers 0..k-1)."""
+        self.hidden = self.hidden + attn_out
+        self.hidden = self.hidden + mlp(rms_norm(self.hidden, post_norm, eps))
+        if self.deepstack is not None and layer < len(self.deepstack):
+            self.hidden[self.visual_mask] += self.deepstack[layer]
+
+
+VIDEO_PROMPT = "Describe this video in detail."
+
+
+def video_prompt_inputs(processor, path, fps: float, max_frames: int):
+    """The processor's inputs (input_ids [1, S], pixel_values_videos, video_grid_thw) for one calibration video."""
+    messages = [{"role": "user", "content": [
+        {"type": "video", "video": str(path), "fps": fps, "max_frames": max_frames},
+        {"type": "text", "text": VIDEO_PROMPT},
+    ]}]
+    return processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True,
+                                         return_tensors="pt")
+
+
+def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, embed: torch.Tensor, videos,
+                              tokenizer_dir: Path, fps: float, max_frames: int) -> list[CalibrationBatch]:
+    """One batch per video: the InternVideo3 processor's prompt (a video and `VIDEO_PROMPT`), the source vision tower
+    (loaded alone, fp32, freed afterwards) injected at the `<|video_pad|>` positions, and Qwen3-VL's 3-D MRoPE
+    positions (`InternVideo3Model.get_rope_index`)."""
+    from types import SimpleNamespace
+
+    import modeling_internvideo3 as modeling
+    from convert.export import load_processor
+
+    processor = load_processor(tokenizer_dir)
+    with torch.device("meta"):  # no random init of the tower: the source weights are assigned below
+        vision = modeling.InternVideo3VisionModel(config.vision_config)
+    state = {k[len("model.visual."):]: reader.get(k).float() for k in reader.keys() if k.startswith("model.visual.")}
+    vision.load_state_dict(state, strict=True, assign=True)
+    vision.eval()
+    rotary, batches = _rotary(arch), []
+    for path in videos:
+        inputs = video_prompt_inputs(processor, path, fps, max_frames)
+        ids, grid = inputs["input_ids"], inputs["video_grid_thw"]
+        with torch.no_grad():
+            features = vision(inputs["pixel_values_videos"].float(), grid)
+        mask = ids == config.video_token_id
+        hidden = embed[ids].float()
+        hidden[mask] = features.last_hidden_state
+        positions, _ = modeling.InternVideo3Model.get_rope_index(SimpleNamespace(config=config), ids, None, grid)
+        cos, sin = rotary(positions)
+        batches.append(CalibrationBatch(hidden, cos, sin, mask, list(features.deepstack_features), measure_rows=1))
+    return batches
+
+
+@dataclass
+class ConvertOptions:
+    """Options of `convert` (the CLI flags). Calibration defaults: 2,048 tokens of standard-library documentation."""
+
+    kv_lora_rank: int = 896
+    kv_lora_rank_list: list | None = None
+    rope_dim: int | None = None  # default: the source head_dim
+    qk_nope_head_dim: int | None = None  # default: the source head_dim
+    v_head_dim: int | None = None  # default: the source head_dim
+    dtype: str | None = None  # bf16 | fp16 | fp32; default: the source's
+    calibration: list | None = None  # text and (Qwen3-VL sources) video files
+    calibration_ids: torch.Tensor | None = None  # [B, S] token ids; overrides the text (programmatic use)
+    calibration_tokens: int = 2048
+    calibration_seq_len: int = 512
+    video_fps: float = 2.0
+    video_max_frames: int = 16
+    qk_norm: str = "lstsq"
+    rorope: bool = True
+    balance: bool = True
+    max_shard_size: int = 2 * 1024**3
+    overwrite: bool = False
+    measure: bool = True  # per-layer attention output error on the calibration batches
+    progress: bool = True
+
+
+def clean_leftovers(out: Path) -> list[Path]:
+    """Remove `.<out>.incomplete-*` folders of interrupted runs. Returns what was removed."""
+    removed = []
+    if out.parent.is_dir():
+        for stale in out.parent.glob(f".{out.name}.incomplete-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def calibration_batches(arch: SourceArch, reader: TensorReader, config, src: Path,
+                        o: ConvertOptions) -> list[CalibrationBatch]:
+    """The calibration inputs of layer 0: text rows (all MRoPE axes equal) and, for Qwen3-VL sources, videos.
+
+    Raises:
+        ConversionError: video files for a text-only source.
+    """
+    documents, videos = read_calibration_files(o.calibration) if o.calibration else (list(stdlib_docstrings()), [])
+    if videos and not arch.is_vl:
+        raise ConversionError(f"video calibration files {[str(v) for v in videos]} need a Qwen3-VL source; "
+                              f"{src} is a text-only {arch.model_type}")
+    embed = reader.get(f"{arch.prefix}embed_tokens.weight")
+    batches = []
+    if o.calibration_ids is not None or documents:
+        if o.calibration_ids is not None:
+            ids = o.calibration_ids.long()
+        else:
+            ids = calibration_token_ids(documents, load_tokenizer(src), arch.vocab_size, o.calibration_tokens,
+                                        o.calibration_seq_len)
+        B, S = ids.shape
+        cos, sin = _rotary(arch)(torch.arange(S)[None].expand(B, S))
+        batches.append(CalibrationBatch(embed[ids].float(), cos, sin))
+    if videos:
+        tokenizer_dir = src if (src / "tokenizer_config.json").is_file() else TOKENIZER_DIR
+        batches += video_calibration_batches(arch, reader, config, embed, videos, tokenizer_dir, o.video_fps,
+                                             o.video_max_frames)
+    return batches
+
+
+def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = None, layer_hook=None) -> dict:
+    """Convert `src` into an M²LA folder `out` (atomically). Returns a report: per-layer stats, timings, config.
+
+    `layer_hook(i)` (tests) is called after each layer is converted.
+
+    Raises:
+        ConversionError: unsupported architecture, impossible ranks or widths, missing files or tensors.
+        FileExistsError: `out` exists and `options.overwrite` is False.
+        FileNotFoundError: a calibration file is missing.
+    """
+    from tqdm.auto import tqdm
+
+    o = options or ConvertOptions()
+    src, out = Path(src), Path(out)
+    arch = read_source_arch(src)
+    reader = TensorReader(src)
+    check_source_keys(arch, reader)
+    if out.exists() and not o.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    for stale in clean_leftovers(out):
+        print(f"removed {stale}: the leftover of an interrupted run (never loadable)", file=sys.stderr)
+
+    G, d = arch.num_kv_heads, arch.head_dim
+    d_r = o.rope_dim or d
+    d_n = d if o.qk_nope_head_dim is None else o.qk_nope_head_dim
+    d_v = o.v_head_dim or d
+    full = (G - 1) * d + G * d
+    ranks = list(o.kv_lora_rank_list) if o.kv_lora_rank_list else [o.kv_lora_rank] * arch.num_layers
+    if len(ranks) != arch.num_layers:
+        raise ConversionError(f"kv_lora_rank_list has {len(ranks)} entries for {arch.num_layers} layers")
+    if any(not 0 < r <= full for r in ranks):
+        raise ConversionError(
+            f"kv_lora_rank {max(ranks)} is larger than possible: [K_nope; V] has (G-1)·d + G·d = {full} dims "
+            f"(G={G} KV heads, head_dim {d}); use 1..{full}"
+        )
+    if d_r != d:
+        raise ConversionError(f"--rope-dim must equal the source head_dim ({d}): the shared RoPE key is one rotated "
+                              f"head carrying all {d // 2} source frequencies; got {d_r}")
+    if o.qk_norm not in QK_NORM_TREATMENTS:
+        raise ConversionError(f"--qk-norm must be one of {QK_NORM_TREATMENTS}")
+    out_dtype = DTYPES[o.dtype] if o.dtype else arch.dtype
+    with_bias = arch.attention_bias or (arch.qk_norm and o.qk_norm == "lstsq")
+    config = build_target_config(arch, ranks, d_n, d_r, d_v, with_bias, out_dtype)
+    batches = calibration_batches(arch, reader, config, src, o)
+
+    report = {"layers": [], "config": config.to_dict(), "src": str(src), "out": str(out),
+              "calibration_tokens": sum(b.hidden.shape[0] * b.hidden.shape[1] for b in batches),
+              "calibration_visual_tokens": sum(int(b.visual_mask.sum()) for b in batches if b.visual_mask is not None)}
+    start = time.perf_counter()
+    p = arch.prefix
+    try:
+        with atomic_folder(out, overwrite=o.overwrite) as tmp:
+            (tmp / "INCOMPLETE").write_text(
+                f"Interrupted conversion of {src} into {out}: this folder is not a model. Delete it and re-run.\n"
+            )
+            writer = ShardWriter(tmp, o.max_shard_size)
+            layer_keys = set()
+            for i in tqdm(range(arch.num_layers), desc="converting layers", unit="layer", disable=not o.progress):
+                t0 = time.perf_counter()
+                lp, a = f"{p}layers.{i}.", f"{p}layers.{i}.self_attn."
+                src_attn = load_source_attention(arch, reader, i)
+                norm = reader.get(lp + "input_layernorm.weight").float()
+                xs = [rms_norm(b.hidden, norm, arch.rms_norm_eps) for b in batches]  # attention inputs [b, S, D]
+                x_flat = torch.cat([x.reshape(-1, arch.hidden_size) for x in xs]).double()
+                x_aug = torch.cat([x_flat, torch.ones(x_flat.shape[0], 1, dtype=torch.float64)], dim=1)
+                sigma = x_aug.T @ x_aug / x_aug.shape[0]  # [D+1, D+1]
+                del x_aug
+                lin = linearize_qk_norm(src_attn, x_flat if arch.qk_norm else None, o.qk_norm)
+                del x_flat
+                U = rorope_basis(key_plane_covariance(lin.k, sigma, G, d), enabled=o.rorope)
+                w = build_m2la_layer(src_attn, lin, sigma, U, ranks[i], d_n, d_r, d_v, balance=o.balance,
+                                     with_bias=with_bias)
+                del sigma, lin
+                for name, tensor in (("q_proj.weight", w.q_proj_weight), ("q_proj.bias", w.q_proj_bias),
+                                     ("kv_a_proj_with_mqa.weight", w.kv_a_weight),
+                                     ("kv_a_proj_with_mqa.bias", w.kv_a_bias), ("kv_b_proj.weight", w.kv_b_weight),
+                                     ("o_proj.weight", w.o_proj_weight)):
+                    if tensor is not None:
+                        writer.add(a + name, tensor.to(out_dtype))
+                for key in reader.keys():
+                    if key.startswith(lp):
+                        layer_keys.add(key)
+                        if "rotary_emb" not in key and not any(key.startswith(a + s + ".") for s in ATTENTION_SOURCE_KEYS):
+                            writer.add(key, reader.get(key).to(out_dtype))
+
+                # Propagate the calibration batches through the source layer; measure the converted attention.
+                stats = dict(w.stats, layer=i)
+                src32 = src_attn.to(torch.float32)
+                converted = m2la_attention(arch, w, ranks[i], d_n, d_v) if o.measure else None
+                mlp = source_mlp(reader, lp) if i + 1 < arch.num_layers else None
+                post_norm = reader.get(lp + "post_attention_layernorm.weight").float()
+                err, ref = 0.0, 0.0
+                with torch.no_grad():
+                    for b, x in zip(batches, xs):
+                        attn_src = rorope_attention(src32, x, b.cos, b.sin, U=None)
+                        if converted is not None:
+                            n = b.measure_rows
+                            err += float((converted(x[:n], b.cos[:n], b.sin[:n]) - attn_src[:n]).pow(2).sum())
+                            ref += float(attn_src[:n].pow(2).sum())
+                        if mlp is not None:
+                            b.advance(attn_src, post_norm, mlp, arch.rms_norm_eps, i)
+                if converted is not None:
+                    stats["attn_out_rel_error"] = err / max(ref, 1e-30)
+                del w, src_attn, src32, converted, mlp, xs, attn_src
+                stats["seconds"] = time.perf_counter() - t0
+                report["layers"].append(stats)
+                if layer_hook is not None:
+                    layer_hook(i)
+            del batches
+            for key in reader.keys():  # embeddings, final norm, lm_head, vision tower: unchanged
+                if key not in layer_keys and "rotary_emb.inv_freq" not in key:
+                    writer.add(key, reader.get(key).to(out_dtype))
+            writer.finish()
+            write_processor(src, tmp, arch.is_vl)
+            write_remote_code(tmp)
+            (tmp / "conversion_report.json").write_text(json.dumps(
+                {k: v for k, v in report.items() if k != "config"}, indent=2) + "\n")
+            config.save_pretrained(tmp)  # config.json last: a folder without it never loads
+            (tmp / "INCOMPLETE").unlink()
+    except BaseException:
+        print(f"conversion interrupted: nothing was written to {out} (no loadable folder exists)", file=sys.stderr)
+        raise
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
+def load_m2la(folder: str | Path, dtype=torch.float32):
+    """A converted folder loaded the way users load it: `AutoModelForCausalLM` with `trust_remote_code=True`, eval."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, dtype=dtype).eval()
+
+
+def _parse_ranks(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    return [int(v) for v in text.replace(" ", "").split(",") if v]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m convert.gqa_to_m2la", description=__doc__.splitlines()[0])
+    parser.add_argument("--src", required=True, help="source transformers checkpoint folder (safetensors)")
+    parser.add_argument("--out", required=True, help="output folder (written atomically)")
+    parser.add_argument("--kv-lora-rank", type=int, default=896, help="latent width r of every layer (default 896)")
+    parser.add_argument("--kv-lora-rank-list", default=None, help="comma-separated per-layer ranks (overrides)")
+    parser.add_argument("--rope-dim", type=int, default=None, help="shared RoPE key width d_r; must equal the source head_dim (the default)")
+    parser.add_argument("--qk-nope-dim", type=int, default=None, help="q/k non-RoPE head width (default: the source head_dim)")
+    parser.add_argument("--v-head-dim", type=int, default=None, help="value head width (default: the source head_dim)")
+    parser.add_argument("--calibration", nargs="*", default=None,
+                        help="text files, and video files for Qwen3-VL sources (default: Python standard-library "
+                             "documentation)")
+    parser.add_argument("--calibration-tokens", type=int, default=2048, help="text calibration tokens (default 2048)")
+    parser.add_argument("--calibration-seq-len", type=int, default=512, help="tokens per text row (default 512)")
+    parser.add_argument("--video-fps", type=float, default=2.0, help="frames sampled per second of calibration video (default 2)")
+    parser.add_argument("--video-max-frames", type=int, default=16, help="frames per calibration video at most (default 16)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="output dtype (default: the source's)")
+    parser.add_argument("--qk-norm", choices=QK_NORM_TREATMENTS, default="lstsq",
+                        help="QK-norm treatment (Qwen3 family): per-head least-squares affine fit (default), mean-scale fold, "
+                             "or weight fold only")
+    parser.add_argument("--no-rorope", action="store_true", help="ablation: keep source KV head 0 as the RoPE key")
+    parser.add_argument("--no-balance", action="store_true", help="ablation: no K/V norm balancing")
+    parser.add_argument("--max-shard-size-gb", type=float, default=2.0, help="safetensors shard size (default 2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--no-measure", action="store_true", help="skip the per-layer attention output error")
+    args = parser.parse_args(argv)
+    options = ConvertOptions(
+        kv_lora_rank=args.kv_lora_rank, kv_lora_rank_list=_parse_ranks(args.kv_lora_rank_list),
+        rope_dim=args.rope_dim, qk_nope_head_dim=args.qk_nope_dim, v_head_dim=args.v_head_dim, dtype=args.dtype,
+        calibration=args.calibration, calibration_tokens=args.calibration_tokens,
+        calibration_seq_len=args.calibration_seq_len, video_fps=args.video_fps,
+        video_max_frames=args.video_max_frames, qk_norm=args.qk_norm, rorope=not args.no_rorope,
+        balance=not args.no_balance, max_shard_size=int(args.max_shard_size_gb * 1024**3), overwrite=args.overwrite,
+        measure=not args.no_measure,
+    )
+    try:
+        report = convert(args.src, args.out, options)
+    except (ConversionError, FileExistsError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+    for s in report["layers"]:
+        extra = f" attn_out_err {s['attn_out_rel_error']:.2e}" if "attn_out_rel_error" in s else ""
+        print(f"layer {s['layer']:3d}: rank {s['rank']}/{s['full_rank']} kept energy {s['kept_energy']:.4f} "
+              f"K err {s['k_nope_rel_error']:.2e} V err {s['v_rel_error']:.2e} rope-key energy "
+              f"{s['rope_key_energy']:.3f}{extra}")
+    print(f"wrote {args.out} in {report['seconds']:.1f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()
