@@ -441,14 +441,12 @@ class InternVideo3TextAttention(nn.Module):
         # transient values per head and key: kv_b output (d_n + d_v), key (d_qk), value padded to d_qk by SDPA
         per_head = B * T * (d_n + d_v + 2 * self.qk_head_dim) * latent.element_size()
         group = max(1, min(H, self.expand_budget_bytes // max(per_head, 1)))
-        if group >= H:
-            return self._expanded_heads(q_nope, q_pe, self.kv_b_proj(latent[:, 0]), k_pe, mask_spec)
-        weight = self.kv_b_proj.weight.view(H, d_n + d_v, self.kv_lora_rank)
+        weight = self.kv_b_proj.weight.view(H, d_n + d_v, self.kv_lora_rank)  # kv_b_proj has no bias
         outputs = []
         for h in range(0, H, group):
             kv = F.linear(latent[:, 0], weight[h : h + group].reshape(-1, self.kv_lora_rank))
             outputs.append(self._expanded_heads(q_nope[:, h : h + group], q_pe[:, h : h + group], kv, k_pe, mask_spec))
-        return torch.cat(outputs, dim=2)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
 
     def _expanded_heads(self, q_nope, q_pe, kv, k_pe, mask_spec: AttentionMaskSpec):
         """Attention of the heads in `q_nope` [B, h, S, d_n] given their expanded `kv` [B, T, h·(d_n + d_v)], in

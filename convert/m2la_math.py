@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 import torch
+from transformers.models.llama.modeling_llama import rotate_half  # the rotate-half layout of every source
 
 QK_NORM_TREATMENTS = ("lstsq", "scale", "none")
 
@@ -46,11 +47,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     out = x32.to(dtype)
     return out * weight.to(dtype) if weight is not None else out
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def rope_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

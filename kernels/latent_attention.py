@@ -12,6 +12,7 @@ tensors only under `TRITON_INTERPRET=1` (set before this module is imported: `tr
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -194,10 +195,16 @@ if triton is not None:
 INTERPRETED = triton is not None and type(_latent_decode_split_kernel).__name__ == "InterpretedFunction"
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    """SM count of a CUDA device, looked up once: this runs in every layer of every decode step."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _default_num_splits(T: int, programs: int, device: torch.device, block_n: int) -> int:
     """Splits of the cache so that (programs × splits) fills the GPU about twice, each split ≥ 8 key blocks."""
     if device.type == "cuda":
-        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        target = 2 * _multiprocessors(device)
     else:  # interpreter: every program is Python work, so few
         target = programs * 4
     return max(1, min(math.ceil(target / programs), math.ceil(T / (8 * block_n)), 256))
