@@ -7,7 +7,7 @@ loaded with `trust_remote_code=True`. Installing this package installs the depen
 `convert`, `tests`) into site-packages: run the tools from the repository root.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="internvideo3",
@@ -17,7 +17,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     py_modules=[],
-    packages=[],
+    # Only the project-named package: no generic top-level names (`convert`, `kernels`, `tests`) in site-packages.
+    packages=find_packages(include=["internvideo3", "internvideo3.*"]),
     install_requires=[
         "transformers>=4.57.3,<6",
         "torch>=2.4,<3",
