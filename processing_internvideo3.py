@@ -654,16 +654,18 @@ def _choose_frames(
 
 
 def _decode_selected(
-    av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered
+    av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered,
+    sink=None, shape=None,
 ):
     """Second pass: decode sequentially, convert to RGB only the frames whose pts are wanted (memory: the kept frames
     only), apply the display matrix, optionally resize each kept frame at once. Frames without a pts (or every frame
-    when `numbered`) take the next entry of `all_pts`. Returns (frames list, seen pts, rotation, displayed (h, w),
-    resize target or None)."""
-    out: list[np.ndarray | None] = [None] * slots
+    when `numbered`) take the next entry of `all_pts`. With `sink`, each kept frame goes to `sink(slots, frame,
+    slots_total)` instead of the returned list (which then holds True for delivered slots). `shape`: the displayed
+    size of an earlier pass, kept. Returns (frames list, seen pts, rotation, displayed (h, w), resize target)."""
+    out: list[np.ndarray | bool | None] = [None] * slots
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
-    rotation, shape, target = 0.0, None, None
+    rotation, target = 0.0, None
     with _open(av, path, label) as container:
         stream = container.streams[stream_index]
         stream.thread_type = "AUTO"  # frame + slice threads
@@ -683,15 +685,17 @@ def _decode_selected(
                     array = _orient(frame.to_ndarray(format="rgb24"), rotation, matrix)
                     if shape is None:
                         shape = array.shape[:2]
-                        if resize_to is not None:
-                            target = tuple(resize_to(n_sampled, *shape)) if callable(resize_to) else tuple(resize_to)
+                    if target is None and resize_to is not None:
+                        target = tuple(resize_to(n_sampled, *shape)) if callable(resize_to) else tuple(resize_to)
                     if array.shape[:2] != shape:  # resolution change mid-stream: keep one size
                         array = _resize_uint8(array, shape)
                     if target is not None:
                         array = _resize_uint8(array, target)
                     array = np.ascontiguousarray(array)
+                    if sink is not None:
+                        sink(targets, array, slots)
                     for slot in targets:
-                        out[slot] = array
+                        out[slot] = array if sink is None else True
                     remaining -= len(targets)
                 if remaining <= 0:
                     break
@@ -711,7 +715,8 @@ def load_video(
     source_fps: float | None = None,
     resize_to: tuple[int, int] | Callable[[int, int, int], tuple[int, int]] | None = None,
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
-) -> tuple[np.ndarray, VideoMetadata]:
+    frame_sink: Callable[[list[int], np.ndarray, int], None] | None = None,
+) -> tuple[np.ndarray | None, VideoMetadata]:
     """Decode and sample a video with PyAV (SPEC §7). No torchvision, torchcodec or decord.
 
     Args:
@@ -728,6 +733,10 @@ def load_video(
             displayed size; each kept frame is resized right after decoding (bicubic, antialiased, the processor's
             video kernel) so memory holds only T frames at the target size.
         temporal_patch_size: the frame count is padded (repeating the last frame) to a multiple of this.
+        frame_sink: for files, `frame_sink(slots, frame, num_slots)` receives each kept frame (uint8 [h, w, 3],
+            oriented and resized, to be placed at the frame positions `slots` of `num_slots`) as soon as it is
+            decoded, and no frames are collected: the returned frames are `None` (the processor streams frames into
+            `pixel_values_videos` this way).
 
     Returns:
         frames: uint8 numpy array [T, H, W, 3], T a multiple of `temporal_patch_size`, presentation order, display
@@ -783,8 +792,10 @@ def load_video(
         wanted: dict[int, list[int]] = {}
         for slot, index in enumerate(indices.tolist()):
             wanted.setdefault(all_pts[index], []).append(slot)
+        collect = frame_sink is None
+        sink = _FrameCollector() if collect else frame_sink
         frames, seen, rotation, shape, target = _decode_selected(
-            av, path, label, stream_index, wanted, len(indices), resize_to, n, all_pts, numbered
+            av, path, label, stream_index, wanted, len(indices), resize_to, n, all_pts, numbered, sink
         )
         if not seen:
             raise VideoLoadError(f"cannot decode video {label!r}: no frame could be decoded")
@@ -793,20 +804,22 @@ def load_video(
             decoded = np.array(sorted(set(seen)))
             remap: dict[int, list[int]] = {}
             for slot, index in enumerate(indices.tolist()):
+                if frames[slot] is not None:
+                    continue
                 p = all_pts[index]
                 j = int(np.clip(np.searchsorted(decoded, p), 1, len(decoded) - 1)) if len(decoded) > 1 else 0
                 nearest = decoded[j] if abs(decoded[j] - p) < abs(decoded[j - 1] - p) else decoded[j - 1]
                 remap.setdefault(int(nearest), []).append(slot)
-            frames, _, rotation, shape, target = _decode_selected(
-                av, path, label, stream_index, remap, len(indices), resize_to, n, all_pts, numbered
+            again, _, rotation, shape, target = _decode_selected(
+                av, path, label, stream_index, remap, len(indices), resize_to, n, all_pts, numbered, sink, shape
             )
-            if any(f is None for f in frames):
+            if any(f is None and g is None for f, g in zip(frames, again)):
                 raise VideoLoadError(f"cannot decode video {label!r}: sampled frames could not be decoded")
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
-    video = np.stack(frames)
+    video = sink.frames if collect else None
     height, width = shape
     metadata = VideoMetadata(
         total_num_frames=int(window.size),
@@ -825,6 +838,20 @@ def load_video(
     if metadata.fps:
         metadata.duration = metadata.total_num_frames / metadata.fps
     return video, metadata
+
+
+class _FrameCollector:
+    """`load_video`'s default frame sink: kept frames written into one preallocated uint8 [T, h, w, 3] array (no
+    list of frames plus a stacked copy)."""
+
+    def __init__(self):
+        self.frames: np.ndarray | None = None
+
+    def __call__(self, slots: Sequence[int], frame: np.ndarray, num_slots: int) -> None:
+        if self.frames is None:
+            self.frames = np.empty((num_slots, *frame.shape), dtype=frame.dtype)
+        for slot in slots:
+            self.frames[slot] = frame
 
 
 def _is_frame_collection(source) -> bool:
@@ -999,6 +1026,71 @@ def patchify(
     # (gt, tp, c, gh/m, m, p, gw/m, m, p) -> (gt, gh/m, gw/m, m, m, c, tp, p, p)
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     return x.reshape(gt * gh * gw, c * temporal_patch_size * patch_size * patch_size), [gt, gh, gw]
+
+
+class _PatchWriter:
+    """Streams frames into `pixel_values_videos` rows; the preallocated float32 output is the only float copy.
+
+    Each temporal group of `temporal_patch_size` frames is written once complete: a uint8 permute of its frames into
+    patch order (C, T, P, P rows, SPEC §6) in a small staging buffer, then `(x - mean/rescale) / (std/rescale)` from
+    that buffer into the output rows while they are in cache. These are the float32 operations of `normalize_frames`
+    followed by `patchify`, so the rows are bit-identical to them (and to transformers' `Qwen3VLVideoProcessor`).
+    Memory: the output plus one group's frames, so a long clip never exists as a whole in uint8 or in float.
+    """
+
+    def __init__(self, mean, std, patch_size, merge_size, temporal_patch_size, rescale: float = 1 / 255):
+        self.mean = torch.tensor(mean, dtype=torch.float32) * (1.0 / rescale)  # as normalize_frames, for equal bits
+        self.std = torch.tensor(std, dtype=torch.float32) * (1.0 / rescale)
+        self.p, self.m, self.tp = patch_size, merge_size, temporal_patch_size
+        self.rows: torch.Tensor | None = None
+        self.stage: torch.Tensor | None = None
+        self.grid: list[int] = []
+        self.pending: dict[int, dict[int, torch.Tensor]] = {}
+        self.done: set[int] = set()
+
+    def __call__(self, slots: Sequence[int], frame, num_slots: int) -> None:
+        """Place one frame (numpy [H, W, C] or tensor [C, H, W]; uint8, or 0-255 floats) at each frame position in
+        `slots`, of `num_slots` positions in all (a multiple of `temporal_patch_size`; the caller pads)."""
+        hwc = torch.from_numpy(frame) if isinstance(frame, np.ndarray) else frame.permute(1, 2, 0)
+        if self.rows is None:
+            h, w, c = hwc.shape
+            if h % (self.p * self.m) or w % (self.p * self.m):
+                raise ValueError(f"frame size {h}x{w} is not a multiple of {self.p * self.m}")
+            if num_slots % self.tp:
+                raise ValueError(f"{num_slots} frames is not a multiple of temporal_patch_size={self.tp}")
+            self.grid = [num_slots // self.tp, h // self.p, w // self.p]
+            self.rows = torch.empty(math.prod(self.grid), c * self.tp * self.p**2, dtype=torch.float32)
+            # uint8 stays uint8 up to the float pass; other dtypes become float32 first, as in normalize_frames
+            dtype = torch.uint8 if hwc.dtype == torch.uint8 else torch.float32
+            gh, gw = self.grid[1:]
+            m, p = self.m, self.p
+            self.stage = torch.empty(gh // m, gw // m, m, m, c, self.tp, p, p, dtype=dtype)
+        for slot in slots:
+            group = self.pending.setdefault(slot // self.tp, {})
+            group[slot % self.tp] = hwc
+            if len(group) == self.tp:
+                self._write(slot // self.tp, [group[t] for t in range(self.tp)])
+                del self.pending[slot // self.tp]
+
+    def _write(self, index: int, frames: list[torch.Tensor]) -> None:
+        _, gh, gw = self.grid
+        p, m = self.p, self.m
+        for t, hwc in enumerate(frames):
+            c = hwc.shape[-1]
+            # (h, w, c) -> (gh/m, gw/m, m, m, c, p, p): the row order of `patchify`
+            self.stage[:, :, :, :, :, t].copy_(hwc.reshape(gh // m, m, p, gw // m, m, p, c).permute(0, 3, 1, 4, 6, 2, 5))
+        c = self.stage.shape[4]
+        block = self.rows[index * gh * gw : (index + 1) * gh * gw].view(-1, c, self.tp * p * p)
+        torch.sub(self.stage.view(-1, c, self.tp * p * p), self.mean[:, None], out=block)
+        block.div_(self.std[:, None])
+        self.done.add(index)
+
+    def result(self) -> tuple[torch.Tensor, list[int]]:
+        """(rows [grid_t*grid_h*grid_w, C*tp*P*P] float32, [grid_t, grid_h, grid_w]). Raises ValueError when some
+        frame position never received a frame."""
+        if self.rows is None or self.pending or len(self.done) != self.grid[0]:
+            raise ValueError("internal error: some video frames were never decoded")
+        return self.rows, self.grid
 
 
 def _video_to_tchw(video) -> torch.Tensor:
@@ -1207,9 +1299,10 @@ class InternVideo3Processor(ProcessorMixin):
         return smart_resize(height, width, factor, min_pixels, max_pixels)
 
     # ---- vision inputs -------------------------------------------------------------------------------------
-    def load_video(self, source, **settings) -> tuple[np.ndarray, VideoMetadata]:
+    def load_video(self, source, frame_sink=None, **settings) -> tuple[np.ndarray | None, VideoMetadata]:
         """`load_video` with this processor's sampling defaults, frames resized during decoding to the budget size
-        (so a long video never holds full-resolution frames). Keys: see `VIDEO_SETTING_KEYS`."""
+        (so a long video never holds full-resolution frames). Keys: see `VIDEO_SETTING_KEYS`; `frame_sink`: see
+        `load_video`."""
         s = self._video_settings(settings)
         return load_video(
             source,
@@ -1222,11 +1315,27 @@ class InternVideo3Processor(ProcessorMixin):
             source_fps=s.get("source_fps"),
             resize_to=lambda n, h, w: self.video_target_size(n, h, w, s),
             temporal_patch_size=self.temporal_patch_size,
+            frame_sink=frame_sink,
         )
+
+    def _patch_writer(self) -> _PatchWriter:
+        return _PatchWriter(self.image_mean, self.image_std, self.patch_size, self.merge_size, self.temporal_patch_size)
 
     def _process_videos(self, videos: list, metadata: list, settings: list[dict], do_sample_frames):
         rows, grids, stamps = [], [], []
+        factor = self.patch_size * self.merge_size
         for video, meta, s in zip(videos, metadata, settings):
+            if isinstance(video, (str, os.PathLike)):
+                # a file: frames stream from the decoder, resized (torch kernel, whatever the backend, as before),
+                # straight into the output rows: one float pass, no uint8 or float copy of the whole clip
+                writer = self._patch_writer()
+                _, meta = self.load_video(video, frame_sink=writer, **s)
+                patches, grid = writer.result()
+                rows.append(patches)
+                grids.append(grid)
+                stamp = _metadata_timestamps(meta, grid[0] * self.temporal_patch_size, s.get("fps") or self.fps)
+                stamps.append(group_timestamps(stamp, self.temporal_patch_size))
+                continue
             if isinstance(video, (str, os.PathLike)) or (
                 isinstance(video, (list, tuple)) and video and isinstance(video[0], (str, os.PathLike))
             ):
@@ -1243,17 +1352,23 @@ class InternVideo3Processor(ProcessorMixin):
             if isinstance(meta, VideoMetadata) and meta.num_sampled_frames:
                 sampled = meta.num_sampled_frames
             height, width = frames.shape[-2:]
-            factor = self.patch_size * self.merge_size
             already = isinstance(meta, VideoMetadata) and meta.resized and height % factor == 0 and width % factor == 0
             if not already:
                 target = self.video_target_size(sampled, height, width, s)
                 frames = resize_frames(frames, target, self.video_resize_backend)
-            pixels = normalize_frames(frames, self.image_mean, self.image_std)
-            patches, grid = patchify(pixels, self.patch_size, self.merge_size, self.temporal_patch_size)
+            if not num:
+                raise ValueError("a video has zero frames")
+            writer = self._patch_writer()
+            slots = frames.shape[0] + (-frames.shape[0] % self.temporal_patch_size)
+            for i, frame in enumerate(frames):
+                writer([i] if i < frames.shape[0] - 1 else list(range(i, slots)), frame, slots)
+            patches, grid = writer.result()
             rows.append(patches)
             grids.append(grid)
             stamps.append(group_timestamps(stamp, self.temporal_patch_size))
-        return torch.cat(rows), torch.tensor(grids, dtype=torch.long), stamps
+        # one video (the usual request): its rows are the output, no copy of the whole clip
+        pixel_values = rows[0] if len(rows) == 1 else torch.cat(rows)
+        return pixel_values, torch.tensor(grids, dtype=torch.long), stamps
 
     def _process_images(self, images: list, settings: list[dict]):
         rows, grids = [], []
