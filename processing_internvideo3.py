@@ -665,7 +665,7 @@ def _decode_selected(
     out: list[np.ndarray | bool | None] = [None] * slots
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
-    rotation, target = 0.0, None
+    rotation, target, batch = 0.0, None, None
     with _open(av, path, label) as container:
         stream = container.streams[stream_index]
         stream.thread_type = "AUTO"  # frame + slice threads
@@ -689,19 +689,54 @@ def _decode_selected(
                         target = tuple(resize_to(n_sampled, *shape)) if callable(resize_to) else tuple(resize_to)
                     if array.shape[:2] != shape:  # resolution change mid-stream: keep one size
                         array = _resize_uint8(array, shape)
-                    if target is not None:
-                        array = _resize_uint8(array, target)
-                    array = np.ascontiguousarray(array)
                     if sink is not None:
-                        sink(targets, array, slots)
+                        if batch is None:
+                            batch = _ResizeBatch(sink, target, slots)
+                        batch.add(targets, array)
+                    else:
+                        array = np.ascontiguousarray(_resize_uint8(array, target) if target is not None else array)
                     for slot in targets:
                         out[slot] = array if sink is None else True
                     remaining -= len(targets)
                 if remaining <= 0:
                     break
+            if batch is not None:
+                batch.flush()
         except _av_errors(av) as error:
             raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
     return out, seen, rotation, shape, target
+
+
+class _ResizeBatch:
+    """Kept frames resized `size` at a time (one `F.interpolate` call, the kernel of `_resize_uint8`, per batch
+    rather than per frame: fewer thread-pool barriers, which dominate on a busy machine), then handed to
+    `sink(slots, frame, num_slots)`. Holds at most `size` decoded frames."""
+
+    def __init__(self, sink, target, num_slots: int, size: int = 4):
+        self.sink, self.target, self.num_slots, self.size = sink, target, num_slots, size
+        self.buffer: np.ndarray | None = None
+        self.slots: list[list[int]] = []
+
+    def add(self, slots: list[int], array: np.ndarray) -> None:
+        if self.target is None or array.shape[:2] == tuple(self.target):
+            self.sink(slots, np.ascontiguousarray(array), self.num_slots)
+            return
+        if self.buffer is None:
+            self.buffer = np.empty((self.size, *array.shape), dtype=array.dtype)
+        self.buffer[len(self.slots)] = array  # also makes PyAV's padded rows contiguous (the fast uint8 kernel)
+        self.slots.append(slots)
+        if len(self.slots) == self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.slots:
+            return
+        frames = torch.from_numpy(self.buffer[: len(self.slots)]).permute(0, 3, 1, 2)
+        resized = F.interpolate(frames, size=list(self.target), mode="bicubic", align_corners=False, antialias=True)
+        resized = resized.permute(0, 2, 3, 1).numpy()  # channels-last in memory: [n, h, w, 3] contiguous
+        for slots, frame in zip(self.slots, resized):
+            self.sink(slots, frame, self.num_slots)
+        self.slots = []
 
 
 def load_video(
@@ -1031,27 +1066,31 @@ def patchify(
 class _PatchWriter:
     """Streams frames into `pixel_values_videos` rows; the preallocated float32 output is the only float copy.
 
-    Each temporal group of `temporal_patch_size` frames is written once complete: a uint8 permute of its frames into
-    patch order (C, T, P, P rows, SPEC §6) in a small staging buffer, then `(x - mean/rescale) / (std/rescale)` from
-    that buffer into the output rows while they are in cache. These are the float32 operations of `normalize_frames`
-    followed by `patchify`, so the rows are bit-identical to them (and to transformers' `Qwen3VLVideoProcessor`).
-    Memory: the output plus one group's frames, so a long clip never exists as a whole in uint8 or in float.
+    Each complete temporal group of `temporal_patch_size` frames is gathered, still uint8, into patch order (C, T, P, P
+    rows, SPEC §6) in a one-group staging buffer; then `(x - mean/rescale) / (std/rescale)` writes it into its output
+    rows, the division running on rows still in cache. These are the float32 operations of `normalize_frames`
+    followed by `patchify` (IEEE float32 subtraction and division, correctly rounded in numpy as in torch), so the rows
+    are bit-identical to them and to transformers' `Qwen3VLVideoProcessor`. numpy, not torch: per-group torch calls
+    each cross a thread-pool barrier, which on a busy machine costs more than the work (measured in
+    bench/bench_preprocess.py); decoding runs on FFmpeg's threads meanwhile. Memory: the output plus one group of
+    frames at the target size, so a long clip never exists as a whole in uint8 or in float.
     """
 
     def __init__(self, mean, std, patch_size, merge_size, temporal_patch_size, rescale: float = 1 / 255):
-        self.mean = torch.tensor(mean, dtype=torch.float32) * (1.0 / rescale)  # as normalize_frames, for equal bits
-        self.std = torch.tensor(std, dtype=torch.float32) * (1.0 / rescale)
+        # as normalize_frames computes them, for equal bits
+        self.mean = (torch.tensor(mean, dtype=torch.float32) * (1.0 / rescale)).numpy()[:, None]
+        self.std = (torch.tensor(std, dtype=torch.float32) * (1.0 / rescale)).numpy()[:, None]
         self.p, self.m, self.tp = patch_size, merge_size, temporal_patch_size
         self.rows: torch.Tensor | None = None
-        self.stage: torch.Tensor | None = None
+        self.stage: np.ndarray | None = None
         self.grid: list[int] = []
-        self.pending: dict[int, dict[int, torch.Tensor]] = {}
+        self.pending: dict[int, dict[int, np.ndarray]] = {}
         self.done: set[int] = set()
 
     def __call__(self, slots: Sequence[int], frame, num_slots: int) -> None:
         """Place one frame (numpy [H, W, C] or tensor [C, H, W]; uint8, or 0-255 floats) at each frame position in
         `slots`, of `num_slots` positions in all (a multiple of `temporal_patch_size`; the caller pads)."""
-        hwc = torch.from_numpy(frame) if isinstance(frame, np.ndarray) else frame.permute(1, 2, 0)
+        hwc = frame if isinstance(frame, np.ndarray) else frame.permute(1, 2, 0).numpy()
         if self.rows is None:
             h, w, c = hwc.shape
             if h % (self.p * self.m) or w % (self.p * self.m):
@@ -1061,10 +1100,9 @@ class _PatchWriter:
             self.grid = [num_slots // self.tp, h // self.p, w // self.p]
             self.rows = torch.empty(math.prod(self.grid), c * self.tp * self.p**2, dtype=torch.float32)
             # uint8 stays uint8 up to the float pass; other dtypes become float32 first, as in normalize_frames
-            dtype = torch.uint8 if hwc.dtype == torch.uint8 else torch.float32
-            gh, gw = self.grid[1:]
-            m, p = self.m, self.p
-            self.stage = torch.empty(gh // m, gw // m, m, m, c, self.tp, p, p, dtype=dtype)
+            dtype = np.uint8 if hwc.dtype == np.uint8 else np.float32
+            gh, gw, m, p = self.grid[1], self.grid[2], self.m, self.p
+            self.stage = np.empty((gh // m, gw // m, m, m, c, self.tp, p, p), dtype)
         for slot in slots:
             group = self.pending.setdefault(slot // self.tp, {})
             group[slot % self.tp] = hwc
@@ -1072,17 +1110,16 @@ class _PatchWriter:
                 self._write(slot // self.tp, [group[t] for t in range(self.tp)])
                 del self.pending[slot // self.tp]
 
-    def _write(self, index: int, frames: list[torch.Tensor]) -> None:
+    def _write(self, index: int, frames: list[np.ndarray]) -> None:
         _, gh, gw = self.grid
         p, m = self.p, self.m
         for t, hwc in enumerate(frames):
-            c = hwc.shape[-1]
             # (h, w, c) -> (gh/m, gw/m, m, m, c, p, p): the row order of `patchify`
-            self.stage[:, :, :, :, :, t].copy_(hwc.reshape(gh // m, m, p, gw // m, m, p, c).permute(0, 3, 1, 4, 6, 2, 5))
+            self.stage[:, :, :, :, :, t] = hwc.reshape(gh // m, m, p, gw // m, m, p, -1).transpose(0, 3, 1, 4, 6, 2, 5)
         c = self.stage.shape[4]
-        block = self.rows[index * gh * gw : (index + 1) * gh * gw].view(-1, c, self.tp * p * p)
-        torch.sub(self.stage.view(-1, c, self.tp * p * p), self.mean[:, None], out=block)
-        block.div_(self.std[:, None])
+        block = self.rows[index * gh * gw : (index + 1) * gh * gw].numpy().reshape(gh * gw, c, -1)
+        np.subtract(self.stage.reshape(gh * gw, c, -1), self.mean, out=block)
+        np.divide(block, self.std, out=block)
         self.done.add(index)
 
     def result(self) -> tuple[torch.Tensor, list[int]]:
