@@ -665,7 +665,7 @@ def _decode_selected(
     out: list[np.ndarray | bool | None] = [None] * slots
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
-    rotation, target, batch = 0.0, None, None
+    rotation, target, batch, orientation = 0.0, None, None, None
     with _open(av, path, label) as container:
         stream = container.streams[stream_index]
         stream.thread_type = "AUTO"  # frame + slice threads
@@ -681,7 +681,11 @@ def _decode_selected(
                     targets = wanted.get(int(pts))
                     if not targets or out[targets[0]] is not None:
                         continue
-                    rotation, matrix = _rotation_of(frame, stream)
+                    if orientation is None:
+                        # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until the cyclic
+                        # garbage collector runs (hundreds of MB over a long 1080p clip); the matrix is the stream's
+                        orientation = _rotation_of(frame, stream)
+                    rotation, matrix = orientation
                     array = _orient(frame.to_ndarray(format="rgb24"), rotation, matrix)
                     if shape is None:
                         shape = array.shape[:2]

@@ -1,0 +1,412 @@
+"""Video preprocessing speed at equal visual tokens: our processor vs transformers' `Qwen3VLVideoProcessor`
+(torchcodec) and vs qwen-vl-utils' `process_vision_info` + `Qwen3VLVideoProcessor`, interleaved in one run; and the
+peak memory (RSS) of ours on 768 frames of a 1080p clip (issue 18).
+
+    python bench/bench_preprocess.py                        # speed table + peak RSS, anchors from .venv-anchors
+    python bench/bench_preprocess.py --runs 7 --threads 2 --before main
+    python bench/bench_preprocess.py --skip-anchors         # only ours (and --before), no anchor environment
+
+Every timed call is the full path from a video file to `pixel_values_videos` [N, 1536] float32 and `video_grid_thw`
+(no tokenizer): decode, sample (fps 2, at most 768 frames), resize, normalise, patchify. Each implementation runs in
+its own long-lived worker process (imports and one warm-up call not timed); the driver sends one request at a time,
+round-robin over implementations and clips, so load changes on a shared machine hit all columns alike. Reported:
+the median of `--runs` calls (>= 5) per cell, wall seconds, and `anchor median / our median` (> 1: ours is faster).
+All workers get the same thread counts: `torch.set_num_threads(--threads)` and FFmpeg's automatic thread count
+(PyAV `thread_type="AUTO"` for ours, torchcodec `num_ffmpeg_threads=0` in transformers, `TORCHCODEC_NUM_THREADS=0`
+for qwen-vl-utils).
+
+Equal tokens: ours uses its default budget (`video_budget="per_frame"`, qwen-vl-utils' rule); qwen-vl-utils lands
+on the same frame size by construction and is given our frame count as `nframes` (its fps rule rounds 289 frames
+down to 288); transformers' whole-clip `size` rule gets the `size={"shortest_edge",
+"longest_edge"}` that gives the same (h, w) (found here with our copy of its formula, `smart_resize_video`), and
+the driver checks every worker returns the same `video_grid_thw`. The pixels themselves are checked bit for bit
+against transformers on the same decoded frames by tests/test_fidelity.py; here the max |difference| of the full
+outputs is printed as well (different decoders: PyAV vs torchcodec's FFmpeg build may round colour conversion
+differently).
+
+Clips: `pole_vault.mp4` (real, 145 s, 3 fps, 398x224; 290 frames at fps 2, 20,880 tokens) from
+$INTERNVIDEO3_TEST_VIDEOS (default ../shared/data/videos), and a 164 s clip made here once (in --workdir) by
+looping the same footage with PyAV and encoding H.264 (328 frames, 23,616 tokens). The memory clip: 768 frames of
+the same footage scaled to 1920x1080 and encoded H.264 at 30 fps; ours runs it with `nframes=768` (every frame) in a
+fresh process and reports peak RSS (`ru_maxrss`) above the process's RSS before the call, against the output bytes
+and the size of one decoded 1080p RGB frame (6,220,800 bytes).
+
+`--before REF` adds our processor as of git REF (e.g. `main`) as a column and to the memory line: its
+`processing_internvideo3.py` is extracted with `git show` into --workdir and imported from there.
+
+Anchor environment (transformers' video path needs torchvision + torchcodec, which this package must not depend
+on), built once in the git-ignored `.venv-anchors/` at the repository root:
+
+    apt-get install -y ffmpeg                 # torchcodec loads the system FFmpeg libraries
+    python3 -m venv .venv-anchors
+    .venv-anchors/bin/pip install torch==2.14.1 torchvision==0.29.1 torchcodec transformers==5.23.0 \\
+        qwen-vl-utils av pillow
+
+`--anchors-python` points elsewhere if needed. Ours runs in the interpreter that runs this script (the package's
+own environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VIDEOS = Path(os.environ.get("INTERNVIDEO3_TEST_VIDEOS", REPO_ROOT.parent / "shared" / "data" / "videos"))
+LONG_SECONDS = 164
+RSS_FRAMES = 768
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# clips
+# ---------------------------------------------------------------------------------------------------------------
+def _encode_loop(source: Path, out: Path, seconds: float | None, frames: int | None, size, rate: int) -> None:
+    """Re-encode `source`'s frames (looped) as H.264 at `rate` fps: `seconds` of video or `frames` frames, scaled
+    to `size` (width, height) if given. Written to a temp name, then renamed."""
+    import av  # noqa: PLC0415
+
+    with av.open(str(source)) as container:
+        images = [f.to_image() for f in container.decode(video=0)]
+    if size is not None:
+        from PIL import Image  # noqa: PLC0415
+
+        images = [im.resize(size, Image.Resampling.BICUBIC) for im in images]
+    count = frames if frames is not None else int(round(seconds * rate))
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}.mp4")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height = images[0].size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(count):
+            frame = av.VideoFrame.from_image(images[i % len(images)])
+            frame.pts = i  # in the encoder's time base, 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    os.replace(tmp, out)
+
+
+def make_clips(workdir: Path) -> dict[str, Path]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = VIDEOS / "pole_vault.mp4"
+    if not source.exists():
+        raise SystemExit(f"error: {source} not found (set INTERNVIDEO3_TEST_VIDEOS)")
+    long_clip = workdir / f"pole_vault_loop_{LONG_SECONDS}s.mp4"
+    if not long_clip.exists():
+        _encode_loop(source, long_clip, LONG_SECONDS, None, None, 3)
+    big = workdir / f"pole_vault_1080p_{RSS_FRAMES}f.mp4"
+    if not big.exists():
+        _encode_loop(source, big, None, RSS_FRAMES, (1920, 1080), 30)
+    return {"pole_vault.mp4": source, f"{LONG_SECONDS} s clip": long_clip, "1080p": big}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# workers: one process per implementation, JSON lines on stdin/stdout
+# ---------------------------------------------------------------------------------------------------------------
+def _digest(pixels) -> float:
+    return float(pixels.double().sum())
+
+
+def worker(kind: str, module_dir: str | None, threads: int) -> None:
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    if kind == "ours":
+        sys.path.insert(0, module_dir or str(REPO_ROOT))
+        from transformers import AutoTokenizer  # noqa: PLC0415
+
+        import processing_internvideo3 as P  # noqa: PLC0415
+
+        processor = P.InternVideo3Processor(AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
+
+        def run(request):
+            out = processor(videos=[request["path"]], **request.get("ours_kwargs", {}))
+            return out["pixel_values_videos"], out["video_grid_thw"]
+
+    else:
+        os.environ["TORCHCODEC_NUM_THREADS"] = "0"  # read by qwen-vl-utils at import: FFmpeg's automatic count
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor  # noqa: PLC0415
+
+        video_processor = Qwen3VLVideoProcessor(patch_size=16, temporal_patch_size=2, merge_size=2)
+
+        if kind == "transformers":
+
+            def run(request):
+                out = video_processor(
+                    videos=[request["path"]], size=request["size"], fps=2.0, do_sample_frames=True, return_tensors="pt"
+                )
+                return out["pixel_values_videos"], out["video_grid_thw"]
+
+        else:
+            from qwen_vl_utils import process_vision_info  # noqa: PLC0415
+
+            def run(request):
+                # its fps rule rounds the frame count down to an even number (288 for pole_vault); the same count
+                # as ours is asked for explicitly, for equal tokens
+                video = {"type": "video", "video": request["path"], "nframes": request["nframes"]}
+                messages = [{"role": "user", "content": [video]}]
+                _, videos, kwargs = process_vision_info(
+                    messages, return_video_kwargs=True, return_video_metadata=True, image_patch_size=16
+                )
+                videos, metadata = zip(*videos)
+                out = video_processor(
+                    videos=list(videos), video_metadata=list(metadata), do_resize=False, return_tensors="pt", **kwargs
+                )
+                return out["pixel_values_videos"], out["video_grid_thw"]
+
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("warmup"):
+            run(request)
+            print(json.dumps({"ok": True}), flush=True)
+            continue
+        start = time.perf_counter()
+        pixels, grid = run(request)
+        seconds = time.perf_counter() - start
+        reply = {"seconds": seconds, "grid": grid.tolist(), "shape": list(pixels.shape), "digest": _digest(pixels)}
+        if request.get("save"):
+            torch.save(pixels, request["save"])
+        print(json.dumps(reply), flush=True)
+        del pixels
+
+
+class Worker:
+    def __init__(self, name: str, python: str, kind: str, threads: int, module_dir: str | None = None):
+        command = [python, str(Path(__file__).resolve()), "--worker", kind, "--threads", str(threads)]
+        if module_dir:
+            command += ["--module-dir", module_dir]
+        self.name = name
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"error: worker {self.name!r} died (see its traceback above)")
+        return json.loads(line)
+
+    def ask(self, **request) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# equal tokens
+# ---------------------------------------------------------------------------------------------------------------
+def transformers_size(num_frames: int, height: int, width: int, target: tuple[int, int]) -> dict:
+    """`size` for transformers' whole-clip rule that yields `target` (h, w) for this clip (SPEC §7 formulas)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from processing_internvideo3 import smart_resize_video  # noqa: PLC0415
+
+    volume = num_frames * height * width
+    for step in range(1, 4001):
+        beta = 1 + step / 1000  # upscale: the budget's lower bound decides
+        size = {"shortest_edge": int(volume * beta * beta), "longest_edge": 10 * int(volume * beta * beta) + 1}
+        if smart_resize_video(num_frames, height, width, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"]) == target:
+            return size
+        shrink = {"shortest_edge": 4096, "longest_edge": int(volume / (beta * beta))}  # downscale: upper bound
+        if smart_resize_video(num_frames, height, width, min_pixels=4096, max_pixels=shrink["longest_edge"]) == target:
+            return shrink
+    raise SystemExit(f"error: no transformers size gives {target} for {num_frames} frames of {height}x{width}")
+
+
+def clip_geometry(path: Path) -> tuple[int, int, int, tuple[int, int]]:
+    """(sampled frames before padding, height, width, our resized (h, w)) with our processor's defaults."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    from processing_internvideo3 import FACTOR, InternVideo3Processor, load_video  # noqa: PLC0415
+
+    processor = InternVideo3Processor(AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
+    seen = {}
+
+    def resize_to(n, h, w):
+        seen.update(n=n, h=h, w=w, target=processor.video_target_size(n, h, w))
+        return (FACTOR, FACTOR)  # geometry only: keep the decoded frames small
+
+    load_video(path, fps=processor.fps, max_frames=processor.max_frames, resize_to=resize_to)
+    return seen["n"], seen["h"], seen["w"], seen["target"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# peak memory
+# ---------------------------------------------------------------------------------------------------------------
+def rss_child(module_dir: str | None, path: str, threads: int) -> None:
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, module_dir or str(REPO_ROOT))
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    import processing_internvideo3 as P  # noqa: PLC0415
+
+    processor = P.InternVideo3Processor(AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
+    with open("/proc/self/status") as f:
+        before = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+    start = time.perf_counter()
+    out = processor(videos=[path], nframes=RSS_FRAMES)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    pixels = out["pixel_values_videos"]
+    print(json.dumps({
+        "before": before, "peak": peak, "output": pixels.numel() * pixels.element_size(), "seconds": seconds,
+        "grid": out["video_grid_thw"].tolist(),
+    }))  # fmt: skip
+
+
+def measure_rss(name: str, module_dir: str | None, path: Path, threads: int) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(path), "--threads", str(threads)]
+    if module_dir:
+        command += ["--module-dir", module_dir]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    if result.returncode:
+        return {"name": name, "error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+    return {"name": name, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _before_module(ref: str, workdir: Path) -> str:
+    directory = workdir / f"before-{ref.replace('/', '_')}"
+    directory.mkdir(parents=True, exist_ok=True)
+    source = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "show", f"{ref}:processing_internvideo3.py"], capture_output=True, text=True
+    )
+    if source.returncode:
+        raise SystemExit(f"error: --before {ref}: {source.stderr.strip()}")
+    (directory / "processing_internvideo3.py").write_text(source.stdout)
+    return str(directory)
+
+
+def _machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}, "
+        f"load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7, help="timed calls per cell (>= 5), median reported")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in every worker")
+    parser.add_argument("--anchors-python", default=str(REPO_ROOT / ".venv-anchors" / "bin" / "python"))
+    parser.add_argument("--skip-anchors", action="store_true", help="time ours (and --before) only")
+    parser.add_argument("--before", metavar="REF", help="also time our processor as of git REF (e.g. main)")
+    parser.add_argument("--skip-rss", action="store_true", help="no 1080p peak-memory measurement")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/internvideo3_bench_preprocess"))
+    parser.add_argument("--worker", choices=["ours", "transformers", "qwen-vl-utils"], help=argparse.SUPPRESS)
+    parser.add_argument("--module-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.module_dir, args.threads)
+    if args.rss_child:
+        return rss_child(args.module_dir, args.rss_child, args.threads)
+    if args.runs < 5:
+        print("error: --runs must be at least 5", file=sys.stderr)
+        raise SystemExit(2)
+    if not args.skip_anchors and not Path(args.anchors_python).exists():
+        print(f"error: --anchors-python {args.anchors_python} not found (see the set-up in this script's docstring)", file=sys.stderr)
+        raise SystemExit(2)
+
+    print(f"machine: {_machine()}; torch threads {args.threads}; {args.runs} runs per cell")
+    clips = make_clips(args.workdir)
+    before_dir = _before_module(args.before, args.workdir) if args.before else None
+    workers = [Worker("ours", sys.executable, "ours", args.threads)]
+    if before_dir:
+        workers.append(Worker(f"ours @ {args.before}", sys.executable, "ours", args.threads, before_dir))
+    if not args.skip_anchors:
+        workers.append(Worker("transformers + torchcodec", args.anchors_python, "transformers", args.threads))
+        workers.append(Worker("qwen-vl-utils + transformers", args.anchors_python, "qwen-vl-utils", args.threads))
+
+    speed_clips = [name for name in clips if name != "1080p"]
+    requests = {}
+    for name in speed_clips:
+        n, h, w, target = clip_geometry(clips[name])
+        requests[name] = {"path": str(clips[name]), "size": transformers_size(n, h, w, target), "nframes": n + n % 2}
+        print(f"{name}: {n} frames of {h}x{w} -> {target[0]}x{target[1]}, transformers size={requests[name]['size']}")
+    for w in workers:
+        for name in speed_clips:
+            w.ask(warmup=True, **requests[name])
+
+    times = {(w.name, name): [] for w in workers for name in speed_clips}
+    results = {}
+    for run in range(args.runs):
+        for name in speed_clips:
+            order = workers[run % len(workers) :] + workers[: run % len(workers)]  # rotate who goes first
+            for w in order:
+                save = str(args.workdir / f"{w.name.split()[0]}-{name.split()[0]}.pt") if run == 0 and w.name in ("ours", "transformers + torchcodec") else None
+                reply = w.ask(save=save, **requests[name])
+                times[(w.name, name)].append(reply["seconds"])
+                results[(w.name, name)] = reply
+        print(f"run {run + 1}/{args.runs} done, load {os.getloadavg()[0]:.2f}", flush=True)
+    for w in workers:
+        w.close()
+    (args.workdir / "times.json").write_text(json.dumps({f"{k[0]} | {k[1]}": v for k, v in times.items()}, indent=1))
+
+    print()
+    header = "| clip (fps 2) | tokens | " + " | ".join(w.name for w in workers) + " |"
+    print(header)
+    print("|" + "---|" * (2 + len(workers)))
+    for name in speed_clips:
+        grids = {w.name: results[(w.name, name)]["grid"] for w in workers}
+        reference = grids["ours"]
+        mismatched = [k for k, g in grids.items() if g != reference]
+        if mismatched:
+            raise SystemExit(f"error: unequal tokens on {name}: {grids}")
+        t, h, wd = reference[0]
+        ours = statistics.median(times[("ours", name)])
+        cells = []
+        for w in workers:
+            median = statistics.median(times[(w.name, name)])
+            cells.append(f"{median:.3f} s" + ("" if w.name == "ours" else f" ({median / ours:.2f}x)"))
+        print(f"| {name}, {2 * t} frames | {t * h * wd // 4:,} | " + " | ".join(cells) + " |")
+    print("(median wall seconds; in brackets: that column's median / ours, > 1 means ours is faster)")
+    if not args.skip_anchors:
+        import torch  # noqa: PLC0415
+
+        for name in speed_clips:
+            a = torch.load(args.workdir / f"ours-{name.split()[0]}.pt")
+            b = torch.load(args.workdir / f"transformers-{name.split()[0]}.pt")
+            print(f"{name}: max |ours - transformers| over the whole output = {float((a - b).abs().max()):.6g} "
+                  f"({int((a != b).sum()):,} of {a.numel():,} values differ)")  # fmt: skip
+
+    if not args.skip_rss:
+        print()
+        frame = 1920 * 1080 * 3
+        for name, module in [("ours", None)] + ([(f"ours @ {args.before}", before_dir)] if before_dir else []):
+            r = measure_rss(name, module, clips["1080p"], args.threads)
+            if "error" in r:
+                print(f"{name}: 768 frames of 1080p: failed: {r['error']}")
+                continue
+            extra = r["peak"] - r["before"]
+            print(
+                f"{name}: {RSS_FRAMES} frames of 1080p, grid {r['grid'][0]}, {r['seconds']:.1f} s: peak RSS "
+                f"{r['peak'] / 2**20:,.0f} MiB = {r['before'] / 2**20:,.0f} MiB before the call + "
+                f"{extra / 2**20:,.0f} MiB; output {r['output'] / 2**20:,.0f} MiB; above the output: "
+                f"{(extra - r['output']) / 2**20:,.0f} MiB = {(extra - r['output']) / frame:.1f} decoded 1080p frames"
+            )
+
+
+if __name__ == "__main__":
+    main()
