@@ -32,7 +32,10 @@ setup(
         "qwen-vl-utils>=0.0.14",
     ],
     extras_require={
-        "test": ["pytest>=8", "triton>=3.1; platform_system == 'Linux'"],
+        # nbclient + ipykernel + matplotlib: tests/test_notebook.py executes examples/quickstart.ipynb
+        "test": [
+            "pytest>=8", "triton>=3.1; platform_system == 'Linux'", "nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8",
+        ],
         "triton": ["triton>=3.1"],
     },
 )
