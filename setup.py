@@ -32,7 +32,10 @@ setup(
         "qwen-vl-utils>=0.0.14",
     ],
     extras_require={
-        "test": ["pytest>=8", "triton>=3.1; platform_system == 'Linux'"],
+        # PySceneDetect on its PyAV backend for the agent's segment() tool; the headless build needs no libGL.
+        "agent": ["scenedetect-headless[pyav]>=0.7,<0.8"],
+        "test": ["pytest>=8", "triton>=3.1; platform_system == 'Linux'", "scenedetect-headless[pyav]>=0.7,<0.8"],
         "triton": ["triton>=3.1"],
     },
+    entry_points={"console_scripts": ["internvideo3-agent=internvideo3.agent.cli:main"]},
 )

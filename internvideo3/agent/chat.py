@@ -1,0 +1,302 @@
+"""One growing conversation on one `InternVideo3LatentCache`: each turn prefills only what the cache lacks (SPEC §12).
+
+A tool-using loop re-sends the whole conversation every turn. Re-prefilling it would cost the whole video again each
+time; instead `LatentCacheChat` keeps the token ids its cache holds, renders the new conversation with the processor,
+keeps the longest common prefix (cropping the cache when the rendering diverged, e.g. the chat template dropped an
+earlier `<think>` block or re-tokenised generated text differently), prefills only the new suffix and decodes with
+`generate()`. Video items in the suffix (new clips a tool returned) are encoded by the vision tower there; videos in the
+kept prefix are never encoded again. This works for any caller that re-sends the whole history.
+
+The model is reached only through what `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)` returns; the
+cache class comes from the loaded model's own module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationMixin
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# transformers version differences (kept here, in one place)
+# ----------------------------------------------------------------------------------------------------------------------
+def cache_keyword() -> str:
+    """The keyword `generate()` and `forward()` take the cache under: `cache` from transformers 5.24 (where
+    `past_key_values` is deprecated), `past_key_values` before. Detected from transformers' own
+    `prepare_inputs_for_generation` signature, not from a version string."""
+    params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def generated_cache(output):
+    """The cache object of a `generate(..., return_dict_in_generate=True)` output (`cache` from 5.24)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
+def latent_cache_class(model):
+    """`InternVideo3LatentCache` from the module the remote-code model was loaded from."""
+    return sys.modules[type(model).__module__].InternVideo3LatentCache
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Reply:
+    """One model turn.
+
+    text: the decoded new tokens (special tokens removed). token_ids: the new token ids. logits: [1, vocab] float32
+    scores of the first new token (for checks against a full re-prefill). prompt_tokens: length of the rendered
+    conversation; reused_tokens: of those, the tokens already in the cache (not prefilled again); prefilled_tokens:
+    prompt_tokens - reused_tokens; new_tokens: tokens generated; seconds: wall time of the turn.
+    """
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logits: torch.Tensor | None = None
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+
+class ContextBudgetError(ValueError):
+    """The rendered conversation already fills the context budget (message names both token counts)."""
+
+
+def _item_key(item: dict) -> str:
+    return json.dumps({k: v for k, v in item.items() if k != "type"}, sort_keys=True, default=str)
+
+
+def _vision_spans(ids: list[int], token_id: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """[first, last] index of the placeholder tokens of each image/video, in order (`sizes` tokens each)."""
+    positions = [i for i, t in enumerate(ids) if t == token_id]
+    spans, at = [], 0
+    for n in sizes:
+        if n:
+            spans.append((positions[at], positions[at + n - 1]))
+        at += n
+    return spans
+
+
+class LatentCacheChat:
+    """A chat over one latent cache that prefills only what the cache does not hold yet.
+
+    Args:
+        model: an InternVideo3 model from `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)`.
+        processor: its `AutoProcessor` (renders the chat template, decodes videos with PyAV).
+        generation_kwargs: defaults for `generate()` (e.g. `do_sample`, `temperature`); greedy by default.
+
+    Attributes:
+        cache: the `InternVideo3LatentCache`; `cached_ids`: the token ids it holds, in order.
+        prefill_tokens_saved: sum over turns of the prompt tokens taken from the cache instead of prefilled (tokens).
+        prefilled_tokens: sum over turns of the prompt tokens actually prefilled (tokens).
+    """
+
+    def __init__(self, model, processor, **generation_kwargs):
+        self.model = model
+        self.processor = processor
+        self.generation_kwargs = {"do_sample": False, **generation_kwargs}
+        self.cache = latent_cache_class(model)(model.config)
+        self.cached_ids: list[int] = []
+        self.prefill_tokens_saved = 0
+        self.prefilled_tokens = 0
+        self._videos: dict[str, tuple] = {}
+        tokenizer = processor.tokenizer
+        self._stop_ids = [t for t in {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id} if t is not None]
+
+    def fork(self) -> "LatentCacheChat":
+        """A second conversation on the same model with its own, empty cache (decoded videos are shared)."""
+        other = LatentCacheChat(self.model, self.processor, **self.generation_kwargs)
+        other._videos = self._videos
+        return other
+
+    # ---- rendering ----------------------------------------------------------------------------------------------
+    def load_video(self, item: dict):
+        """(frames uint8 [T, H, W, 3], metadata) of a `{"type": "video", ...}` item, decoded once per distinct item
+        with the processor's PyAV loader (budget keys of the item as in `processor.apply_chat_template`)."""
+        key = _item_key(item)
+        if key not in self._videos:
+            source = next(item[k] for k in ("video", "path", "url", "video_url") if k in item)
+            settings = {k: v for k, v in item.items() if k not in ("type", "video", "path", "url", "video_url")}
+            self._videos[key] = self.processor.load_video(source, **settings)
+        return self._videos[key]
+
+    def encode(self, messages: list[dict], tools: list | None = None):
+        """Model inputs of the whole conversation plus a generation prompt: the processor's BatchFeature
+        (`input_ids` [1, S], `pixel_values_videos` [N, 1536], `video_grid_thw` [n, 3], image equivalents).
+
+        Videos are decoded once per distinct item (`load_video`); the prompt is rendered by the chat template and
+        tokenised by the processor exactly as `processor.apply_chat_template(..., tokenize=True)` does.
+        """
+        text = self.processor.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
+        videos, metadata, images = [], [], []
+        for message in messages:
+            content = message.get("content")
+            if not isinstance(content, list):
+                continue
+            for item in content:
+                if not isinstance(item, dict):
+                    continue
+                if item.get("type") == "video" or "video" in item:
+                    frames, meta = self.load_video(item)
+                    videos.append(frames)
+                    metadata.append(meta)
+                elif item.get("type") in ("image", "image_url") or "image" in item or "image_url" in item:
+                    images.append(next(item[k] for k in ("image", "path", "url", "image_url") if k in item))
+        return self.processor(
+            text=text, videos=videos or None, video_metadata=metadata or None, images=images or None, return_tensors="pt"
+        )
+
+    def count_tokens(self, messages: list[dict], tools: list | None = None) -> int:
+        """Tokens of the rendered conversation with its generation prompt (what the next turn's context holds)."""
+        return int(self.encode(messages, tools)["input_ids"].shape[1])
+
+    # ---- one turn -----------------------------------------------------------------------------------------------
+    def _reusable_prefix(self, ids: list[int], inputs) -> int:
+        """Tokens of `ids` the cache can keep: the common prefix with `cached_ids`, at most len(ids) - 1 (the last
+        prompt token is run by `generate()`), never ending inside an image's or video's placeholders (the vision
+        tower encodes whole items)."""
+        keep = 0
+        limit = min(len(ids) - 1, len(self.cached_ids))
+        while keep < limit and ids[keep] == self.cached_ids[keep]:
+            keep += 1
+        merge = self.processor.merge_size**2
+        for token_id, grid_key in ((self.processor.video_token_id, "video_grid_thw"), (self.processor.image_token_id, "image_grid_thw")):
+            grids = inputs.get(grid_key)
+            if grids is None:
+                continue
+            sizes = [int(g.prod()) // merge for g in grids]
+            for first, last in _vision_spans(ids, token_id, sizes):
+                if first < keep <= last:
+                    keep = first
+        return keep
+
+    @staticmethod
+    def _suffix_vision(inputs, ids_len: int, keep: int, spans_fn, pixels_key: str, grid_key: str):
+        grids = inputs.get(grid_key)
+        if grids is None:
+            return None, None
+        rows = [int(g.prod()) for g in grids]
+        offsets = [0]
+        for n in rows:
+            offsets.append(offsets[-1] + n)
+        chosen = [i for i, (first, _) in enumerate(spans_fn(grids)) if first >= keep]
+        if not chosen:
+            return None, None
+        pixels = inputs[pixels_key][offsets[chosen[0]] : offsets[chosen[-1] + 1]]
+        return pixels, grids[chosen[0] : chosen[-1] + 1]
+
+    @torch.no_grad()
+    def respond(
+        self,
+        messages: list[dict],
+        tools: list | None = None,
+        max_new_tokens: int = 256,
+        max_context_tokens: int | None = None,
+        **generation_kwargs,
+    ) -> Reply:
+        """Continue the conversation by one assistant turn, reusing the cache for the prefix it already holds.
+
+        Args:
+            messages: the whole conversation (chat-template messages; content items `{"type": "video", "video":
+                path, "fps", "video_start", "video_end", "max_pixels", ...}` / `{"type": "text", "text"}`).
+            tools: JSON schemas (or documented functions) for the chat template's `<tools>` block.
+            max_new_tokens: upper bound on generated tokens for this turn.
+            max_context_tokens: upper bound on prompt + generated tokens (None: no bound); generation is shortened
+                to fit.
+
+        Returns:
+            `Reply` with the text, the first-token logits and the token accounting of the turn.
+
+        Raises:
+            ContextBudgetError: the prompt alone has `max_context_tokens` tokens or more (nothing is prefilled).
+            ValueError, VideoLoadError, FileNotFoundError: from the processor for bad messages or videos.
+        """
+        start = time.perf_counter()
+        model, device = self.model, self.model.device
+        inputs = self.encode(messages, tools)
+        ids = inputs["input_ids"][0].tolist()
+        if max_context_tokens is not None:
+            if len(ids) >= max_context_tokens:
+                raise ContextBudgetError(
+                    f"the conversation has {len(ids)} tokens, the context budget is {max_context_tokens} tokens"
+                )
+            max_new_tokens = min(max_new_tokens, max_context_tokens - len(ids))
+        keep = self._reusable_prefix(ids, inputs)
+        cached = int(self.cache.get_seq_length())
+        if keep < cached:
+            # Strictly negative: "drop that many" on every transformers version (4.57 and 5.x read crop differently).
+            self.cache.crop(keep - cached)
+        merge = self.processor.merge_size**2
+
+        # 3-D MRoPE positions of the whole conversation; the suffix takes its slice (Qwen3-VL get_rope_index).
+        full_ids = inputs["input_ids"].to(device)
+        position_ids, rope_deltas = model.model.get_rope_index(
+            full_ids, inputs.get("image_grid_thw"), inputs.get("video_grid_thw")
+        )
+        cache_kw = cache_keyword()
+        if keep < len(ids) - 1:
+            vision = {}
+            for pixels_key, grid_key, token_id in (
+                ("pixel_values_videos", "video_grid_thw", self.processor.video_token_id),
+                ("pixel_values", "image_grid_thw", self.processor.image_token_id),
+            ):
+                pixels, grids = self._suffix_vision(
+                    inputs, len(ids), keep,
+                    lambda g, t=token_id: _vision_spans(ids, t, [int(x.prod()) // merge for x in g]),
+                    pixels_key, grid_key,
+                )  # fmt: skip
+                if pixels is not None:
+                    vision[pixels_key] = pixels.to(device)
+                    vision[grid_key] = grids.to(device)
+            model(
+                input_ids=full_ids[:, keep:-1],
+                position_ids=position_ids[:, :, keep:-1],
+                use_cache=True,
+                logits_to_keep=1,
+                **{cache_kw: self.cache},
+                **vision,
+            )
+        # generate() runs the last prompt token and decodes; positions past the cache continue at length + delta.
+        model.model.rope_deltas = rope_deltas
+        settings = {**self.generation_kwargs, **generation_kwargs}
+        settings.setdefault("eos_token_id", self._stop_ids)
+        out = model.generate(
+            input_ids=full_ids,
+            attention_mask=torch.ones_like(full_ids),
+            max_new_tokens=max_new_tokens,
+            return_dict_in_generate=True,
+            output_logits=True,
+            **{cache_kw: self.cache},
+            **settings,
+        )
+        self.cache = generated_cache(out)
+        sequence = out.sequences[0].tolist()
+        self.cached_ids = sequence[: int(self.cache.get_seq_length())]
+        new_ids = sequence[len(ids) :]
+        self.prefill_tokens_saved += keep
+        self.prefilled_tokens += len(ids) - keep
+        return Reply(
+            text=self.processor.decode(new_ids, skip_special_tokens=True),
+            token_ids=new_ids,
+            logits=out.logits[0].float().cpu() if out.logits else None,
+            prompt_tokens=len(ids),
+            reused_tokens=keep,
+            prefilled_tokens=len(ids) - keep,
+            new_tokens=len(new_ids),
+            seconds=time.perf_counter() - start,
+        )
+
+    def cache_tokens(self) -> int:
+        """Tokens the latent cache holds now."""
+        return int(self.cache.get_seq_length())
+
+    def cache_bytes(self) -> int:
+        """Bytes the latent cache holds now (all layers, int)."""
+        return int(self.cache.nbytes())
