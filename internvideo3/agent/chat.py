@@ -153,11 +153,18 @@ class LatentCacheChat:
             text=text, videos=videos or None, video_metadata=metadata or None, images=images or None, return_tensors="pt"
         )
 
-    def count_tokens(self, messages: list[dict], tools: list | None = None) -> int:
-        """Tokens of the rendered conversation with its generation prompt (what the next turn's context holds)."""
-        return int(self.encode(messages, tools)["input_ids"].shape[1])
-
     # ---- one turn -----------------------------------------------------------------------------------------------
+    def _vision_items(self, ids: list[int], inputs):
+        """Per image/video kind: (pixels key, grid key, grids [n, 3], [first, last] placeholder index of each item)."""
+        merge = self.processor.merge_size**2
+        for pixels_key, grid_key, token_id in (
+            ("pixel_values_videos", "video_grid_thw", self.processor.video_token_id),
+            ("pixel_values", "image_grid_thw", self.processor.image_token_id),
+        ):
+            grids = inputs.get(grid_key)
+            if grids is not None:
+                yield pixels_key, grid_key, grids, _vision_spans(ids, token_id, [int(g.prod()) // merge for g in grids])
+
     def _reusable_prefix(self, ids: list[int], inputs) -> int:
         """Tokens of `ids` the cache can keep: the common prefix with `cached_ids`, at most len(ids) - 1 (the last
         prompt token is run by `generate()`), never ending inside an image's or video's placeholders (the vision
@@ -166,31 +173,22 @@ class LatentCacheChat:
         limit = min(len(ids) - 1, len(self.cached_ids))
         while keep < limit and ids[keep] == self.cached_ids[keep]:
             keep += 1
-        merge = self.processor.merge_size**2
-        for token_id, grid_key in ((self.processor.video_token_id, "video_grid_thw"), (self.processor.image_token_id, "image_grid_thw")):
-            grids = inputs.get(grid_key)
-            if grids is None:
-                continue
-            sizes = [int(g.prod()) // merge for g in grids]
-            for first, last in _vision_spans(ids, token_id, sizes):
+        for _, _, _, spans in self._vision_items(ids, inputs):
+            for first, last in spans:
                 if first < keep <= last:
                     keep = first
         return keep
 
-    @staticmethod
-    def _suffix_vision(inputs, ids_len: int, keep: int, spans_fn, pixels_key: str, grid_key: str):
-        grids = inputs.get(grid_key)
-        if grids is None:
-            return None, None
-        rows = [int(g.prod()) for g in grids]
-        offsets = [0]
-        for n in rows:
-            offsets.append(offsets[-1] + n)
-        chosen = [i for i, (first, _) in enumerate(spans_fn(grids)) if first >= keep]
-        if not chosen:
-            return None, None
-        pixels = inputs[pixels_key][offsets[chosen[0]] : offsets[chosen[-1] + 1]]
-        return pixels, grids[chosen[0] : chosen[-1] + 1]
+    def _suffix_vision(self, ids: list[int], inputs, keep: int) -> dict:
+        """Pixels and grids of the images/videos whose placeholders lie after `keep` (those the suffix holds)."""
+        vision = {}
+        for pixels_key, grid_key, grids, spans in self._vision_items(ids, inputs):
+            rows = grids.prod(dim=1).tolist()  # patches per item, in order
+            new = [i for i, (first, _) in enumerate(spans) if first >= keep]
+            if new:
+                vision[pixels_key] = inputs[pixels_key][sum(rows[: new[0]]) :]
+                vision[grid_key] = grids[new[0] :]
+        return vision
 
     @torch.no_grad()
     def respond(
@@ -233,7 +231,7 @@ class LatentCacheChat:
         if keep < cached:
             # Strictly negative: "drop that many" on every transformers version (4.57 and 5.x read crop differently).
             self.cache.crop(keep - cached)
-        merge = self.processor.merge_size**2
+        self.cached_ids = ids[:keep]
 
         # 3-D MRoPE positions of the whole conversation; the suffix takes its slice (Qwen3-VL get_rope_index).
         full_ids = inputs["input_ids"].to(device)
@@ -242,19 +240,7 @@ class LatentCacheChat:
         )
         cache_kw = cache_keyword()
         if keep < len(ids) - 1:
-            vision = {}
-            for pixels_key, grid_key, token_id in (
-                ("pixel_values_videos", "video_grid_thw", self.processor.video_token_id),
-                ("pixel_values", "image_grid_thw", self.processor.image_token_id),
-            ):
-                pixels, grids = self._suffix_vision(
-                    inputs, len(ids), keep,
-                    lambda g, t=token_id: _vision_spans(ids, t, [int(x.prod()) // merge for x in g]),
-                    pixels_key, grid_key,
-                )  # fmt: skip
-                if pixels is not None:
-                    vision[pixels_key] = pixels.to(device)
-                    vision[grid_key] = grids.to(device)
+            vision = {k: v.to(device) for k, v in self._suffix_vision(ids, inputs, keep).items()}
             model(
                 input_ids=full_ids[:, keep:-1],
                 position_ids=position_ids[:, :, keep:-1],
@@ -263,7 +249,9 @@ class LatentCacheChat:
                 **{cache_kw: self.cache},
                 **vision,
             )
-        # generate() runs the last prompt token and decodes; positions past the cache continue at length + delta.
+        # generate() runs the last prompt token and decodes. The model continues MRoPE positions past the cache at
+        # cache length + `rope_deltas` (the attribute Qwen3-VL keeps from its prefill): set it for this conversation,
+        # whose prefill was ours.
         model.model.rope_deltas = rope_deltas
         settings = {**self.generation_kwargs, **generation_kwargs}
         settings.setdefault("eos_token_id", self._stop_ids)
