@@ -274,7 +274,7 @@ def test_model_tools_ground_summarize_verify_notes(model_and_processor, videos_d
 # ----------------------------------------------------------------------------------------------------------------------
 # cache reuse
 # ----------------------------------------------------------------------------------------------------------------------
-def test_cache_reuse_equals_full_prefill_and_counts_saved_tokens(model_and_processor, videos_dir):
+def test_cache_reuse_equals_full_prefill_and_counts_saved_tokens(model_and_processor, videos_dir, cut_clip):
     model, processor = model_and_processor
     video = str(videos_dir / "snow_dog.mp4")
     chat = LatentCacheChat(model, processor)
@@ -285,15 +285,16 @@ def test_cache_reuse_equals_full_prefill_and_counts_saved_tokens(model_and_proce
         {"role": "user", "content": [{"type": "video", "video": video, **TINY, "min_pixels": TINY["max_pixels"]},
                                      {"type": "text", "text": "What happens?"}]},
     ]  # fmt: skip
-    replies, previous = [], []
+    replies, previous, prompts = [], [], []
     try:
-        for turn in range(4):
+        for turn in range(5):
             reply = chat.respond(messages, max_new_tokens=4)
             replies.append(reply)
             full = processor.apply_chat_template(
                 messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
             )
             ids = full["input_ids"][0].tolist()
+            prompts.append(ids)
             counted = len(embedded)
             with torch.no_grad():
                 reference = model(**full, use_cache=False, logits_to_keep=1).logits[0, -1]
@@ -303,7 +304,9 @@ def test_cache_reuse_equals_full_prefill_and_counts_saved_tokens(model_and_proce
             common = 0
             while common < min(len(previous), len(ids) - 1) and previous[common] == ids[common]:
                 common += 1
-            assert reply.reused_tokens == common  # no vision item was split at this prefix
+            if turn == 3:  # the swapped clip's placeholders onward must be prefilled again
+                common = min(common, ids.index(processor.video_token_id))
+            assert reply.reused_tokens == common
             assert chat.cache_tokens() == len(chat.cached_ids) == len(ids) + reply.new_tokens - 1
             previous = ids + reply.token_ids[:-1]  # generate() never feeds its last token: the cache lacks it
             messages.append({"role": "assistant", "content": reply.text})
@@ -313,12 +316,16 @@ def test_cache_reuse_equals_full_prefill_and_counts_saved_tokens(model_and_proce
                 messages.append({"role": "tool", "content": [{"type": "text", "text": "clip 2-6 s"}, clip]})
             elif turn == 1:
                 messages.append({"role": "tool", "content": "note 1 saved"})
-            elif turn == 2:  # the history is edited: the cache is cropped back to the common prefix
+            elif turn == 2:  # another clip with the same frame grid and timestamps: same token ids, other pixels
+                messages[1]["content"][0]["video"] = str(cut_clip)
+            elif turn == 3:  # the history is edited: the cache is cropped back to the common prefix
                 messages[1]["content"][1]["text"] = "What happens, in detail?"
     finally:
         hook.remove()
     assert replies[1].reused_tokens > replies[0].prompt_tokens  # the whole first turn came from the cache
-    assert replies[3].reused_tokens < replies[0].prompt_tokens  # diverged inside the first prompt: cache cropped
+    assert prompts[3][: len(prompts[2])] == prompts[2]  # swapping the clip changed no token id ...
+    assert replies[3].reused_tokens < prompts[0].index(processor.video_token_id) + 1  # ... but the cache was cropped
+    assert replies[4].reused_tokens < replies[0].prompt_tokens  # an edited question: cropped there
     saved = sum(r.reused_tokens for r in replies)
     assert chat.prefill_tokens_saved == saved > 0
     assert chat.prefilled_tokens == sum(r.prompt_tokens for r in replies) - saved

@@ -70,7 +70,10 @@ class ContextBudgetError(ValueError):
 
 
 def _item_key(item: dict) -> str:
-    return json.dumps({k: v for k, v in item.items() if k != "type"}, sort_keys=True, default=str)
+    """Identity of an image/video item: its JSON, with in-memory sources (arrays, PIL images) by object identity."""
+    return json.dumps(
+        {k: v for k, v in item.items() if k != "type"}, sort_keys=True, default=lambda o: f"{type(o).__name__}@{id(o)}"
+    )
 
 
 def _vision_spans(ids: list[int], token_id: int, sizes: list[int]) -> list[tuple[int, int]]:
@@ -104,6 +107,8 @@ class LatentCacheChat:
         self.generation_kwargs = {"do_sample": False, **generation_kwargs}
         self.cache = latent_cache_class(model)(model.config)
         self.cached_ids: list[int] = []
+        # Items whose placeholders the cache holds, per grid key: equal token ids do not mean equal pixels.
+        self._cached_items: dict[str, list[str]] = {}
         self.prefill_tokens_saved = 0
         self.prefilled_tokens = 0
         self._videos: dict[str, tuple] = {}
@@ -134,8 +139,13 @@ class LatentCacheChat:
         Videos are decoded once per distinct item (`load_video`); the prompt is rendered by the chat template and
         tokenised by the processor exactly as `processor.apply_chat_template(..., tokenize=True)` does.
         """
+        return self._render(messages, tools)[0]
+
+    def _render(self, messages: list[dict], tools: list | None):
+        """(`encode`'s BatchFeature, {grid key: identity of each video/image item, in prompt order})."""
         text = self.processor.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
         videos, metadata, images = [], [], []
+        keys = {"video_grid_thw": [], "image_grid_thw": []}
         for message in messages:
             content = message.get("content")
             if not isinstance(content, list):
@@ -147,11 +157,14 @@ class LatentCacheChat:
                     frames, meta = self.load_video(item)
                     videos.append(frames)
                     metadata.append(meta)
+                    keys["video_grid_thw"].append(_item_key(item))
                 elif item.get("type") in ("image", "image_url") or "image" in item or "image_url" in item:
                     images.append(next(item[k] for k in ("image", "path", "url", "image_url") if k in item))
-        return self.processor(
+                    keys["image_grid_thw"].append(_item_key(item))
+        inputs = self.processor(
             text=text, videos=videos or None, video_metadata=metadata or None, images=images or None, return_tensors="pt"
         )
+        return inputs, keys
 
     # ---- one turn -----------------------------------------------------------------------------------------------
     def _vision_items(self, ids: list[int], inputs):
@@ -165,17 +178,19 @@ class LatentCacheChat:
             if grids is not None:
                 yield pixels_key, grid_key, grids, _vision_spans(ids, token_id, [int(g.prod()) // merge for g in grids])
 
-    def _reusable_prefix(self, ids: list[int], inputs) -> int:
+    def _reusable_prefix(self, ids: list[int], inputs, keys: dict) -> int:
         """Tokens of `ids` the cache can keep: the common prefix with `cached_ids`, at most len(ids) - 1 (the last
         prompt token is run by `generate()`), never ending inside an image's or video's placeholders (the vision
-        tower encodes whole items)."""
+        tower encodes whole items) and ending before the first item that differs from the one the cache holds at that
+        place (another clip can render to the same token ids)."""
         keep = 0
         limit = min(len(ids) - 1, len(self.cached_ids))
         while keep < limit and ids[keep] == self.cached_ids[keep]:
             keep += 1
-        for _, _, _, spans in self._vision_items(ids, inputs):
-            for first, last in spans:
-                if first < keep <= last:
+        for _, grid_key, _, spans in self._vision_items(ids, inputs):
+            held = self._cached_items.get(grid_key, [])
+            for i, (first, last) in enumerate(spans):
+                if first < keep and (first < keep <= last or i >= len(held) or held[i] != keys[grid_key][i]):
                     keep = first
         return keep
 
@@ -218,7 +233,7 @@ class LatentCacheChat:
         """
         start = time.perf_counter()
         model, device = self.model, self.model.device
-        inputs = self.encode(messages, tools)
+        inputs, keys = self._render(messages, tools)
         ids = inputs["input_ids"][0].tolist()
         if max_context_tokens is not None:
             if len(ids) >= max_context_tokens:
@@ -226,7 +241,7 @@ class LatentCacheChat:
                     f"the conversation has {len(ids)} tokens, the context budget is {max_context_tokens} tokens"
                 )
             max_new_tokens = min(max_new_tokens, max_context_tokens - len(ids))
-        keep = self._reusable_prefix(ids, inputs)
+        keep = self._reusable_prefix(ids, inputs, keys)
         cached = int(self.cache.get_seq_length())
         if keep < cached:
             # Strictly negative: "drop that many" on every transformers version (4.57 and 5.x read crop differently).
@@ -267,6 +282,10 @@ class LatentCacheChat:
         self.cache = generated_cache(out)
         sequence = out.sequences[0].tolist()
         self.cached_ids = sequence[: int(self.cache.get_seq_length())]
+        self._cached_items = {
+            grid_key: [keys[grid_key][i] for i, (_, last) in enumerate(spans) if last < len(self.cached_ids)]
+            for _, grid_key, _, spans in self._vision_items(ids, inputs)
+        }
         new_ids = sequence[len(ids) :]
         self.prefill_tokens_saved += keep
         self.prefilled_tokens += len(ids) - keep
