@@ -4,15 +4,28 @@
     python examples/video_agent.py --model DIR --video clip.mp4 --question "When does the dog jump?" \
         --max-steps 8 --transcript run.json
 
-A thin wrapper of the `internvideo3-agent` console script (`internvideo3/agent/cli.py`): without `--model` it uses
-the small randomly initialised checkpoint that `examples/generate_video.py` builds once, so the answer is random text
-while the transcript, the tool plumbing and the cache accounting are real. Prints the transcript, then
-`answer: <text>`, `steps: <n>`, `prefill tokens saved: <n>` and the cache bytes.
+A thin wrapper of the `internvideo3-agent` console script (`internvideo3/agent/cli.py`). Without `--model` it uses the
+small randomly initialised checkpoint `examples/generate_video.py` uses (`checkpoints/internvideo3-small/`, built or
+rebuilt by `convert.small_checkpoint.ensure_small_checkpoint`), so the answer is random text while the transcript, the
+tool plumbing and the cache accounting are real. Prints the transcript, then `answer: <text>`, `steps: <n>`,
+`prefill tokens saved: <n>` and the cache bytes.
 """
 
-from generate_video import DEFAULT_VIDEO, ensure_small_checkpoint  # this folder is on sys.path when run as a script
+import subprocess
+import sys
+
+from generate_video import DEFAULT_VIDEO, REPO_ROOT, SMALL_CHECKPOINT  # this folder is sys.path[0] for a script
 
 from internvideo3.agent.cli import main
 
+
+def small_checkpoint() -> str:
+    """The small checkpoint folder, (re)built by the repository's `convert.small_checkpoint` (run from the repository
+    root, since the package installs no top-level `convert` module)."""
+    code = f"from convert.small_checkpoint import ensure_small_checkpoint; ensure_small_checkpoint({str(SMALL_CHECKPOINT)!r})"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+    return str(SMALL_CHECKPOINT)
+
+
 if __name__ == "__main__":
-    main(default_model=ensure_small_checkpoint, default_video=str(DEFAULT_VIDEO))
+    main(default_model=small_checkpoint, default_video=str(DEFAULT_VIDEO))

@@ -26,12 +26,15 @@ from transformers import GenerationMixin
 # ----------------------------------------------------------------------------------------------------------------------
 # transformers version differences (kept here, in one place)
 # ----------------------------------------------------------------------------------------------------------------------
-def cache_keyword() -> str:
-    """The keyword `generate()` and `forward()` take the cache under: `cache` from transformers 5.24 (where
-    `past_key_values` is deprecated), `past_key_values` before. Detected from transformers' own
-    `prepare_inputs_for_generation` signature, not from a version string."""
-    params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
-    return "cache" if "cache" in params else "past_key_values"
+def cache_keyword(model) -> str:
+    """The keyword `generate()` takes the cache under: `cache` from transformers 5.24 (where `past_key_values` is
+    deprecated), `past_key_values` before. The model's own module says (`CACHE_NAME`); remote code older than that
+    constant is answered from transformers' `prepare_inputs_for_generation` signature (a feature, not a version)."""
+    name = getattr(sys.modules[type(model).__module__], "CACHE_NAME", None)
+    if name is None:
+        params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+    return name
 
 
 def generated_cache(output):
@@ -253,7 +256,7 @@ class LatentCacheChat:
         position_ids, rope_deltas = model.model.get_rope_index(
             full_ids, inputs.get("image_grid_thw"), inputs.get("video_grid_thw")
         )
-        cache_kw = cache_keyword()
+        cache_kw = cache_keyword(model)
         if keep < len(ids) - 1:
             vision = {k: v.to(device) for k, v in self._suffix_vision(ids, inputs, keep).items()}
             model(
