@@ -23,6 +23,7 @@ from internvideo3.agent import (
     LatentCacheChat,
     Reply,
     ToolRegistry,
+    ToolResult,
     VideoAgent,
     parse_tool_calls,
 )
@@ -343,16 +344,23 @@ def test_loop_runs_tools_in_order_and_feeds_results_back(model_and_processor, cu
     script = [
         "Let me look. " + _call("segment") + _call("inspect_clip", start_s=3, end_s=6, fps=1, max_pixels=16384),
         '<tool_call>{"name": "segment", </tool_call>' + _call("zoom", level=2) + _call("inspect_clip", start_s=7, end_s=9.5),
-        _call("note", text="shot 2 (3-6 s) shows a gym") + _call("search_notes", query="gym"),
+        _call("note", text="shot 2 (3-6 s) shows a gym") + _call("search_notes", query="gym") + _call("other_view"),
         "<think>enough evidence</think>The cut to the gym is at 3.0 s.",
     ]
     stand_in = ScriptedStandInModel(processor, script)
     agent = _agent(stand_in, cut_clip, budget=AgentBudget(max_steps=6))
+
+    def other_view() -> ToolResult:
+        """A user tool returning a clip that does not exist."""
+        return ToolResult("here", videos=[{"type": "video", "video": str(cut_clip) + ".missing"}])
+
+    agent.tools.register(other_view)  # the registry is the extension point
+    assert agent.tools.names()[-1] == "other_view"
     result = agent.run("When does the scene change?")
     assert (result.answer, result.steps, result.stop_reason) == ("The cut to the gym is at 3.0 s.", 4, "answer")
     tools = [(e["name"], e["error"]) for e in result.events if e["role"] == "tool"]
     assert tools == [("segment", False), ("inspect_clip", False), (None, True), ("zoom", True),
-                     ("inspect_clip", True), ("note", False), ("search_notes", False)]  # fmt: skip
+                     ("inspect_clip", True), ("note", False), ("search_notes", False), ("other_view", True)]  # fmt: skip
     # results enter the context the model sees next, in order, clips as video items
     second = stand_in.seen[1]
     assert second[-2]["role"] == "tool" and second[-2]["content"].startswith("3 shots: shot 1: 0.00-3.00 s")
@@ -360,7 +368,8 @@ def test_loop_runs_tools_in_order_and_feeds_results_back(model_and_processor, cu
     assert second[-1]["content"][1]["video_start"] == 3.0
     third = [m["content"] for m in stand_in.seen[2][-3:]]
     assert "not valid JSON" in third[0] and "unknown tool 'zoom'" in third[1] and "past the end" in third[2]
-    assert stand_in.seen[3][-1]["content"] == "note 1: shot 2 (3-6 s) shows a gym"
+    assert stand_in.seen[3][-2]["content"] == "note 1: shot 2 (3-6 s) shows a gym"
+    assert stand_in.seen[3][-1]["content"].startswith("error: other_view returned a video that cannot be decoded")
     rendered = processor.apply_chat_template(stand_in.seen[1], tools=agent.tools.schemas(), tokenize=False)
     assert "<tool_response>\n3 shots:" in rendered and rendered.count("<|video_pad|>") == 2
 

@@ -135,7 +135,13 @@ class VideoAgent:
             return ToolResult(f"error: skipped, at most {self.budget.max_tool_calls} tool calls per turn", error=True)
         if call.error:
             return ToolResult(f"error: {call.error}", error=True)
-        return self.tools.call(call.name, call.arguments)
+        result = self.tools.call(call.name, call.arguments)
+        for item in result.videos:  # decode now: a clip that cannot be decoded must not reach (and break) the prompt
+            try:
+                self.session.load_video(item)
+            except Exception as err:
+                return ToolResult(f"error: {call.name} returned a video that cannot be decoded: {err}", error=True)
+        return result
 
     def run(self, question: str) -> AgentResult:
         """Run the loop on `question`; never raises on model output and ends within `budget`."""
