@@ -172,7 +172,7 @@ class VideoTools:
         clip: sampling defaults of inspect_clip / summarize / verify.
         whisper_model: local faster-whisper model folder for transcribe(), or None.
         side_max_new_tokens: token budget of one side answer.
-        max_fps, max_frames: upper bounds on inspect_clip arguments (frames per second, frames).
+        max_fps: upper bound on inspect_clip's `fps` (frames per second); `clip.max_frames` bounds its frames.
     """
 
     def __init__(
@@ -185,14 +185,13 @@ class VideoTools:
         whisper_model: str | None = None,
         side_max_new_tokens: int = 128,
         max_fps: float = 30.0,
-        max_frames: int = 256,
     ):
         self.video, self.duration, self.session = str(video), float(duration), session
         self.coarse_item = coarse_item
         self.clip = clip or ClipSettings()
         self.whisper_model = whisper_model
         self.side_max_new_tokens = side_max_new_tokens
-        self.max_fps, self.max_frames = max_fps, max_frames
+        self.max_fps = max_fps
         self.notes: list[str] = []
         self._shots: list[tuple[float, float]] | None = None
         self._side = None
@@ -234,7 +233,7 @@ class VideoTools:
             raise ToolError(f"fps={fps} must be in (0, {self.max_fps}]")
         if not 1024 <= max_pixels <= 16384 * 1024:
             raise ToolError(f"max_pixels={max_pixels} must be in [1024, {16384 * 1024}]")
-        item = self.clip.item(self.video, start_s, end_s, fps=fps, max_pixels=max_pixels, max_frames=self.max_frames)
+        item = self.clip.item(self.video, start_s, end_s, fps=fps, max_pixels=max_pixels)
         frames, meta = self.session.load_video(item)
         stamps = list(getattr(meta, "timestamps", None) or [])
         first, last = (stamps[0], stamps[-1]) if stamps else (start_s, end_s)
@@ -281,7 +280,7 @@ class VideoTools:
             end_s: Segment end, in seconds from the start of the video.
         """
         self._check_range(start_s, end_s)
-        item = self.clip.item(self.video, start_s, end_s, max_frames=self.max_frames)
+        item = self.clip.item(self.video, start_s, end_s)
         return self._ask(item, f"Summarize what happens in this clip ({start_s:.1f}-{end_s:.1f} s) in a few sentences.")
 
     def verify(self, claim: str, start_s: float, end_s: float) -> str:
@@ -295,7 +294,7 @@ class VideoTools:
         self._check_range(start_s, end_s)
         if not claim.strip():
             raise ToolError("claim is empty")
-        item = self.clip.item(self.video, start_s, end_s, max_frames=self.max_frames)
+        item = self.clip.item(self.video, start_s, end_s)
         answer = self._ask(
             item, f'Claim: "{claim}". Does this clip support the claim? Start with yes or no, then give the evidence.'
         )
