@@ -14,7 +14,6 @@ random text; the token counts and times are what the agent's turns cost.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
