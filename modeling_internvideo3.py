@@ -776,6 +776,13 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
     _supports_cache_class = True
 
     @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers guesses this by searching the module source for its own attention interface; our attention
+        # functions read `config._attn_implementation` at every call, so `set_attn_implementation("eager" | "sdpa")`
+        # takes effect at once.
+        return True
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, plus: attention biases, the latent norm and per-layer ranks come from the
         checkpoint's keys (SPEC §3), and any missing or unexpected weight raises `ValueError` naming the keys.
