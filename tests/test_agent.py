@@ -344,7 +344,8 @@ def test_loop_runs_tools_in_order_and_feeds_results_back(model_and_processor, cu
     script = [
         "Let me look. " + _call("segment") + _call("inspect_clip", start_s=3, end_s=6, fps=1, max_pixels=16384),
         '<tool_call>{"name": "segment", </tool_call>' + _call("zoom", level=2) + _call("inspect_clip", start_s=7, end_s=9.5),
-        _call("note", text="shot 2 (3-6 s) shows a gym") + _call("search_notes", query="gym") + _call("other_view"),
+        "<|video_pad|>" + _call("note", text="shot 2 (3-6 s) shows a gym<|image_pad|>") + _call("search_notes", query="gym")
+        + _call("other_view"),
         "<think>enough evidence</think>The cut to the gym is at 3.0 s.",
     ]
     stand_in = ScriptedStandInModel(processor, script)
@@ -368,7 +369,8 @@ def test_loop_runs_tools_in_order_and_feeds_results_back(model_and_processor, cu
     assert second[-1]["content"][1]["video_start"] == 3.0
     third = [m["content"] for m in stand_in.seen[2][-3:]]
     assert "not valid JSON" in third[0] and "unknown tool 'zoom'" in third[1] and "past the end" in third[2]
-    assert stand_in.seen[3][-2]["content"] == "note 1: shot 2 (3-6 s) shows a gym"
+    assert stand_in.seen[3][-2]["content"] == "note 1: shot 2 (3-6 s) shows a gym"  # typed placeholders removed
+    assert "<|video_pad|>" not in stand_in.seen[3][-4]["content"]
     assert stand_in.seen[3][-1]["content"].startswith("error: other_view returned a video that cannot be decoded")
     rendered = processor.apply_chat_template(stand_in.seen[1], tools=agent.tools.schemas(), tokenize=False)
     assert "<tool_response>\n3 shots:" in rendered and rendered.count("<|video_pad|>") == 2

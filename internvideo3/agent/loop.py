@@ -36,6 +36,8 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 FINAL_STEP_PROMPT = "This is the last step: give your final answer now, citing timestamps, without calling a tool."
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL)
+# Typed into text, these would be read back as image/video placeholders without pixels: the prompt could not be built.
+_VISION_MARKERS = re.compile(r"<\|(?:vision_start|vision_end|video_pad|image_pad)\|>")
 
 
 @dataclass
@@ -151,7 +153,10 @@ class VideoAgent:
                 "role": "user",
                 "content": [
                     self.coarse_item,
-                    {"type": "text", "text": f"The video is {self.duration:.1f} s long. Question: {question}"},
+                    {
+                        "type": "text",
+                        "text": f"The video is {self.duration:.1f} s long. Question: {_VISION_MARKERS.sub('', question)}",
+                    },
                 ],
             },
         ]
@@ -173,11 +178,12 @@ class VideoAgent:
                 stop_reason = "token budget"
                 break
             steps = step
-            messages.append({"role": "assistant", "content": reply.text})
-            outside, calls = parse_tool_calls(reply.text)
+            text = _VISION_MARKERS.sub("", reply.text)
+            messages.append({"role": "assistant", "content": text})
+            outside, calls = parse_tool_calls(text)
             events.append(
                 {
-                    "step": step, "role": "assistant", "text": reply.text,
+                    "step": step, "role": "assistant", "text": text,
                     "prompt_tokens": reply.prompt_tokens, "reused_tokens": reply.reused_tokens,
                     "prefilled_tokens": reply.prefilled_tokens, "new_tokens": reply.new_tokens,
                     "seconds": round(reply.seconds, 3),
@@ -191,7 +197,7 @@ class VideoAgent:
                 break
             for index, call in enumerate(calls):
                 result = self._run_tool(call, index)
-                text = result.text
+                text = _VISION_MARKERS.sub("", result.text)
                 if len(text) > self.budget.max_tool_chars:
                     text = text[: self.budget.max_tool_chars] + " [truncated]"
                 content = [{"type": "text", "text": text}, *result.videos] if result.videos else text
