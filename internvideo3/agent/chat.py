@@ -91,7 +91,7 @@ def _vision_spans(ids: list[int], token_id: int, sizes: list[int]) -> list[tuple
 
 
 class LatentCacheChat:
-    """A chat over one latent cache that prefills only what the cache does not hold yet.
+    """A chat over one latent cache that prefills only what the cache does not hold yet (one conversation, batch 1).
 
     Args:
         model: an InternVideo3 model from `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)`.
