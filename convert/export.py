@@ -61,7 +61,8 @@ class OutputInUseError(FileExistsError):
 
 def output_lock(out: str | os.PathLike):
     """The inter-process lock of output folder `out`: `filelock.FileLock` on `.<out>.lock` beside it (an OS lock the
-    kernel releases when its process dies, so a killed run never leaves it held). The lock file itself stays."""
+    kernel releases when its process dies, so a killed run never leaves it held). The empty lock file stays after a
+    run: deleting it on release would let two later runs lock two different files."""
     from filelock import FileLock
 
     out = Path(out)
@@ -80,10 +81,11 @@ def check_output_free(out: str | os.PathLike, overwrite: bool = False) -> None:
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    if not out.parent.is_dir():
+    lock = output_lock(out)
+    if not os.path.exists(lock.lock_file):  # never held: and a run that fails later leaves no lock file behind
         return
     try:
-        with output_lock(out).acquire(timeout=0):
+        with lock.acquire(timeout=0):
             pass
     except Timeout:
         raise OutputInUseError(_in_use(out)) from None

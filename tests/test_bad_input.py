@@ -285,3 +285,199 @@ def test_hub_lookup_failure_says_the_weights_check_was_skipped(small_checkpoint,
     assert len(warnings_) == 2, result.stdout
     assert "OfflineModeIsEnabled" in warnings_[0] and "local_files_only=True" in warnings_[1]
     assert all("'internvideo3-tests/small'" in w and "skipped" in w for w in warnings_)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Converter: every CLI value checked, one `error:` line, nothing written
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def llama_source(tmp_path_factory):
+    """A tiny Llama checkpoint (GQA 4 query / 2 KV heads, vocabulary 512) with its own 512-token BPE tokenizer."""
+    from tests.test_convert import make_source
+
+    folder = tmp_path_factory.mktemp("src") / "llama"
+    make_source("llama", folder)
+    return folder
+
+
+FAST_CLI = ["--kv-lora-rank", "16", "--calibration-tokens", "64", "--calibration-seq-len", "32", "--dtype", "fp32"]
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the converter CLI entry point; assert exit status 2 and exactly one `error:` line; return that line."""
+    from convert.gqa_to_m2la import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def text_file(path, content: bytes):
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("flag,value,words", [
+    ("--kv-lora-rank-list", "8,x", ["--kv-lora-rank-list", "'x'", "integers >= 1"]),
+    ("--kv-lora-rank-list", "8,0", ["--kv-lora-rank-list", ">= 1", "got 0"]),
+    ("--kv-lora-rank", "0", ["--kv-lora-rank", ">= 1", "got 0"]),
+    ("--kv-lora-rank", "-3", ["--kv-lora-rank", ">= 1", "got -3"]),
+    ("--kv-lora-rank", "abc", ["--kv-lora-rank", "'abc'"]),
+    ("--kv-lora-rank", "49", ["--kv-lora-rank 49", "larger than possible", "1..48"]),
+    ("--calibration-seq-len", "0", ["--calibration-seq-len", ">= 1", "got 0"]),
+    ("--calibration-tokens", "0", ["--calibration-tokens", ">= 1", "got 0"]),
+    ("--calibration-tokens", "1.5", ["--calibration-tokens", "'1.5'"]),
+    ("--video-fps", "0", ["--video-fps", "> 0"]),
+    ("--video-fps", "nan", ["--video-fps", "nan"]),
+    ("--video-max-frames", "0", ["--video-max-frames", ">= 1"]),
+    ("--max-shard-size-gb", "-1", ["--max-shard-size-gb", "> 0"]),
+    ("--rope-dim", "0", ["--rope-dim", ">= 1"]),
+    ("--v-head-dim", "0", ["--v-head-dim", ">= 1"]),
+    ("--qk-nope-dim", "-1", ["--qk-nope-dim", ">= 0"]),
+    ("--dtype", "fp8", ["--dtype", "'fp8'"]),
+    ("--qk-norm", "off", ["--qk-norm", "'off'"]),
+    ("--calibration", "EMPTY", ["--calibration", "empty.txt is empty"]),
+    ("--calibration", "BLANK", ["--calibration", "blank.txt is empty"]),
+    ("--calibration", "BINARY", ["--calibration", "noise.txt is not UTF-8 text"]),
+    ("--calibration", "MISSING", ["--calibration", "not found", "missing.txt"]),
+])
+def test_converter_cli_rejects_bad_values_naming_the_flag(llama_source, tmp_path, capsys, flag, value, words):
+    """Before: tracebacks (ZeroDivisionError, int() of 'x'), silent acceptance (--calibration-tokens 0, a binary
+    calibration file), or rank 0 reported as "larger than possible"."""
+    files = {"EMPTY": lambda: text_file(tmp_path / "empty.txt", b""),
+             "BLANK": lambda: text_file(tmp_path / "blank.txt", b" \n\t\n"),
+             "BINARY": lambda: text_file(tmp_path / "noise.txt", bytes(np.random.default_rng(0).integers(0, 256, 4096,
+                                                                                                           np.uint8))),
+             "MISSING": lambda: str(tmp_path / "missing.txt")}
+    value = files[value]() if value in files else value
+    out = tmp_path / "out"
+    line = cli_error(capsys, "--src", str(llama_source), "--out", str(out), *FAST_CLI, flag, value)
+    assert all(word in line for word in words), line
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single-file", "sharded"])
+def test_converter_names_a_truncated_source_file(llama_source, tmp_path, capsys, sharded):
+    """Before: safetensors' "incomplete metadata" traceback without the file's name."""
+    src = tmp_path / "src"
+    shutil.copytree(llama_source, src)
+    if sharded:  # a sharded source with an index: the header check must not wait for the first tensor read
+        from transformers import AutoModelForCausalLM as Auto
+
+        (src / "model.safetensors").unlink()
+        Auto.from_pretrained(str(llama_source)).save_pretrained(src, max_shard_size="100KB")
+        victim = sorted(src.glob("model-*.safetensors"))[-1]
+    else:
+        victim = src / "model.safetensors"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    line = cli_error(capsys, "--src", str(src), "--out", str(tmp_path / "out"), *FAST_CLI)
+    assert victim.name in line and "truncated or corrupt" in line
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Converter: the tokenizer that travels must fit the model
+# ----------------------------------------------------------------------------------------------------------------------
+def test_converter_tokenizer_must_fit_the_model(llama_source, tmp_path, capsys):
+    """Before: a source without tokenizer files was calibrated with the Qwen3 tokenizer (ids folded modulo 512) and the
+    output shipped that 151,669-token tokenizer: the converted model crashed in its embedding on the first prompt."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import TOKENIZER_DIR
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copyfile(llama_source / name, bare / name)
+    out = tmp_path / "out"
+    line = cli_error(capsys, "--src", str(bare), "--out", str(out), *FAST_CLI)
+    assert "has no tokenizer" in line and "--tokenizer PATH" in line
+    line = cli_error(capsys, "--src", str(bare), "--out", str(out), *FAST_CLI, "--tokenizer", str(TOKENIZER_DIR))
+    assert "151669 tokens" in line and "embeds only 512" in line and "--tokenizer" in line
+    line = cli_error(capsys, "--src", str(bare), "--out", str(out), *FAST_CLI, "--tokenizer", str(tmp_path))
+    assert f"--tokenizer {tmp_path}" in line and "no tokenizer.json" in line
+    assert not out.exists()
+
+    # the tokenizer the model was trained with: calibrates, ships, and the converted model answers a prompt
+    from convert.gqa_to_m2la import main
+
+    main(["--src", str(bare), "--out", str(out), *FAST_CLI, "--tokenizer", str(llama_source)])
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    model = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True).eval()
+    assert len(tokenizer) <= model.config.vocab_size
+    ids = tokenizer("Return the sum of the numbers.", return_tensors="pt")
+    generated = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == ids["input_ids"].shape[1] + 3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Converter: two runs never destroy each other's output, --overwrite never loses the old folder
+# ----------------------------------------------------------------------------------------------------------------------
+def test_concurrent_conversions_into_one_out_never_destroy_each_other(llama_source, tmp_path):
+    """This process converts into `out`; while it is at layer 0, a second real process runs the CLI into the same
+    `out` (with and without --overwrite). Before: the second run deleted the first one's temporary folder as a
+    "leftover". Now it exits with one `error:` line and touches nothing; the first run finishes and loads."""
+    from convert.gqa_to_m2la import ConvertOptions, convert
+
+    out = tmp_path / "out"
+    seen = {}
+
+    def second_run(i):
+        if i:
+            return
+        (own,) = tmp_path.glob(".out.incomplete-*")
+        before = sorted(p.name for p in own.iterdir())
+        runs = [subprocess.Popen(  # both at once: the test waits for one process start, not two
+            [sys.executable, "-m", "convert.gqa_to_m2la", "--src", str(llama_source), "--out", str(out), *FAST_CLI,
+             *extra], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for extra in ([], ["--overwrite"])]
+        seen["results"] = [(run.wait(timeout=300), run.communicate()[1]) for run in runs]
+        seen["intact"] = own.is_dir() and sorted(p.name for p in own.iterdir()) == before
+
+    convert(llama_source, out, ConvertOptions(kv_lora_rank=16, calibration_tokens=64, calibration_seq_len=32,
+                                              dtype="fp32", progress=False), layer_hook=second_run)
+    for returncode, stderr in seen["results"]:  # a real process: exit status 2, one `error:` line, no traceback
+        assert returncode == 2, stderr[-2000:]
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "being written by another run" in lines[0], lines
+    assert seen["intact"]
+    assert (out / "config.json").is_file() and not list(tmp_path.glob(".out.incomplete-*"))
+    AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+
+
+def test_overwrite_keeps_the_old_folder_until_the_new_one_is_in_place(llama_source, tmp_path, capsys):
+    """Before: --overwrite deleted the old folder first; a crash before the rename left nothing."""
+    import json
+
+    from convert.gqa_to_m2la import ConvertOptions, convert
+
+    out = tmp_path / "out"
+    options = dict(calibration_tokens=64, calibration_seq_len=32, dtype="fp32", progress=False)
+    rank = lambda: json.loads((out / "config.json").read_text())["kv_lora_rank"]  # noqa: E731
+    convert(llama_source, out, ConvertOptions(kv_lora_rank=16, **options))
+
+    def crash(i):
+        assert rank() == 16  # the old folder is untouched while the new one is written
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(llama_source, out, ConvertOptions(kv_lora_rank=8, overwrite=True, **options), layer_hook=crash)
+    assert rank() == 16 and sorted(p.name for p in tmp_path.iterdir() if p.name != ".out.lock") == ["out"]
+
+    # a run killed between moving the old folder aside and moving the new one in leaves exactly this state:
+    aside = tmp_path / ".out.replaced-killed"
+    out.rename(aside)
+    (tmp_path / ".out.incomplete-killed").mkdir()
+    capsys.readouterr()
+    with pytest.raises(FileExistsError):  # the next run puts the old folder back, then refuses to replace it
+        convert(llama_source, out, ConvertOptions(kv_lora_rank=8, **options))
+    assert "restored" in capsys.readouterr().err and rank() == 16 and not aside.exists()
+
+    convert(llama_source, out, ConvertOptions(kv_lora_rank=8, overwrite=True, **options))
+    assert rank() == 8 and sorted(p.name for p in tmp_path.iterdir() if p.name != ".out.lock") == ["out"]
+    AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
