@@ -43,6 +43,7 @@ from convert.export import (
     REPO_ROOT,
     atomic_folder,
     check_output_free,
+    portable_tokenizer_config,
     set_auto_map,
     write_remote_code,
 )
@@ -359,6 +360,7 @@ def write_processor(src: Path, tmp: Path, is_vl: bool, tokenizer: Path | None = 
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, tmp / name)
+    portable_tokenizer_config(tmp)
     if (src / "generation_config.json").is_file():
         shutil.copyfile(src / "generation_config.json", tmp / "generation_config.json")
 
@@ -472,7 +474,7 @@ def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
 
     @torch.no_grad()
     def run(x, cos, sin):
-        return attn(x, (cos, sin), modeling.AttentionMaskSpec(None, x.shape[1], 0), None)
+        return attn(x, (cos, sin), modeling.AttentionMaskSpec(None, x.shape[1], 0), None)[0]
 
     return run
 
@@ -539,7 +541,7 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
             features = vision(inputs["pixel_values_videos"].float(), grid)
         mask = ids == config.video_token_id
         hidden = embed[ids].float()
-        hidden[mask] = features.last_hidden_state
+        hidden[mask] = features.pooler_output
         positions, _ = modeling.InternVideo3Model.get_rope_index(SimpleNamespace(config=config), ids, None, grid)
         cos, sin = rotary(positions)
         batches.append(CalibrationBatch(hidden, cos, sin, mask, list(features.deepstack_features), measure_rows=1))

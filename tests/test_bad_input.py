@@ -215,11 +215,11 @@ def test_video_pixels_without_grid_is_a_clear_error(model, processor, videos_dir
     """Before: AttributeError on None."""
     inputs = processor.apply_chat_template(video_item(videos_dir / "snow_dog.mp4", **SMALL), tokenize=True,
                                            add_generation_prompt=True)
-    with pytest.raises(ValueError, match=r"pixel_values_videos was given without video_grid_thw"):
+    with pytest.raises(ValueError, match=r"video pixels need `video_grid_thw`"):
         model(input_ids=inputs["input_ids"], pixel_values_videos=inputs["pixel_values_videos"])
     image = np.full((64, 64, 3), 200, np.uint8)
     inputs = processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=[image])
-    with pytest.raises(ValueError, match=r"pixel_values was given without image_grid_thw"):
+    with pytest.raises(ValueError, match=r"image pixels need `image_grid_thw`"):
         model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"])
 
 
