@@ -119,8 +119,9 @@ class VideoLoadError(ValueError):
 class TruncatedVideoWarning(UserWarning):
     """A video file holds clearly less than its container declares (e.g. a partly downloaded mp4 whose index sits at
     the front): only the frames that exist are used. The message names the file and gives declared vs present
-    seconds and frames. Make it an error with `warnings.simplefilter("error", TruncatedVideoWarning)` (or
-    `pytest -W error::...TruncatedVideoWarning`); it is then raised from `load_video` / the processor call."""
+    seconds and frames. Make it an error with `warnings.simplefilter("error", TruncatedVideoWarning)` (a processor
+    loaded with `AutoProcessor` carries the class as `processor.TruncatedVideoWarning`); it is then raised from
+    `load_video` / the processor call."""
 
 
 # Numeric settings: (kind, lower bound, lower bound inclusive, unit). Checked once where settings are merged
@@ -1244,6 +1245,8 @@ class InternVideo3Processor(ProcessorMixin):
     tokenizer_class = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
     # save_pretrained writes auto_map {"AutoProcessor": "processing_internvideo3.InternVideo3Processor"} and this file.
     _auto_class = "AutoProcessor"
+    # remote code lives in a generated module: `processor.TruncatedVideoWarning` reaches the class for warning filters
+    TruncatedVideoWarning = TruncatedVideoWarning
 
     def __init__(
         self,
