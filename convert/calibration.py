@@ -101,7 +101,9 @@ def train_tokenizer(documents, vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(documents, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    # a causal LM's inputs: no token_type_ids (transformers 4.57's generate() rejects them for decoder-only models)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   model_input_names=["input_ids", "attention_mask"])
 
 
 @functools.lru_cache(maxsize=1)
