@@ -124,9 +124,9 @@ class TruncatedVideoWarning(UserWarning):
     `load_video` / the processor call."""
 
 
-# Numeric settings: (kind, lower bound, lower bound inclusive, unit). Checked once where settings are merged
-# (`InternVideo3Processor._video_settings` / `_image_settings`, and the public `load_video`): a zero or negative value
-# must never be clamped into a silently different sampling or size.
+# Numeric settings: (kind, lower bound, lower bound inclusive, unit). Checked where settings are merged
+# (`InternVideo3Processor._video_settings` / `image_target_size`, and the public `load_video`): a zero or negative
+# value must never be clamped into a silently different sampling or size.
 _NUMERIC_SETTINGS = {
     "fps": ("number", 0, False, "frames per second of video"),
     "source_fps": ("number", 0, False, "frames per second of the given frames"),
@@ -138,7 +138,7 @@ _NUMERIC_SETTINGS = {
     "max_pixels": ("number", 0, False, "pixels per frame"),
     "total_pixels": ("number", 0, False, "pixels per video"),
     "video_start": ("number", 0, True, "seconds"),
-    "video_end": ("number", 0, False, "seconds"),
+    "video_end": ("number", 0, True, "seconds"),
     "resized_height": ("integer", 1, True, "pixels"),
     "resized_width": ("integer", 1, True, "pixels"),
     "image_min_pixels": ("number", 0, False, "pixels per image"),
@@ -162,7 +162,7 @@ def _check_video_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
     """Validate merged video/image settings (keys of `VIDEO_SETTING_KEYS`, `IMAGE_SETTING_KEYS`, `source_fps`).
 
     Every numeric value must lie in its range (`fps` > 0, frame counts >= 1, pixel budgets > 0, `video_start` >= 0,
-    `video_end` > `video_start`, ...), `min_pixels <= max_pixels`, `size` must be {"shortest_edge", "longest_edge"}
+    `video_start` <= `video_end`, ...), `min_pixels <= max_pixels`, `size` must be {"shortest_edge", "longest_edge"}
     volumes with shortest <= longest, and `resized_height`/`resized_width` come together. `min_frames > max_frames`
     is an error only when `min_frames` is in `explicit` (set by the caller): a `max_frames` below the default
     `min_frames` simply caps the count, as in transformers and qwen-vl-utils. `None` means "not set".
@@ -182,10 +182,9 @@ def _check_video_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
             implicit = [k for k in (low, high) if k not in explicit]
             hint = f" ({implicit[0]} is the processor's setting: pass it too)" if len(implicit) == 1 else ""
             raise ValueError(f"{low} ({get(low)}) must be <= {high} ({get(high)}){hint}")
-    if get("video_start") is not None and get("video_end") is not None and get("video_start") >= get("video_end"):
-        raise ValueError(
-            f"video_start ({get('video_start')} s) must be < video_end ({get('video_end')} s)"
-        )
+    # equal bounds are a still: the frame shown at that instant
+    if get("video_start") is not None and get("video_end") is not None and get("video_start") > get("video_end"):
+        raise ValueError(f"video_start ({get('video_start')} s) must be <= video_end ({get('video_end')} s)")
     if (get("resized_height") is None) != (get("resized_width") is None):
         raise ValueError(
             f"resized_height and resized_width go together, got resized_height={get('resized_height')!r}, "
@@ -865,7 +864,7 @@ def load_video(
         VideoLoadError (a ValueError): empty file, no video stream, zero frames, undecodable/corrupt data, failed
             download; the message names the file or URL and the reason.
         ImportError: PyAV is not installed and a file must be decoded.
-        ValueError: a setting out of range (`fps` <= 0, `max_frames` < 1, `video_start` >= `video_end`, ...); the
+        ValueError: a setting out of range (`fps` <= 0, `max_frames` < 1, `video_start` > `video_end`, ...); the
             message names the setting, the value and the allowed range.
 
     Warns:
@@ -1302,10 +1301,9 @@ class InternVideo3Processor(ProcessorMixin):
         self.vision_end_token_id = tokenizer.convert_tokens_to_ids(VISION_END)
         # a bad value in processor_config.json fails at load time, naming the setting
         _check_video_settings(
-            {"image_min_pixels": image_min_pixels, "image_max_pixels": image_max_pixels, "min_frames": min_frames},
-            explicit=("min_frames", "image_min_pixels", "image_max_pixels"),
+            {**self._video_settings({}), "image_min_pixels": image_min_pixels, "image_max_pixels": image_max_pixels},
+            explicit=("min_frames", "min_pixels", "max_pixels", "image_min_pixels", "image_max_pixels"),
         )
-        self._video_settings({"min_frames": min_frames})
 
     # ---- settings ------------------------------------------------------------------------------------------
     @property

@@ -308,7 +308,7 @@ class ShardWriter:
             (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def has_tokenizer(folder: Path) -> bool:
+def _has_tokenizer(folder: Path) -> bool:
     return any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
 
 
@@ -324,13 +324,13 @@ def check_tokenizer(src: Path, arch: SourceArch, o: ConvertOptions) -> Path | No
     """
     from transformers import AutoTokenizer
 
-    folder = Path(o.tokenizer) if o.tokenizer else (src if has_tokenizer(src) else None)
+    folder = Path(o.tokenizer) if o.tokenizer else (src if _has_tokenizer(src) else None)
     if folder is None:
         if o.calibration_ids is None or arch.is_vl:
             raise ConversionError(f"{src} has no tokenizer (tokenizer.json or tokenizer_config.json): pass --tokenizer "
                                   f"PATH, the folder of the tokenizer the source model was trained with")
         return None
-    if not has_tokenizer(folder):
+    if not _has_tokenizer(folder):
         raise ConversionError(f"--tokenizer {folder}: no tokenizer.json or tokenizer_config.json there")
     try:
         size = len(AutoTokenizer.from_pretrained(str(folder)))

@@ -68,9 +68,9 @@ BAD_SETTINGS = [
     (dict(min_pixels=1_000_000, max_pixels=100_000), ["min_pixels (1000000)", "max_pixels (100000)"]),
     (dict(max_pixels=100_000), ["min_pixels (131072)", "max_pixels (100000)", "processor's setting"]),
     (dict(video_start=-1), ["video_start", "got -1", ">= 0"]),
-    (dict(video_end=0), ["video_end", "got 0", "> 0"]),
-    (dict(video_start=5, video_end=1), ["video_start (5 s)", "video_end (1 s)"]),
-    (dict(video_start=2, video_end=2), ["video_start (2 s)", "video_end (2 s)"]),
+    (dict(video_end=-1), ["video_end", "got -1", ">= 0"]),
+    (dict(video_start=5, video_end=1), ["video_start (5 s)", "video_end (1 s)", "<="]),
+    (dict(video_start=2.5, video_end=2), ["video_start (2.5 s)", "video_end (2 s)"]),
     (dict(resized_height=64), ["resized_height", "resized_width"]),
     (dict(resized_height=0, resized_width=64), ["resized_height", "got 0", ">= 1"]),
     (dict(size={"shortest_edge": 0, "longest_edge": 10**6}), ["shortest_edge", "got 0", "> 0"]),
@@ -117,11 +117,12 @@ def test_bad_processor_config_fails_at_load_naming_the_setting(small_checkpoint,
 
     folder = tmp_path / "ckpt"
     shutil.copytree(small_checkpoint, folder)
-    config = json.loads((folder / "processor_config.json").read_text())
-    config["fps"] = 0
-    (folder / "processor_config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"fps must be a number > 0 .*got 0"):
-        AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    original = json.loads((folder / "processor_config.json").read_text())
+    for change, message in (({"fps": 0}, r"fps must be a number > 0 .*got 0"),
+                            ({"min_frames": 10, "max_frames": 5}, r"min_frames \(10\) must be <= max_frames \(5\)")):
+        (folder / "processor_config.json").write_text(json.dumps({**original, **change}))
+        with pytest.raises(ValueError, match=message):
+            AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
 
 
 def test_valid_neighbouring_settings_still_work(processor, videos_dir):
@@ -138,6 +139,7 @@ def test_valid_neighbouring_settings_still_work(processor, videos_dir):
     assert grid(nframes=6.0, max_pixels=128 * 32 * 32)[0] == 3
     assert grid(fps=0.5, max_pixels=128 * 32 * 32, total_pixels=128 * 32 * 32 * 4 * 0.9)[0] == 2  # 8 s at 0.5 fps
     assert grid(video_start=1.0, video_end=3.0, fps=2, max_pixels=128 * 32 * 32)[0] == 2  # 1..3 s at 2 fps: 4 frames
+    assert grid(video_start=4.0, video_end=4.0, nframes=1, max_pixels=128 * 32 * 32)[0] == 1  # a still at 4 s
 
 
 # ----------------------------------------------------------------------------------------------------------------------
