@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -686,13 +687,18 @@ def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, l
     """{tensor name: shape} of a safetensors checkpoint, from its headers only (no weights are read).
 
     `path` is a local folder or a Hub repo id (then `huggingface_hub.get_safetensors_metadata` reads the remote
-    headers). Returns {} when no safetensors files can be found (e.g. a `.bin` checkpoint).
+    headers). Returns {} when no safetensors files can be found (e.g. a `.bin` checkpoint), and, with a
+    `UserWarning` saying the check was skipped, when the Hub cannot be asked (offline, `local_files_only`, gated,
+    private or missing repo).
+
+    Raises:
+        OSError: a local safetensors file is truncated or corrupt (the message names the file).
     """
     path = str(path)
     subfolder = hub_kwargs.get("subfolder") or ""
     folder = os.path.join(path, subfolder)
     if os.path.isdir(folder):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         index = os.path.join(folder, "model.safetensors.index.json")
         if os.path.isfile(index):
@@ -702,19 +708,50 @@ def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, l
             files = [name for name in os.listdir(folder) if name.endswith(".safetensors")]
         shapes = {}
         for name in files:
-            with safe_open(os.path.join(folder, name), framework="pt") as f:
-                for key in f.keys():
-                    shapes[key] = list(f.get_slice(key).get_shape())
+            file = os.path.join(folder, name)
+            try:
+                with safe_open(file, framework="pt") as f:
+                    for key in f.keys():
+                        shapes[key] = list(f.get_slice(key).get_shape())
+            except (SafetensorError, OSError) as error:
+                raise OSError(
+                    f"cannot read safetensors file {file!r}: {error}; it is truncated or corrupt (an interrupted "
+                    f"download or copy?): fetch it again"
+                ) from error
         return shapes
-    try:
-        from huggingface_hub import get_safetensors_metadata
+    from huggingface_hub import get_safetensors_metadata
 
-        metadata = get_safetensors_metadata(
-            path, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token")
-        )
-    except Exception:  # offline, gated or not a safetensors repo: fall back to the config's flags
+    skipped = (
+        f"the config-vs-weights check of {path!r} (attention biases, latent norm, per-layer ranks; SPEC §3) was "
+        f"skipped: config.json is trusted as it is"
+    )
+    if hub_kwargs.get("local_files_only"):
+        warnings.warn(f"local_files_only=True: {skipped}", stacklevel=3)
+        return {}
+    try:
+        metadata = get_safetensors_metadata(path, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
+    except _hub_lookup_errors() as error:
+        warnings.warn(f"could not read the weight headers from the Hub ({type(error).__name__}: {error}); {skipped}",
+                      stacklevel=3)
         return {}
     return {name: list(info.shape) for file in metadata.files_metadata.values() for name, info in file.tensors.items()}
+
+
+def _hub_lookup_errors() -> tuple[type[BaseException], ...]:
+    """The failures of a Hub header lookup that only mean "cannot look": offline (mode or network), gated, private or
+    missing repo/revision/file, not a safetensors repo. Anything else (a bug, a bad argument) propagates. Names are
+    looked up, not imported, as they moved between huggingface_hub 0.x and 1.x (requests -> httpx)."""
+    import huggingface_hub.errors as hub_errors
+
+    names = ("OfflineModeIsEnabled", "RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError",
+             "EntryNotFoundError", "NotASafetensorsRepoError", "LocalEntryNotFoundError")  # fmt: skip
+    errors = [getattr(hub_errors, name) for name in names if hasattr(hub_errors, name)]
+    for module, name in (("requests", "ConnectionError"), ("requests", "Timeout"), ("httpx", "TransportError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors) + (ConnectionError, TimeoutError)
 
 
 def adapt_text_config_to_checkpoint(text_config: InternVideo3TextConfig, shapes: dict) -> None:
@@ -1387,6 +1424,16 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
         if cache is not None and int(cache.get_seq_length()) > 0:
             for key in ("pixel_values", "pixel_values_videos"):
                 model_inputs[key] = None
+        else:
+            mask = kwargs.get("attention_mask")
+            # transformers' generate() checks the last token against pad_token_id, which our configs may not set
+            if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[0] > 1 and not bool(mask[:, -1].all()):
+                warnings.warn(
+                    "A decoder-only architecture is being used, but right-padding was detected! For correct "
+                    "generation results, please set `padding_side='left'` when initializing the tokenizer "
+                    "(the InternVideo3 processor pads on the left by default).",
+                    stacklevel=2,
+                )
         return model_inputs
 
 
