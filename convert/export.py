@@ -89,6 +89,31 @@ def load_processor(tokenizer_dir: str | os.PathLike = TOKENIZER_DIR, **processor
     return InternVideo3Processor(tokenizer=tokenizer, **processor_kwargs)
 
 
+def portable_tokenizer_config(folder: str | os.PathLike) -> None:
+    """Rewrite `folder/tokenizer_config.json` (if any) so every supported transformers reads it (SPEC §8).
+
+    transformers 5.x saves the special-token list as `extra_special_tokens: [...]`, which 4.57 reads as a
+    {name: token} dict and fails on (`'list' object has no attribute 'keys'`), and leaks the loading flags `is_local`
+    and `local_files_only` into the file. The list goes back under `additional_special_tokens`, which both lines read
+    as the same list; the flags are dropped. Written through a temporary file and renamed.
+    """
+    import json
+
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    extra = data.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del data["extra_special_tokens"]
+        data["additional_special_tokens"] = list(dict.fromkeys([*data.get("additional_special_tokens", []), *extra]))
+    for key in ("is_local", "local_files_only"):
+        data.pop(key, None)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def save_model_folder(model, processor, out: str | os.PathLike, overwrite: bool = False, max_shard_size="5GB") -> Path:
     """Save `model` (safetensors, sharded with an index above `max_shard_size`), `processor` and the remote code
     into `out`, atomically. Returns `out` as a Path."""
@@ -97,6 +122,7 @@ def save_model_folder(model, processor, out: str | os.PathLike, overwrite: bool 
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         if processor is not None:
             processor.save_pretrained(tmp)
+            portable_tokenizer_config(tmp)
         write_remote_code(tmp)
     return Path(out)
 
@@ -201,6 +227,7 @@ def export_for_hub(
                 data = json.loads(path.read_text())
                 data.setdefault("auto_map", {}).update(PROCESSOR_AUTO_MAP)
                 path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        portable_tokenizer_config(tmp)
         write_remote_code(tmp)
         layers = text.get("num_hidden_layers", 36)
         rank, rope = text.get("kv_lora_rank", 896), text.get("qk_rope_head_dim", 128)

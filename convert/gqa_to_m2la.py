@@ -38,7 +38,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from convert.calibration import calibration_token_ids, load_tokenizer, read_calibration_files, stdlib_docstrings
-from convert.export import REPO_ROOT, TOKENIZER_DIR, atomic_folder, set_auto_map, write_remote_code
+from convert.export import (
+    REPO_ROOT,
+    TOKENIZER_DIR,
+    atomic_folder,
+    portable_tokenizer_config,
+    set_auto_map,
+    write_remote_code,
+)
 from convert.m2la_math import (
     QK_NORM_TREATMENTS,
     SourceAttention,
@@ -300,6 +307,7 @@ def write_processor(src: Path, tmp: Path, is_vl: bool) -> None:
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, tmp / name)
+    portable_tokenizer_config(tmp)
     if (src / "generation_config.json").is_file():
         shutil.copyfile(src / "generation_config.json", tmp / "generation_config.json")
 
@@ -413,7 +421,7 @@ def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
 
     @torch.no_grad()
     def run(x, cos, sin):
-        return attn(x, (cos, sin), modeling.AttentionMaskSpec(None, x.shape[1], 0), None)
+        return attn(x, (cos, sin), modeling.AttentionMaskSpec(None, x.shape[1], 0), None)[0]
 
     return run
 
@@ -480,7 +488,7 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
             features = vision(inputs["pixel_values_videos"].float(), grid)
         mask = ids == config.video_token_id
         hidden = embed[ids].float()
-        hidden[mask] = features.last_hidden_state
+        hidden[mask] = features.pooler_output
         positions, _ = modeling.InternVideo3Model.get_rope_index(SimpleNamespace(config=config), ids, None, grid)
         cos, sin = rotary(positions)
         batches.append(CalibrationBatch(hidden, cos, sin, mask, list(features.deepstack_features), measure_rows=1))

@@ -26,7 +26,7 @@ messages = [{"role": "user", "content": [
 inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True,
                                        return_tensors="pt")
 out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-cache = out.past_key_values
+cache = out.cache if hasattr(out, "cache") else out.past_key_values  # named `cache` since transformers 5.24
 print(json.dumps({
     "model_module": type(model).__module__,
     "cache": type(cache).__name__,
