@@ -24,6 +24,18 @@ from typing import Callable
 KINDS = {"sft": "train_loss", "gspo": "reward", "distill": "reverse_kl"}
 
 
+def checkout_small_checkpoint(repo_root: str | Path) -> Path:
+    """The small checkpoint of a source checkout (`<repo_root>/checkpoints/internvideo3-small`), (re)built by the
+    checkout's own `convert.small_checkpoint.ensure_small_checkpoint` in a child process started in `repo_root`, so
+    the repository's tools are used without installing them or editing this process's import path."""
+    import subprocess
+
+    path = Path(repo_root) / "checkpoints" / "internvideo3-small"
+    code = f"from convert.small_checkpoint import ensure_small_checkpoint; ensure_small_checkpoint({str(path)!r})"
+    subprocess.run([sys.executable, "-c", code], cwd=str(repo_root), check=True)
+    return path
+
+
 def build_parser(kind: str, default_model: str | None, default_data: str | None) -> argparse.ArgumentParser:
     titles = {
         "sft": "Supervised fine-tuning of InternVideo3 on videos (TRL SFTTrainer; loss on assistant tokens).",
@@ -46,6 +58,8 @@ def build_parser(kind: str, default_model: str | None, default_data: str | None)
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 mixed precision (default: on with CUDA, off on CPU)")  # fmt: skip
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="weights as loaded (float32 + --bf16 is mixed precision)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     for part in ("vision-tower", "merger", "language-model"):
         parser.add_argument(f"--freeze-{part}", action="store_true", help=f"do not train the {part.replace('-', ' ')}")
@@ -61,8 +75,6 @@ def build_parser(kind: str, default_model: str | None, default_data: str | None)
                             help="optimizer micro-steps per rollout batch (> accumulation: off-policy, ratio matters)")  # fmt: skip
     if kind == "distill":
         parser.add_argument("--teacher", required=True, help="teacher folder or Hub id (same tokenizer)")
-        parser.add_argument("--teacher-remote-code", action=argparse.BooleanOptionalAction, default=True,
-                            help="load the teacher with trust_remote_code (off for transformers' own classes)")  # fmt: skip
         parser.add_argument("--beta", type=float, default=1.0, help="1.0 reverse KL, 0.0 forward KL, 0.5 JSD")
     return parser
 
@@ -156,7 +168,8 @@ def run(kind: str, args, callbacks=()) -> tuple[list[float], Path, bool]:
     # One name for all ranks of a launch (they share the launcher as parent), distinct across runs.
     run_id = os.getppid() if "LOCAL_RANK" in os.environ else os.getpid()
     scratch = out.parent / f"{out.name}.partial-{run_id}"
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=torch.float32)
+    dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     freezing = dict(freeze_vision_tower=args.freeze_vision_tower, freeze_merger=args.freeze_merger,
                     freeze_language_model=args.freeze_language_model)  # fmt: skip
@@ -187,8 +200,8 @@ def run(kind: str, args, callbacks=()) -> tuple[list[float], Path, bool]:
         from trl import DistillationConfig
 
         dataset = _with_video_defaults(dataset, "prompt", _video_kwargs(args))
-        teacher = AutoModelForCausalLM.from_pretrained(args.teacher, trust_remote_code=args.teacher_remote_code,
-                                                       dtype=torch.float32)  # fmt: skip
+        # A transformers architecture (e.g. the GQA source of a converted student) loads with its own classes.
+        teacher = AutoModelForCausalLM.from_pretrained(args.teacher, trust_remote_code=True, dtype=dtype)
         config = DistillationConfig(per_device_train_batch_size=args.batch_size or args.num_generations,
                                     max_completion_length=args.max_completion_length, temperature=args.temperature,
                                     beta=args.beta, **common)  # fmt: skip
