@@ -90,28 +90,23 @@ def temporal_iou(predicted: tuple[float, float] | None, target: tuple[float, flo
     return inter / union if union > 0 else 0.0
 
 
-def multiple_choice_reward(completions: list, answer: list, **kwargs) -> list[float | None]:
-    """1.0 when the completion's chosen letter equals the answer letter, else 0.0 (None for interval answers)."""
+def _score(completions: list, answer: list, kind: type, score) -> list[float | None]:
+    """score(text, target) for rows whose decoded answer is of `kind`, None for the others."""
     rewards = []
     for completion, target in zip(completions, answer):
         target = decode_answer(target)
-        if not isinstance(target, str):
-            rewards.append(None)
-            continue
-        rewards.append(float(extract_choice(completion_text(completion)) == target.strip().strip("()").upper()))
+        rewards.append(float(score(completion_text(completion), target)) if isinstance(target, kind) else None)
     return rewards
+
+
+def multiple_choice_reward(completions: list, answer: list, **kwargs) -> list[float | None]:
+    """1.0 when the completion's chosen letter equals the answer letter, else 0.0 (None for interval answers)."""
+    return _score(completions, answer, str, lambda text, target: extract_choice(text) == target.strip("() ").upper())
 
 
 def temporal_iou_reward(completions: list, answer: list, **kwargs) -> list[float | None]:
     """IoU in [0, 1] of the predicted `[start, end]` (seconds) with the answer interval (None for letter answers)."""
-    rewards = []
-    for completion, target in zip(completions, answer):
-        target = decode_answer(target)
-        if not isinstance(target, tuple):
-            rewards.append(None)
-            continue
-        rewards.append(temporal_iou(parse_interval(completion_text(completion)), target))
-    return rewards
+    return _score(completions, answer, tuple, lambda text, target: temporal_iou(parse_interval(text), target))
 
 
 def format_reward(completions: list, **kwargs) -> list[float]:
