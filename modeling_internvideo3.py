@@ -776,6 +776,13 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
     _supports_cache_class = True
 
     @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers guesses this by searching the module source for its own attention interface; our attention
+        # functions read `config._attn_implementation` at every call, so `set_attn_implementation("eager" | "sdpa")`
+        # takes effect at once.
+        return True
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, plus: attention biases, the latent norm and per-layer ranks come from the
         checkpoint's keys (SPEC §3), and any missing or unexpected weight raises `ValueError` naming the keys.
@@ -1300,6 +1307,10 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# Keywords of transformers' ForCausalLMLoss that Trainer (and TRL) pass through a model's forward.
+_LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
+
+
 class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
     """What both heads share: the LM head path (logits_to_keep, transformers' loss with its Trainer arguments, output
     flags from the config) and `generate()` plumbing (the latent cache by default, vision inputs only at prefill).
@@ -1323,11 +1334,12 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def _head_forward(self, labels, logits_to_keep, model_kwargs: dict, loss_kwargs: dict):
+    def _head_forward(self, labels, logits_to_keep, model_kwargs: dict, extra_kwargs: dict):
         """Run `self.model(**model_kwargs)`, then the LM head on the kept positions and the loss.
 
         logits_to_keep: int n > 0 keeps the last n positions, 0 keeps all, a 1-D tensor keeps those indices.
-        loss_kwargs: forwarded to `self.loss_function` (`num_items_in_batch`, `shift_labels`, `ignore_index`).
+        extra_kwargs: the forward's other keywords; the loss's (`num_items_in_batch`, `shift_labels`, `ignore_index`)
+            go to `self.loss_function`, the rest (generation bookkeeping such as `cache_position`) are unused.
         """
         outputs = self.model(**model_kwargs, return_dict=True)
         hidden_states = outputs.last_hidden_state
@@ -1339,6 +1351,7 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             vocab_size = self.config.get_text_config().vocab_size
+            loss_kwargs = {k: extra_kwargs[k] for k in _LOSS_KWARGS if k in extra_kwargs}
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **loss_kwargs)
         return with_cache(
             InternVideo3CausalLMOutputWithPast,
@@ -1375,9 +1388,6 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
             for key in ("pixel_values", "pixel_values_videos"):
                 model_inputs[key] = None
         return model_inputs
-
-
-_LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
 
 
 class InternVideo3ForConditionalGeneration(InternVideo3CausalLMBase):
@@ -1450,8 +1460,7 @@ class InternVideo3ForConditionalGeneration(InternVideo3CausalLMBase):
             output_attentions=check_output_attentions(self.config, output_attentions),
             output_hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
         )
-        loss_kwargs = {k: kwargs[k] for k in _LOSS_KWARGS if k in kwargs}
-        out = self._head_forward(labels, logits_to_keep, model_kwargs, loss_kwargs)
+        out = self._head_forward(labels, logits_to_keep, model_kwargs, kwargs)
         out.rope_deltas = self.model.rope_deltas
         return out
 
@@ -1497,8 +1506,7 @@ class InternVideo3TextForCausalLM(InternVideo3CausalLMBase):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        loss_kwargs = {k: kwargs[k] for k in _LOSS_KWARGS if k in kwargs}
-        return self._head_forward(labels, logits_to_keep, model_kwargs, loss_kwargs)
+        return self._head_forward(labels, logits_to_keep, model_kwargs, kwargs)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 from conftest import DEMO_VIDEO, REPO_ROOT
+from test_checkpoint import run_python
 from transformers import AutoProcessor
 
 import modeling_internvideo3 as modeling
@@ -54,12 +55,6 @@ if modeling.CACHE_NAME == "cache":  # the old name is deprecated here: this line
 print(json.dumps({"same_tokens": bool((out.sequences == again).all()), "cache_len": int(cache.get_seq_length()),
                   "transformers": transformers.__version__}))
 """
-
-
-def run_python(python: str, code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRANSFORMERS_VERBOSITY")}
-    env["HF_HUB_OFFLINE"] = "1"
-    return subprocess.run([python, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
 def deprecations(text: str) -> list[str]:

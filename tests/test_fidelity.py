@@ -479,3 +479,34 @@ def test_default_budget_differs_from_transformers_class_default_as_documented(pr
     h, w = processor.video_target_size(n, height, width)
     assert processor.video_budget == "per_frame" and h * w >= processor.min_pixels
     assert (h, w) == (288, 512) and 145 * (h // 32) * (w // 32) == 20_880
+
+
+@pytest.mark.parametrize("getter", ["get_video_features", "get_image_features"])
+def test_feature_getters_have_qwen3_vl_api_of_the_installed_transformers(models, getter):
+    """Same return type, nesting and values as Qwen3-VL's getter on this transformers (5.x: an output object with
+    per-item pooled embeddings and DeepStack tuples, `return_dict=False` a tuple; 4.57: a tuple)."""
+    ours, oracle = models
+    grid = torch.tensor(GRIDS["two_videos"])
+    pixels = torch.randn(int(grid.prod(-1).sum()), 3 * 2 * 16 * 16, generator=torch.Generator().manual_seed(3))
+    returns_output = not isinstance(oracle.get_video_features(pixels, grid), tuple)
+    with torch.no_grad():
+        for kwargs in ({}, {"return_dict": False}) if returns_output else ({},):
+            mine = getattr(ours, getter)(pixels, grid, **kwargs)
+            theirs = getattr(oracle, getter)(pixels, grid, **kwargs)
+            assert isinstance(mine, tuple) == isinstance(theirs, tuple)
+            if isinstance(theirs, tuple):  # 4.57: (embeds, deepstack); 5.x to_tuple(): (hidden, embeds, deepstack)
+                assert len(mine) == len(theirs)
+                (mine_embeds, mine_deep), (theirs_embeds, theirs_deep) = mine[-2:], theirs[-2:]
+            else:
+                assert set(mine.keys()) == set(theirs.keys())
+                assert scaled_diff(mine.last_hidden_state, theirs.last_hidden_state) <= TOLERANCE
+                mine_embeds, mine_deep = mine.pooler_output, mine.deepstack_features
+                theirs_embeds, theirs_deep = theirs.pooler_output, theirs.deepstack_features
+            assert len(mine_embeds) == len(theirs_embeds) == 2  # one tensor per video
+            for a, b in zip(mine_embeds, theirs_embeds):
+                assert scaled_diff(a, b) <= TOLERANCE
+            assert len(mine_deep) == len(theirs_deep)
+            for a, b in zip(mine_deep, theirs_deep):
+                assert type(a) is type(b)
+                for x, y in zip(a, b) if isinstance(b, tuple) else ((a, b),):
+                    assert scaled_diff(x, y) <= TOLERANCE
