@@ -241,7 +241,7 @@ def main(kind: str, argv=None, default_model: str | Callable[[], str] | None = N
     if not values:
         parser.exit(2, f"error: no {KINDS[kind]} was logged (--max-steps {args.max_steps})\n")
     print(f"saved {out}")
-    print(f"{KINDS[kind]}: first {values[0]:.4f} last {values[-1]:.4f}")
+    print(f"{KINDS[kind]}: first {values[0]:.5g} last {values[-1]:.5g}")
 
 
 def sft_main(argv=None) -> None:
