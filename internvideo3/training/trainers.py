@@ -109,6 +109,17 @@ class InternVideo3SFTTrainer(SFTTrainer):
         if getattr(collator, "pack", False) and collator.rope_index is None:
             collator.rope_index = self.accelerator.unwrap_model(self.model).model.get_rope_index
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs.get("attention_mask")
+        before = self._total_train_tokens
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if mask is not None and mask.dim() == 4 and model.training:
+            # TRL counts a batch's tokens as attention_mask.sum(); a packed batch's block mask holds ~S²/2 entries.
+            tokens = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            self._total_train_tokens = before + self.accelerator.gather_for_metrics(tokens).sum().item() // self._tp_size
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
+
     def _set_signature_columns_if_needed(self):
         # The raw rows reach our collator; TRL's default keeps only pre-tokenized columns.
         if self._signature_columns is None:
