@@ -35,8 +35,23 @@ setup(
     extras_require={
         # PySceneDetect on its PyAV backend for the agent's segment() tool; the headless build needs no libGL.
         "agent": ["scenedetect-headless[pyav]>=0.7,<0.8"],
-        "test": ["pytest>=8", "triton>=3.1; platform_system == 'Linux'", "scenedetect-headless[pyav]>=0.7,<0.8"],
+        # TRL 1.16 is the first release with DistillationTrainer and video-aware GRPO plumbing we build on; it
+        # supports transformers >= 4.56.2, so both of our transformers legs.
+        "train": ["trl>=1.16,<2"],
+        "test": [
+            "pytest>=8",
+            "triton>=3.1; platform_system == 'Linux'",
+            "scenedetect-headless[pyav]>=0.7,<0.8",
+            "trl>=1.16,<2",
+        ],
         "triton": ["triton>=3.1"],
     },
-    entry_points={"console_scripts": ["internvideo3-agent=internvideo3.agent.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "internvideo3-agent = internvideo3.agent.cli:main",
+            "internvideo3-train-sft = internvideo3.training.cli:sft_main",
+            "internvideo3-train-gspo = internvideo3.training.cli:gspo_main",
+            "internvideo3-train-distill = internvideo3.training.cli:distill_main",
+        ]
+    },
 )
