@@ -81,7 +81,7 @@ class InternVideo3TextConfig(PretrainedConfig):
 
     model_type = "internvideo3_text"
     base_config_key = "text_config"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache's name before and since transformers 5.24
     ignore_keys_at_rope_validation = {"mrope_section", "mrope_interleaved"}
 
     def __init__(
@@ -321,7 +321,7 @@ class InternVideo3Config(PretrainedConfig):
 
     model_type = "internvideo3"
     sub_configs = {"text_config": InternVideo3TextConfig, "vision_config": InternVideo3VisionConfig}
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache's name before and since transformers 5.24
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ setup(
         "pillow>=10",
         "numpy>=1.24",
         "tqdm>=4.66",
+        "filelock>=3.13,<5",
         "qwen-vl-utils>=0.0.14",
     ],
     extras_require={

@@ -91,6 +91,7 @@ RECIPES = {
 def child(src: str, out: str, result: str, recipe: str = "default") -> None:
     """Convert `src` into `out` with the options of `recipe`, recording each layer's peak RSS; write JSON to
     `result`."""
+    from convert.export import TOKENIZER_DIR
     from convert.gqa_to_m2la import ConvertOptions, convert
 
     rows, start = [], memory_mib()
@@ -104,7 +105,9 @@ def child(src: str, out: str, result: str, recipe: str = "default") -> None:
         reset_peak()
         last[0] = time.perf_counter()
 
-    report = convert(src, out, ConvertOptions(progress=False, overwrite=True, **RECIPES[recipe]), layer_hook=hook)
+    # the source is Qwen3-shaped (vocabulary 151,936) and has no tokenizer files: the real Qwen3 tokenizer fits it
+    report = convert(src, out, ConvertOptions(progress=False, overwrite=True, tokenizer=str(TOKENIZER_DIR),
+                                              **RECIPES[recipe]), layer_hook=hook)
     tail = memory_mib()  # embeddings, final norm, lm_head copied, shards and index written
     Path(result).write_text(json.dumps(dict(
         start_mib=start["VmRSS"], layers=rows, tail_peak_mib=tail["VmHWM"], tail_seconds=time.perf_counter() - last[0],

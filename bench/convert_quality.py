@@ -26,23 +26,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from convert.calibration import stdlib_docstrings  # noqa: E402
+from convert.calibration import stdlib_docstrings, train_tokenizer  # noqa: E402
 from convert.gqa_to_m2la import ConvertOptions, convert, load_m2la  # noqa: E402
 from convert.quality import evaluate, heal, split_documents, token_rows  # noqa: E402
-
-
-def train_tokenizer(documents, vocab_size: int):
-    """A byte-level BPE `PreTrainedTokenizerFast` trained on `documents` (EOS `<|endoftext|>`)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(documents, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 def make_source(args, vocab_size: int, eos: int):

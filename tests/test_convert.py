@@ -8,6 +8,7 @@ Sources are built with transformers' own classes (Qwen2, Llama, Qwen3, Qwen3-VL)
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import subprocess
@@ -18,6 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from transformers import AutoTokenizer
+
+from convert.calibration import stdlib_docstrings, train_tokenizer
 from convert.export import load_processor
 from convert.gqa_to_m2la import (
     CalibrationBatch,
@@ -47,7 +51,7 @@ from convert.m2la_math import (
     rorope_basis,
     select_rope_components,
 )
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TOKENIZER_DIR
 
 TEXT_COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, head_dim=16,
                    max_position_embeddings=256, rms_norm_eps=1e-6)
@@ -89,7 +93,16 @@ def make_source(kind: str, folder, kv_heads: int = 2, seed: int = 0):
     else:
         raise ValueError(kind)
     model.float().eval().save_pretrained(folder)
+    # a real checkpoint ships its tokenizer: the Qwen3 one for Qwen3-VL, a trained BPE one fitting vocabulary 512
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR)) if kind == "qwen3_vl" else small_tokenizer()
+    tokenizer.save_pretrained(folder)
     return model
+
+
+@functools.lru_cache(maxsize=1)
+def small_tokenizer():
+    """A byte-level BPE tokenizer of 512 tokens trained on standard-library documentation (fits the text sources)."""
+    return train_tokenizer(list(stdlib_docstrings())[:8], 512)
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +344,7 @@ def _orthogonal_key_qwen3(folder):
             layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
             layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
     model.float().eval().save_pretrained(folder)
+    small_tokenizer().save_pretrained(folder)
     return model
 
 
