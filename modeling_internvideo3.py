@@ -348,7 +348,9 @@ class InternVideo3TextRotaryEmbedding(nn.Module):
 
     def __init__(self, config: InternVideo3TextConfig):
         super().__init__()
-        self.dim = config.qk_rope_head_dim
+        # With `rope_frequency_planes` every layer picks its planes out of a RoPE of the source's width head_dim.
+        planes = getattr(config, "rope_frequency_planes", None)
+        self.dim = config.head_dim if planes is not None else config.qk_rope_head_dim
         self.theta = config.rope_theta
         self.mrope_section = list(config.mrope_section)
         self.interleaved = config.mrope_interleaved
@@ -445,6 +447,11 @@ class InternVideo3TextAttention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, H * self.qk_head_dim, bias=config.attention_bias)
         self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, r + self.qk_rope_head_dim, bias=config.attention_bias)
         self.kv_a_layernorm = InternVideo3RMSNorm(r, eps=config.rms_norm_eps) if config.qk_latent_layernorm else None
+        self.q_norm = InternVideo3RMSNorm(config.head_dim, eps=config.rms_norm_eps) if config.q_norm else None
+        planes = config.rope_frequency_planes[layer_idx] if config.rope_frequency_planes is not None else None
+        # cos/sin arrive at the head_dim RoPE width in rotate-half layout; channels p and p + d_r/2 of this layer's
+        # q_pe/k_pe rotate at the frequency of plane planes[p].
+        self.rope_index = planes + planes if planes is not None else None
         self.kv_b_proj = nn.Linear(r, H * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
         self.o_proj = nn.Linear(H * self.v_head_dim, config.hidden_size, bias=False)
 
@@ -475,8 +482,19 @@ class InternVideo3TextAttention(nn.Module):
         B, S, _ = hidden_states.shape
         H, r, d_n, d_r = self.num_heads, self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # [B, 1, S, d_r]
+        if self.rope_index is not None:
+            index = torch.as_tensor(self.rope_index, device=cos.device)
+            cos, sin = cos[..., index], sin[..., index]
 
-        q = self.q_proj(hidden_states).view(B, S, H, self.qk_head_dim).transpose(1, 2)  # [B, H, S, d_n + d_r]
+        q = self.q_proj(hidden_states).view(B, S, H, self.qk_head_dim)
+        if self.q_norm is not None:
+            # A converted Qwen3 q_norm kept exact (SPEC §9.4): channels [:head_dim] hold the source query, whose RMS
+            # scales the whole head; the converter folded the norm weight into the q_pe rows.
+            n, dtype = self.q_norm.weight.shape[0], q.dtype
+            q32 = q.float()
+            q32 = q32 * torch.rsqrt(q32[..., :n].pow(2).mean(-1, keepdim=True) + self.q_norm.variance_epsilon)
+            q = torch.cat((self.q_norm.weight * q32[..., :n].to(dtype), q32[..., n:].to(dtype)), dim=-1)
+        q = q.transpose(1, 2)  # [B, H, S, d_n + d_r]
         q_nope, q_pe = q.split([d_n, d_r], dim=-1)  # [B, H, S, d_n], [B, H, S, d_r]
         ckv = self.kv_a_proj_with_mqa(hidden_states)  # [B, S, r + d_r]
         latent, k_pe = ckv.split([r, d_r], dim=-1)  # [B, S, r], [B, S, d_r]
@@ -675,6 +693,7 @@ _ATTENTION_KEY_SUFFIXES = (
     "kv_a_proj_with_mqa.weight",
     "kv_a_proj_with_mqa.bias",
     "kv_a_layernorm.weight",
+    "q_norm.weight",
     "kv_b_proj.weight",
     "o_proj.weight",
 )

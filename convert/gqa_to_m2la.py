@@ -7,10 +7,12 @@ Qwen3-VL sources become the full InternVideo3 model (`model.language_model.*`, v
 unchanged); text-only sources become an `InternVideo3TextForCausalLM` folder (`model.*`, `lm_head.weight`). Both load
 with `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`.
 
-Method (details and math in `convert/m2la_math.py`): QK-norm linearized per head by least squares (Qwen3 family),
-exact MLA rewrite, RoRoPE per frequency plane (never mixes MRoPE axes), one shared RoPE key of width head_dim,
-joint K/V-balanced PCA of [K_nope; V] to `kv_lora_rank` on calibration activations, pair-interleaved RoPE rows,
-softmax-scale fix, zero-fill of dims the source lacks.
+Method (details and math in `convert/m2la_math.py`; the default recipe is the best measured by
+`bench/convert_quality.py --study`, issue 13): q_norm kept exact as a module and k_norm fitted by least squares
+(Qwen3 family), exact MLA rewrite, RoRoPE per frequency plane (never mixes MRoPE axes), a shared RoPE key of
+`--rope-dim` channels holding the rotated components of most query × key energy, joint K/V-balanced PCA of
+[K_nope; V] to `kv_lora_rank` on calibration activations, pair-interleaved RoPE rows, softmax-scale fix, zero-fill
+of dims the source lacks. `--cache-values` asks for r + d_r and splits it by the measured rule.
 
 Calibration: text (default: Python standard-library documentation) and, for Qwen3-VL sources, videos through the
 InternVideo3 processor and the source vision tower (3-D MRoPE positions, DeepStack), streamed through the source
@@ -49,6 +51,7 @@ from convert.export import (
 )
 from convert.m2la_math import (
     QK_NORM_TREATMENTS,
+    ROPE_SELECTIONS,
     SourceAttention,
     build_m2la_layer,
     key_plane_covariance,
@@ -56,6 +59,7 @@ from convert.m2la_math import (
     rms_norm,
     rorope_attention,
     rorope_basis,
+    select_rope_components,
 )
 
 if str(REPO_ROOT) not in sys.path:
@@ -388,6 +392,9 @@ def build_target_config(arch: SourceArch, ranks: list[int], d_n: int, d_r: int, 
         rms_norm_eps=arch.rms_norm_eps,
         attention_bias=with_bias,
         qk_latent_layernorm=False,
+        # Planes picked out of the source's head_dim RoPE; the converter fills in each layer's choice.
+        rope_frequency_planes=[[j % (arch.head_dim // 2) for j in range(d_r // 2)]] * arch.num_layers
+        if d_r != arch.head_dim else None,
         rope_interleave=True,
         rope_theta=arch.rope_theta,
         mrope_section=arch.mrope_section,
@@ -451,15 +458,17 @@ def source_mlp(reader: TensorReader, prefix: str):
 
 
 def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
-    """The converted layer as the real `InternVideo3TextAttention` (fp32), as a function of (x [B, S, D], cos, sin)."""
+    """The converted layer as the real `InternVideo3TextAttention` (fp32), as a function of (x [B, S, D], cos, sin)
+    with cos / sin the source's rotate-half RoPE of width head_dim."""
     import modeling_internvideo3 as modeling
     from configuration_internvideo3 import InternVideo3TextConfig
 
     cfg = InternVideo3TextConfig(
         vocab_size=8, hidden_size=arch.hidden_size, intermediate_size=8, num_hidden_layers=1,
         num_attention_heads=arch.num_heads, head_dim=arch.head_dim, kv_lora_rank=rank, qk_nope_head_dim=d_n,
-        qk_rope_head_dim=arch.head_dim, v_head_dim=d_v, attention_bias=weights.q_proj_bias is not None,
+        qk_rope_head_dim=2 * len(weights.rope_planes), v_head_dim=d_v, attention_bias=weights.q_proj_bias is not None,
         rope_theta=arch.rope_theta, mrope_section=arch.mrope_section, mrope_interleaved=arch.mrope_interleaved,
+        q_norm=weights.q_norm_weight is not None, rope_frequency_planes=[weights.rope_planes],
     )
     cfg._attn_implementation = "sdpa"
     attn = modeling.InternVideo3TextAttention(cfg, 0).float()
@@ -468,6 +477,8 @@ def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
         attn.kv_a_proj_with_mqa.weight.copy_(weights.kv_a_weight)
         attn.kv_b_proj.weight.copy_(weights.kv_b_weight)
         attn.o_proj.weight.copy_(weights.o_proj_weight)
+        if weights.q_norm_weight is not None:
+            attn.q_norm.weight.copy_(weights.q_norm_weight)
         if weights.q_proj_bias is not None:
             attn.q_proj.bias.copy_(weights.q_proj_bias)
             attn.kv_a_proj_with_mqa.bias.copy_(weights.kv_a_bias)
@@ -548,13 +559,46 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
     return batches
 
 
+Q_NORM_MODES = ("exact", "fit")
+
+
+QK_NORM_CHOICES = ("auto",) + QK_NORM_TREATMENTS
+# "auto" fits k_norm on the whole layer input once there are this many calibration tokens per input dim (D + 1);
+# below it that fit over-fits (bench/RESULTS.md, issue 13: 2.7 tokens per dim gave 1.077x the source perplexity,
+# 10.6 gave 1.012x).
+INPUT_FIT_TOKENS_PER_DIM = 8
+
+
+def split_cache_values(cache_values: int, num_kv_heads: int, head_dim: int, rope_dim: int | None = None
+                       ) -> tuple[int, int]:
+    """(kv_lora_rank r, RoPE width d_r) for a cache of `cache_values` = r + d_r values per token and layer.
+
+    Best split measured on bench/convert_quality.py --study (bench/RESULTS.md, issue 13): the RoPE key takes
+    d_r = min(2·head_dim, G·head_dim, 3/4 of the budget) (even), the latent the rest; so Qwen3-VL-8B's 1024 gives
+    768 + 256. An explicit `rope_dim` is kept and the latent gets the rest.
+
+    Raises:
+        ConversionError: a budget that leaves no latent, or more than the source's full [K; V] needs.
+    """
+    G, d = num_kv_heads, head_dim
+    d_r = rope_dim or max(2, min(2 * d, G * d, (3 * cache_values // 4) // 2 * 2))
+    rank = cache_values - d_r
+    if not 0 < rank <= 2 * G * d - d_r:
+        raise ConversionError(f"--cache-values {cache_values} must be in {d_r + 1}..{2 * G * d} for rope dim {d_r} "
+                              f"and G={G} KV heads of {d} (a GQA cache holds {2 * G * d})")
+    return rank, d_r
+
+
 @dataclass
 class ConvertOptions:
     """Options of `convert` (the CLI flags). Calibration defaults: 2,048 tokens of standard-library documentation."""
 
     kv_lora_rank: int = 896
     kv_lora_rank_list: list | None = None
+    cache_values: int | None = None  # r + d_r per token and layer; overrides kv_lora_rank and rope_dim
     rope_dim: int | None = None  # default: the source head_dim
+    rope_selection: str = "qk"  # which rotated key components keep RoPE (m2la_math.ROPE_SELECTIONS)
+    q_norm: str = "exact"  # Qwen3 q_norm: "exact" (runtime module q_norm) or "fit" (the --qk-norm treatment)
     qk_nope_head_dim: int | None = None  # default: the source head_dim
     v_head_dim: int | None = None  # default: the source head_dim
     dtype: str | None = None  # bf16 | fp16 | fp32; default: the source's
@@ -564,7 +608,7 @@ class ConvertOptions:
     calibration_seq_len: int = 512
     video_fps: float = 2.0
     video_max_frames: int = 16
-    qk_norm: str = "lstsq"
+    qk_norm: str = "auto"  # k_norm (and a fitted q_norm): QK_NORM_CHOICES
     rorope: bool = True
     balance: bool = True
     max_shard_size: int = 2 * 1024**3
@@ -625,32 +669,46 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
 
     check_options(o)
     G, d = arch.num_kv_heads, arch.head_dim
-    d_r = o.rope_dim or d
+    if o.cache_values is not None:
+        rank, d_r = split_cache_values(o.cache_values, G, d, o.rope_dim)
+        ranks = [rank] * arch.num_layers
+    else:
+        d_r = o.rope_dim or d
+        ranks = list(o.kv_lora_rank_list) if o.kv_lora_rank_list else [o.kv_lora_rank] * arch.num_layers
     d_n = d if o.qk_nope_head_dim is None else o.qk_nope_head_dim
     d_v = o.v_head_dim or d
-    full = (G - 1) * d + G * d
-    ranks = list(o.kv_lora_rank_list) if o.kv_lora_rank_list else [o.kv_lora_rank] * arch.num_layers
+    if d_r % 2 or not 2 <= d_r <= G * d:
+        raise ConversionError(f"--rope-dim {d_r} must be even and in 2..{G * d} (G·head_dim: every key component "
+                              f"rotated) for G={G} KV heads of {d}")
+    full = (G * d - d_r) + G * d
     if len(ranks) != arch.num_layers:
         raise ConversionError(f"kv_lora_rank_list has {len(ranks)} entries for {arch.num_layers} layers")
     if any(not 0 < r <= full for r in ranks):
         flag = "--kv-lora-rank-list" if o.kv_lora_rank_list else "--kv-lora-rank"
         raise ConversionError(
-            f"{flag} {max(ranks)} is larger than possible: [K_nope; V] has (G-1)·d + G·d = {full} dims "
-            f"(G={G} KV heads, head_dim {d}); use 1..{full}"
+            f"{flag} {max(ranks)} is larger than possible: [K_nope; V] has (G·d − d_r) + G·d = {full} dims "
+            f"(G={G} KV heads, head_dim {d}, rope dim {d_r}); use 1..{full}"
         )
-    if d_r != d:
-        raise ConversionError(f"--rope-dim must equal the source head_dim ({d}): the shared RoPE key is one rotated "
-                              f"head carrying all {d // 2} source frequencies; got {d_r}")
-    if o.qk_norm not in QK_NORM_TREATMENTS:
-        raise ConversionError(f"--qk-norm must be one of {QK_NORM_TREATMENTS}")
+    if o.qk_norm not in QK_NORM_CHOICES:
+        raise ConversionError(f"--qk-norm must be one of {QK_NORM_CHOICES}")
+    if o.rope_selection not in ROPE_SELECTIONS:
+        raise ConversionError(f"--rope-selection must be one of {ROPE_SELECTIONS}")
+    if o.q_norm not in Q_NORM_MODES:
+        raise ConversionError(f"--q-norm must be one of {Q_NORM_MODES}")
+    exact_q_norm = arch.qk_norm and o.q_norm == "exact"
     tokenizer = check_tokenizer(src, arch, o)
     out_dtype = DTYPES[o.dtype] if o.dtype else arch.dtype
-    with_bias = arch.attention_bias or (arch.qk_norm and o.qk_norm == "lstsq")
+    with_bias = arch.attention_bias or (arch.qk_norm and o.qk_norm in ("auto", "lstsq", "lstsq-input"))
     config = build_target_config(arch, ranks, d_n, d_r, d_v, with_bias, out_dtype)
     batches = calibration_batches(arch, reader, config, src, o)
+    tokens = sum(b.hidden.shape[0] * b.hidden.shape[1] for b in batches)
+    qk_norm = o.qk_norm
+    if qk_norm == "auto":
+        qk_norm = "lstsq-input" if tokens >= INPUT_FIT_TOKENS_PER_DIM * (arch.hidden_size + 1) else "lstsq"
 
-    report = {"layers": [], "config": config.to_dict(), "src": str(src), "out": str(out),
-              "calibration_tokens": sum(b.hidden.shape[0] * b.hidden.shape[1] for b in batches),
+    report = {"layers": [], "config": config.to_dict(), "src": str(src), "out": str(out), "calibration_tokens": tokens,
+              "qk_norm": qk_norm if arch.qk_norm else None, "q_norm": o.q_norm if arch.qk_norm else None,
+              "rope_selection": o.rope_selection,
               "calibration_visual_tokens": sum(int(b.visual_mask.sum()) for b in batches if b.visual_mask is not None)}
     start = time.perf_counter()
     p = arch.prefix
@@ -660,7 +718,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
                 f"Interrupted conversion of {src} into {out}: this folder is not a model. Delete it and re-run.\n"
             )
             writer = ShardWriter(tmp, o.max_shard_size)
-            layer_keys = set()
+            layer_keys, rope_planes = set(), []
             for i in tqdm(range(arch.num_layers), desc="converting layers", unit="layer", disable=not o.progress):
                 t0 = time.perf_counter()
                 lp, a = f"{p}layers.{i}.", f"{p}layers.{i}.self_attn."
@@ -671,13 +729,18 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
                 x_aug = torch.cat([x_flat, torch.ones(x_flat.shape[0], 1, dtype=torch.float64)], dim=1)
                 sigma = x_aug.T @ x_aug / x_aug.shape[0]  # [D+1, D+1]
                 del x_aug
-                lin = linearize_qk_norm(src_attn, x_flat if arch.qk_norm else None, o.qk_norm)
+                lin = linearize_qk_norm(src_attn, x_flat if arch.qk_norm else None, qk_norm)
                 del x_flat
-                U = rorope_basis(key_plane_covariance(lin.k, sigma, G, d), enabled=o.rorope)
+                plane_cov = key_plane_covariance(lin.k, sigma, G, d)
+                U = rorope_basis(plane_cov, enabled=o.rorope)
+                components = select_rope_components(U, plane_cov, d_r, o.rope_selection,
+                                                    lin.q.view(-1, d, sigma.shape[0]), sigma, src_attn.group_of_head)
                 w = build_m2la_layer(src_attn, lin, sigma, U, ranks[i], d_n, d_r, d_v, balance=o.balance,
-                                     with_bias=with_bias)
+                                     with_bias=with_bias, rope_components=components, exact_q_norm=exact_q_norm)
+                rope_planes.append(w.rope_planes)
                 del sigma, lin
                 for name, tensor in (("q_proj.weight", w.q_proj_weight), ("q_proj.bias", w.q_proj_bias),
+                                     ("q_norm.weight", w.q_norm_weight),
                                      ("kv_a_proj_with_mqa.weight", w.kv_a_weight),
                                      ("kv_a_proj_with_mqa.bias", w.kv_a_bias), ("kv_b_proj.weight", w.kv_b_weight),
                                      ("o_proj.weight", w.o_proj_weight)):
@@ -721,6 +784,12 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
             write_remote_code(tmp)
             (tmp / "conversion_report.json").write_text(json.dumps(
                 {k: v for k, v in report.items() if k != "config"}, indent=2) + "\n")
+            text_config = config.text_config if arch.is_vl else config
+            text_config.q_norm = exact_q_norm
+            if d_r != d or any(planes != list(range(d // 2)) for planes in rope_planes):
+                text_config.rope_frequency_planes = rope_planes  # else the released layout: config stays as it was
+            text_config.validate_m2la()
+            report["config"] = config.to_dict()
             config.save_pretrained(tmp)  # config.json last: a folder without it never loads
             (tmp / "INCOMPLETE").unlink()
     except BaseException:
@@ -741,6 +810,7 @@ def load_m2la(folder: str | Path, dtype=torch.float32):
 # `check_options` (programmatic use) check the same ranges, so a 0 never turns into a division by zero or a default.
 NUMERIC_OPTIONS = {
     "--kv-lora-rank": ("kv_lora_rank", int, 1, True),
+    "--cache-values": ("cache_values", int, 2, True),
     "--rope-dim": ("rope_dim", int, 1, True),
     "--qk-nope-dim": ("qk_nope_head_dim", int, 0, True),
     "--v-head-dim": ("v_head_dim", int, 1, True),
@@ -822,7 +892,7 @@ def check_options(o: ConvertOptions) -> None:
     """
     for flag, (name, kind, low, inclusive) in NUMERIC_OPTIONS.items():
         value = getattr(o, name)
-        problem = None if value is None and name in ("rope_dim", "qk_nope_head_dim", "v_head_dim") else _range_error(
+        problem = None if value is None and name in ("cache_values", "rope_dim", "qk_nope_head_dim", "v_head_dim") else _range_error(
             kind, low, inclusive, float(value) if kind is float and isinstance(value, int) else value)
         if problem:
             raise ConversionError(f"{flag} ({name}) {problem}")
@@ -842,7 +912,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--kv-lora-rank", type=_flag_type("--kv-lora-rank"), default=896, help="latent width r of every layer (default 896)")
     parser.add_argument("--kv-lora-rank-list", type=_rank_list, default=None, help="comma-separated per-layer ranks (overrides)")
-    parser.add_argument("--rope-dim", type=_flag_type("--rope-dim"), default=None, help="shared RoPE key width d_r; must equal the source head_dim (the default)")
+    parser.add_argument("--cache-values", type=_flag_type("--cache-values"), default=None,
+                        help="cache width per token and layer, r + d_r, split by the best measured rule (overrides "
+                             "--kv-lora-rank; 1024 gives 768 + 256 for Qwen3-VL-8B)")
+    parser.add_argument("--rope-dim", type=_flag_type("--rope-dim"), default=None,
+                        help="shared RoPE key width d_r, even, up to KV heads x head_dim (default: the source head_dim)")
+    parser.add_argument("--rope-selection", choices=ROPE_SELECTIONS, default="qk",
+                        help="which rotated key components keep RoPE: by query x key energy (default), key energy, "
+                             "or uniformly over frequencies")
+    parser.add_argument("--q-norm", choices=Q_NORM_MODES, default="exact",
+                        help="Qwen3 q_norm: kept exact as the module q_norm (default) or fitted like k_norm (--qk-norm)")
     parser.add_argument("--qk-nope-dim", type=_flag_type("--qk-nope-dim"), default=None, help="q/k non-RoPE head width (default: the source head_dim)")
     parser.add_argument("--v-head-dim", type=_flag_type("--v-head-dim"), default=None, help="value head width (default: the source head_dim)")
     parser.add_argument("--calibration", nargs="*", type=_calibration_file, default=None,
@@ -853,9 +932,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--video-fps", type=_flag_type("--video-fps"), default=2.0, help="frames sampled per second of calibration video (default 2)")
     parser.add_argument("--video-max-frames", type=_flag_type("--video-max-frames"), default=16, help="frames per calibration video at most (default 16)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="output dtype (default: the source's)")
-    parser.add_argument("--qk-norm", choices=QK_NORM_TREATMENTS, default="lstsq",
-                        help="QK-norm treatment (Qwen3 family): per-head least-squares affine fit (default), mean-scale fold, "
-                             "or weight fold only")
+    parser.add_argument("--qk-norm", choices=QK_NORM_CHOICES, default="auto",
+                        help="k_norm (and a fitted q_norm) of the Qwen3 family: least-squares affine map of the layer "
+                             "input (lstsq-input) or of the head (lstsq), mean-scale fold, or weight fold only; auto "
+                             f"(default): lstsq-input with at least {INPUT_FIT_TOKENS_PER_DIM} calibration tokens per "
+                             "hidden dim, else lstsq")
     parser.add_argument("--no-rorope", action="store_true", help="ablation: keep source KV head 0 as the RoPE key")
     parser.add_argument("--no-balance", action="store_true", help="ablation: no K/V norm balancing")
     parser.add_argument("--max-shard-size-gb", type=_flag_type("--max-shard-size-gb"), default=2.0, help="safetensors shard size (default 2)")
@@ -868,6 +949,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     options = ConvertOptions(
         kv_lora_rank=args.kv_lora_rank, kv_lora_rank_list=args.kv_lora_rank_list,
+        cache_values=args.cache_values, rope_selection=args.rope_selection, q_norm=args.q_norm,
         rope_dim=args.rope_dim, qk_nope_head_dim=args.qk_nope_dim, v_head_dim=args.v_head_dim, dtype=args.dtype,
         calibration=args.calibration, calibration_tokens=args.calibration_tokens,
         calibration_seq_len=args.calibration_seq_len, video_fps=args.video_fps,
@@ -884,6 +966,9 @@ def main(argv=None) -> dict:
         print(f"layer {s['layer']:3d}: rank {s['rank']}/{s['full_rank']} kept energy {s['kept_energy']:.4f} "
               f"K err {s['k_nope_rel_error']:.2e} V err {s['v_rel_error']:.2e} rope-key energy "
               f"{s['rope_key_energy']:.3f}{extra}")
+    cfg = report["config"].get("text_config", report["config"])
+    print(f"recipe: latent {cfg['kv_lora_rank']} + RoPE key {cfg['qk_rope_head_dim']} values per token and layer, "
+          f"RoPE components by {report['rope_selection']}, q_norm {report['q_norm']}, k_norm {report['qk_norm']}")
     print(f"wrote {args.out} in {report['seconds']:.1f} s")
     return report
 
