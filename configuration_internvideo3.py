@@ -56,6 +56,15 @@ class InternVideo3TextConfig(PretrainedConfig):
         attention_bias (`bool`, True): `q_proj` and `kv_a_proj_with_mqa` have biases. `from_pretrained` overrides this
             from the checkpoint's keys (SPEC §3: the released `config.json` may say otherwise).
         qk_latent_layernorm (`bool`, False): an RMSNorm `kv_a_layernorm` on the latent c. Overridden from the keys too.
+        q_norm (`bool`, False): a per-head RMSNorm `q_norm` (weight [head_dim]) whose RMS is taken over the first
+            head_dim query channels of each head and scales the whole head: a converted Qwen3 source's q_norm kept
+            exact (SPEC §9.4; converter `--q-norm exact`). Released checkpoints have none. Not inferred from the keys:
+            a `q_norm.weight` left over from a Qwen3 checkpoint without this flag is an unexpected key.
+        rope_frequency_planes (`list[list[int]]`, optional): per layer, the RoPE frequency of each of the
+            qk_rope_head_dim / 2 planes of q_pe/k_pe, as an index i into the planes of a RoPE of width head_dim
+            (inv_freq = theta^(-2i / head_dim), MRoPE axis of plane i). Lets a converted model keep several rotated
+            components per source frequency (converter `--rope-dim`). None (default, the released model): plane j
+            has inv_freq = theta^(-2j / qk_rope_head_dim).
         rope_interleave (`bool`, True): the q_pe/k_pe channels are stored pair-interleaved (SPEC §5.3).
         rope_theta (`float`, 5e6), mrope_section (`list[int]`, [24, 20, 20]), mrope_interleaved (`bool`, True).
         rope_scaling / rope_parameters (`dict`, optional): alternative spellings of the RoPE fields.
@@ -72,7 +81,7 @@ class InternVideo3TextConfig(PretrainedConfig):
 
     model_type = "internvideo3_text"
     base_config_key = "text_config"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache's name before and since transformers 5.24
     ignore_keys_at_rope_validation = {"mrope_section", "mrope_interleaved"}
 
     def __init__(
@@ -98,6 +107,8 @@ class InternVideo3TextConfig(PretrainedConfig):
         attention_bias=True,
         attention_dropout=0.0,
         qk_latent_layernorm=False,
+        q_norm=False,
+        rope_frequency_planes=None,
         rope_interleave=True,
         rope_theta=None,
         rope_scaling=None,
@@ -137,6 +148,10 @@ class InternVideo3TextConfig(PretrainedConfig):
         self.attention_query_chunk_size = attention_query_chunk_size
         self.attention_expand_budget_bytes = attention_expand_budget_bytes
         self.qk_latent_layernorm = bool(qk_latent_layernorm)
+        self.q_norm = bool(q_norm)
+        self.rope_frequency_planes = (
+            [[int(i) for i in planes] for planes in rope_frequency_planes] if rope_frequency_planes is not None else None
+        )
         self.rope_interleave = bool(rope_interleave)
         theta, section, interleaved = _resolve_rope(
             rope_theta, rope_scaling, rope_parameters, mrope_section, mrope_interleaved
@@ -203,11 +218,25 @@ class InternVideo3TextConfig(PretrainedConfig):
             )
         if self.qk_rope_head_dim % 2:
             raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
-        if sum(self.mrope_section) > self.qk_rope_head_dim // 2:
+        planes = self.rope_frequency_planes
+        rotary_dim = self.head_dim if planes is not None else self.qk_rope_head_dim
+        if sum(self.mrope_section) > rotary_dim // 2:
             raise ValueError(
                 f"mrope_section {self.mrope_section} needs {sum(self.mrope_section)} frequencies but "
-                f"qk_rope_head_dim={self.qk_rope_head_dim} has only {self.qk_rope_head_dim // 2}"
+                f"the RoPE width {rotary_dim} has only {rotary_dim // 2}"
             )
+        if planes is not None:
+            bad = [i for i, p in enumerate(planes) if len(p) != self.qk_rope_head_dim // 2
+                   or any(not 0 <= j < self.head_dim // 2 for j in p)]
+            if len(planes) != self.num_hidden_layers or bad:
+                raise ValueError(
+                    f"rope_frequency_planes needs {self.num_hidden_layers} lists of qk_rope_head_dim / 2 = "
+                    f"{self.qk_rope_head_dim // 2} plane indices in 0..{self.head_dim // 2 - 1}; got {len(planes)} "
+                    f"lists{f', wrong at layers {bad}' if bad else ''}"
+                )
+        if self.q_norm and self.qk_nope_head_dim < self.head_dim:
+            raise ValueError(f"q_norm needs qk_nope_head_dim >= head_dim ({self.head_dim}): its RMS is taken over "
+                             f"the first head_dim query channels; got qk_nope_head_dim={self.qk_nope_head_dim}")
         if self.kv_lora_rank_list is not None:
             if len(self.kv_lora_rank_list) != self.num_hidden_layers:
                 raise ValueError(
@@ -292,7 +321,7 @@ class InternVideo3Config(PretrainedConfig):
 
     model_type = "internvideo3"
     sub_configs = {"text_config": InternVideo3TextConfig, "vision_config": InternVideo3VisionConfig}
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache's name before and since transformers 5.24
 
     def __init__(
         self,

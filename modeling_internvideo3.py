@@ -16,10 +16,12 @@ relatively (flat), with a fallback for a source checkout.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +33,10 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
 from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.models.qwen3_vl import modeling_qwen3_vl
+from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
 
 try:  # Hub export / checkpoint folder: flat sibling files
     from .configuration_internvideo3 import InternVideo3Config, InternVideo3TextConfig, InternVideo3VisionConfig
@@ -48,10 +53,53 @@ try:  # torch >= 2.2: causal mask aligned to the last key, run by SDPA's fused k
 except ImportError:
     causal_lower_right = None
 
-try:
+logger = logging.get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# transformers compatibility: every difference between the supported releases (4.57.3 up to the newest) lives here,
+# detected by feature, never by version string. Nothing below this section asks which transformers is installed.
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The cache's name in outputs, forward keywords and generate()'s model_kwargs: 5.24 renamed `past_key_values` to
+# `cache` (the old name still works there, with a deprecation warning, so our code never uses it on such releases).
+CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+# Tied weights: 5.x declares them as {target: source}, 4.x as a list of targets.
+_TIED_WEIGHTS_AS_DICT = hasattr(PreTrainedModel, "get_expanded_tied_weights_keys")
+
+# Static latent cache: 5.x's StaticLayer sizes values by their own width (d_r); 4.57's gives values the keys' width.
+_STATIC_LAYER_SIZES_VALUES = "value_states" in inspect.signature(StaticLayer.lazy_initialization).parameters
+
+# `get_image_features` / `get_video_features`: 5.x returns an output object (pooled embeddings + DeepStack features,
+# `return_dict=False` for a tuple), 4.57 a tuple (per-item embeddings, DeepStack features). We follow Qwen3-VL.
+_VISION_FEATURES_AS_OUTPUT = hasattr(modeling_qwen3_vl, "BaseModelOutputWithDeepstackFeatures")
+
+try:  # 4.5x and 5.x: the layer wrapper that gradient checkpointing hooks into
     from transformers.modeling_layers import GradientCheckpointingLayer
-except ImportError:  # very old transformers: plain module, no checkpointing wrapper
+except ImportError:  # pragma: no cover - older than anything we support
     GradientCheckpointingLayer = nn.Module
+
+# `InternVideo3LatentCache.crop` is inherited on purpose: each release's own `DynamicLayer.crop` defines the argument
+# (4.57: the length to keep, negative = drop that many; 5.x: a non-positive number of tokens to drop, 0 drops nothing),
+# and transformers' assisted generation calls it with that release's meaning.
+
+
+def cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache a forward was given under either name (our forwards accept `cache` and `past_key_values` on every
+    supported transformers).
+
+    Raises:
+        ValueError: both names were given.
+    """
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
+def with_cache(output_class: type, cache: Cache | None, **fields):
+    """Build a transformers output whose cache field is named as the installed release names it."""
+    return output_class(**{CACHE_NAME: cache}, **fields)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -60,27 +108,28 @@ except ImportError:  # very old transformers: plain module, no checkpointing wra
 
 
 @dataclass
-class InternVideo3CausalLMOutputWithPast(ModelOutput):
-    """Output of `InternVideo3ForConditionalGeneration.forward`.
+class InternVideo3CausalLMOutputWithPast(CausalLMOutputWithPast):
+    """Output of both causal-LM heads: transformers' `CausalLMOutputWithPast` plus `rope_deltas`.
 
     loss: scalar next-token cross entropy when `labels` are given. logits: [B, S, vocab] (or the kept positions).
-    past_key_values: the `InternVideo3LatentCache`. hidden_states: tuple of [B, S, D] when asked for.
-    rope_deltas: [B, 1] long, MRoPE position of the next token minus the (padded) sequence length (SPEC §5.4).
+    cache (`past_key_values` before transformers 5.24; the field follows the installed release): the
+    `InternVideo3LatentCache`. hidden_states: tuple of num_layers + 1 tensors [B, S, D] when asked for.
+    attentions: tuple of num_layers tensors [B, H, S, T] (eager attention only). rope_deltas: [B, 1] long, MRoPE
+    position of the next token minus the (padded) sequence length (SPEC §5.4); None for the text-only head.
     """
 
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
     rope_deltas: torch.LongTensor | None = None
 
 
 @dataclass
-class InternVideo3VisionOutput(ModelOutput):
-    """Vision tower output: merged embeddings [N/4, D_text] and one DeepStack feature set [N/4, D_text] per index."""
+class InternVideo3VisionOutput(BaseModelOutputWithPooling):
+    """Vision tower output, laid out as Qwen3-VL's on transformers 5.x (SPEC §6).
 
-    last_hidden_state: torch.FloatTensor | None = None
+    last_hidden_state: [N, D_v] patch states before the merger. pooler_output: merged embeddings [N/4, D_text]
+    (a tuple of one tensor per image/video from `get_*_features`). deepstack_features: one [N/4, D_text] per
+    `deepstack_visual_indexes` entry (from `get_*_features`: each a tuple per image/video).
+    """
+
     deepstack_features: list[torch.FloatTensor] | None = None
 
 
@@ -218,11 +267,13 @@ class InternVideo3VisionBlock(GradientCheckpointingLayer):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def eager_attention(query, key, value, attention_mask, scaling, is_causal, dropout=0.0, training=False):
+def eager_attention(
+    query, key, value, attention_mask, scaling, is_causal, dropout=0.0, training=False, return_weights=False
+):
     """softmax(Q Kᵀ·scale + mask) V in fp32 softmax.
 
     query [B, H, S, d_qk], key [B, H, T, d_qk], value [B, H, T, d_v]; attention_mask None or bool [B, 1|H, S, T]
-    (True = attend). Returns [B, S, H, d_v].
+    (True = attend). Returns [B, S, H, d_v], and with `return_weights` also the probabilities [B, H, S, T].
     """
     scores = torch.matmul(query, key.transpose(-1, -2)).float() * scaling
     S, T = query.shape[-2], key.shape[-2]
@@ -233,7 +284,8 @@ def eager_attention(query, key, value, attention_mask, scaling, is_causal, dropo
         scores = scores.masked_fill(~attention_mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
     probs = F.dropout(probs, p=dropout, training=training)
-    return torch.matmul(probs, value).transpose(1, 2)
+    out = torch.matmul(probs, value).transpose(1, 2)
+    return (out, probs) if return_weights else out
 
 
 def sdpa_attention(query, key, value, attention_mask, scaling, is_causal, dropout=0.0, training=False):
@@ -262,6 +314,25 @@ ATTENTION_FUNCTIONS: dict[str, Callable] = {"eager": eager_attention, "sdpa": sd
 VISION_ATTENTION_FUNCTIONS = ATTENTION_FUNCTIONS
 
 
+def check_output_attentions(config: PretrainedConfig, output_attentions: bool | None) -> bool:
+    """Resolve `output_attentions` against the config, as transformers' models do.
+
+    Raises:
+        ValueError: attention weights were asked for but the attention implementation is not "eager" (SDPA and the
+            absorbed decode kernels never materialise the probabilities).
+    """
+    if output_attentions is None:
+        output_attentions = bool(getattr(config, "output_attentions", False))
+    implementation = config.get_text_config()._attn_implementation
+    if output_attentions and implementation != "eager":
+        raise ValueError(
+            f"output_attentions=True needs attn_implementation='eager' (this model uses {implementation!r}, which "
+            "never materialises attention weights): load with attn_implementation='eager' or call "
+            "model.set_attn_implementation('eager')"
+        )
+    return output_attentions
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Text decoder: MRoPE, RMSNorm, M²LA attention, MLP (SPEC §4-§5)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -277,7 +348,9 @@ class InternVideo3TextRotaryEmbedding(nn.Module):
 
     def __init__(self, config: InternVideo3TextConfig):
         super().__init__()
-        self.dim = config.qk_rope_head_dim
+        # With `rope_frequency_planes` every layer picks its planes out of a RoPE of the source's width head_dim.
+        planes = getattr(config, "rope_frequency_planes", None)
+        self.dim = config.head_dim if planes is not None else config.qk_rope_head_dim
         self.theta = config.rope_theta
         self.mrope_section = list(config.mrope_section)
         self.interleaved = config.mrope_interleaved
@@ -374,6 +447,11 @@ class InternVideo3TextAttention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, H * self.qk_head_dim, bias=config.attention_bias)
         self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, r + self.qk_rope_head_dim, bias=config.attention_bias)
         self.kv_a_layernorm = InternVideo3RMSNorm(r, eps=config.rms_norm_eps) if config.qk_latent_layernorm else None
+        self.q_norm = InternVideo3RMSNorm(config.head_dim, eps=config.rms_norm_eps) if config.q_norm else None
+        planes = config.rope_frequency_planes[layer_idx] if config.rope_frequency_planes is not None else None
+        # cos/sin arrive at the head_dim RoPE width in rotate-half layout; channels p and p + d_r/2 of this layer's
+        # q_pe/k_pe rotate at the frequency of plane planes[p].
+        self.rope_index = planes + planes if planes is not None else None
         self.kv_b_proj = nn.Linear(r, H * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
         self.o_proj = nn.Linear(H * self.v_head_dim, config.hidden_size, bias=False)
 
@@ -395,15 +473,28 @@ class InternVideo3TextAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: AttentionMaskSpec,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
         **kwargs,
-    ) -> torch.Tensor:
-        """hidden_states [B, S, D] -> [B, S, D]; `attention_mask` is the forward's `AttentionMaskSpec`."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states [B, S, D] -> ([B, S, D], attention probabilities [B, H, S, T] when `output_attentions`
+        else None); `attention_mask` is the forward's `AttentionMaskSpec`."""
         B, S, _ = hidden_states.shape
         H, r, d_n, d_r = self.num_heads, self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # [B, 1, S, d_r]
+        if self.rope_index is not None:
+            index = torch.as_tensor(self.rope_index, device=cos.device)
+            cos, sin = cos[..., index], sin[..., index]
 
-        q = self.q_proj(hidden_states).view(B, S, H, self.qk_head_dim).transpose(1, 2)  # [B, H, S, d_n + d_r]
+        q = self.q_proj(hidden_states).view(B, S, H, self.qk_head_dim)
+        if self.q_norm is not None:
+            # A converted Qwen3 q_norm kept exact (SPEC §9.4): channels [:head_dim] hold the source query, whose RMS
+            # scales the whole head; the converter folded the norm weight into the q_pe rows.
+            n, dtype = self.q_norm.weight.shape[0], q.dtype
+            q32 = q.float()
+            q32 = q32 * torch.rsqrt(q32[..., :n].pow(2).mean(-1, keepdim=True) + self.q_norm.variance_epsilon)
+            q = torch.cat((self.q_norm.weight * q32[..., :n].to(dtype), q32[..., n:].to(dtype)), dim=-1)
+        q = q.transpose(1, 2)  # [B, H, S, d_n + d_r]
         q_nope, q_pe = q.split([d_n, d_r], dim=-1)  # [B, H, S, d_n], [B, H, S, d_r]
         ckv = self.kv_a_proj_with_mqa(hidden_states)  # [B, S, r + d_r]
         latent, k_pe = ckv.split([r, d_r], dim=-1)  # [B, S, r], [B, S, d_r]
@@ -413,22 +504,24 @@ class InternVideo3TextAttention(nn.Module):
         q_pe = apply_rope(q_pe, cos, sin, self.rope_interleave)  # [B, H, S, d_r]
         k_pe = apply_rope(k_pe.unsqueeze(1), cos, sin, self.rope_interleave)  # [B, 1, S, d_r]
 
-        if past_key_values is not None:
+        if cache is not None:
             # Cache layout (SPEC §4): keys = latent c [B, 1, T, r], values = rotated k_pe [B, 1, T, d_r].
-            latent, k_pe = past_key_values.update(latent, k_pe, self.layer_idx)
+            latent, k_pe = cache.update(latent, k_pe, self.layer_idx)
             # Static caches return their whole pre-allocated buffer: keep the live tokens only.
             latent, k_pe = latent[:, :, : attention_mask.total], k_pe[:, :, : attention_mask.total]
         T = latent.shape[-2]
 
-        if T > S and S <= self.absorb_max_query_len:
+        weights = None
+        if T > S and S <= self.absorb_max_query_len and not output_attentions:
             mask, _, _ = attention_mask.block(0, S, hidden_states.device)
             attn_output = self._absorbed(q_nope, q_pe, latent, k_pe, mask)
-        else:
-            attn_output = self._expanded(q_nope, q_pe, latent, k_pe, attention_mask)
-        return self.o_proj(attn_output.reshape(B, S, H * self.v_head_dim))
+        else:  # the expanded form is also the one that can hand out probabilities (eager)
+            attn_output, weights = self._expanded(q_nope, q_pe, latent, k_pe, attention_mask, output_attentions)
+        return self.o_proj(attn_output.reshape(B, S, H * self.v_head_dim)), weights
 
-    def _expanded(self, q_nope, q_pe, latent, k_pe, mask_spec: AttentionMaskSpec):
-        """Expand c to per-head K/V (prefill/training) and attend. Returns [B, S, H, d_v].
+    def _expanded(self, q_nope, q_pe, latent, k_pe, mask_spec: AttentionMaskSpec, output_attentions: bool = False):
+        """Expand c to per-head K/V (prefill/training) and attend. Returns ([B, S, H, d_v], probabilities
+        [B, H, S, T] or None).
 
         Memory stays bounded for long prompts on two axes: queries go in blocks of `attention_query_chunk_size`
         (mask and score memory), and heads go in groups whose expanded K/V fit `expand_budget_bytes` (a chunk of a
@@ -442,15 +535,20 @@ class InternVideo3TextAttention(nn.Module):
         per_head = B * T * (d_n + d_v + 2 * self.qk_head_dim) * latent.element_size()
         group = max(1, min(H, self.expand_budget_bytes // max(per_head, 1)))
         weight = self.kv_b_proj.weight.view(H, d_n + d_v, self.kv_lora_rank)  # kv_b_proj has no bias
-        outputs = []
+        outputs, probs = [], []
         for h in range(0, H, group):
             kv = F.linear(latent[:, 0], weight[h : h + group].reshape(-1, self.kv_lora_rank))
-            outputs.append(self._expanded_heads(q_nope[:, h : h + group], q_pe[:, h : h + group], kv, k_pe, mask_spec))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+            out, p = self._expanded_heads(
+                q_nope[:, h : h + group], q_pe[:, h : h + group], kv, k_pe, mask_spec, output_attentions
+            )
+            outputs.append(out)
+            probs.append(p)
+        joined = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+        return joined, (torch.cat(probs, dim=1) if output_attentions else None)
 
-    def _expanded_heads(self, q_nope, q_pe, kv, k_pe, mask_spec: AttentionMaskSpec):
+    def _expanded_heads(self, q_nope, q_pe, kv, k_pe, mask_spec: AttentionMaskSpec, output_attentions=False):
         """Attention of the heads in `q_nope` [B, h, S, d_n] given their expanded `kv` [B, T, h·(d_n + d_v)], in
-        query blocks. Returns [B, S, h, d_v]."""
+        query blocks. Returns ([B, S, h, d_v], probabilities [B, h, S, T] or None)."""
         B, H, S, _ = q_nope.shape
         T = kv.shape[1]
         kv = kv.view(B, T, H, self.qk_nope_head_dim + self.v_head_dim).transpose(1, 2)
@@ -461,17 +559,19 @@ class InternVideo3TextAttention(nn.Module):
         sdpa = attention is sdpa_attention
         # SDPA's fused kernels need no score matrix when causality alone masks: then one block is best.
         chunk = S if sdpa and mask_spec.is_plain_causal else self.query_chunk_size
-        outputs = []
+        outputs, probs = [], []
         for start in range(0, S, chunk):
             end = min(S, start + chunk)
             mask, is_causal, keys = mask_spec.block(start, end, query.device, sdpa)
-            outputs.append(
-                attention(
-                    query[:, :, start:end], key[:, :, :keys], value[:, :, :keys], mask, self.scaling, is_causal,
-                    self.attention_dropout, self.training,
-                )
-            )
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+            args = (query[:, :, start:end], key[:, :, :keys], value[:, :, :keys], mask, self.scaling, is_causal)
+            if output_attentions:  # eager only (checked where the flag enters); later keys are causally invisible
+                out, p = eager_attention(*args, self.attention_dropout, self.training, return_weights=True)
+                probs.append(F.pad(p, (0, T - keys)))
+            else:
+                out = attention(*args, self.attention_dropout, self.training)
+            outputs.append(out)
+        joined = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return joined, (torch.cat(probs, dim=2) if output_attentions else None)
 
     def _absorbed(self, q_nope, q_pe, latent, k_pe, attention_mask):
         """Weight-absorbed attention over the latent cache (SPEC §4). Returns [B, S, H, d_v]."""
@@ -493,11 +593,13 @@ class InternVideo3TextDecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = InternVideo3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = InternVideo3RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None):
-        hidden_states = hidden_states + self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values
+    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, output_attentions=False):
+        """hidden_states [B, S, D] -> ([B, S, D], attention probabilities [B, H, S, T] or None)."""
+        attn_output, weights = self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, cache, output_attentions
         )
-        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states)), weights
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -512,7 +614,8 @@ class InternVideo3LatentCache(Cache):
     [B, 1, T, d_r]. That is (r + d_r) values per token per layer: 1024 for the 8B model, 73,728 bytes/token in bf16
     over 36 layers, half of Qwen3-VL-8B's GQA cache (2·8·128 per layer, 147,456 bytes/token). Because the layers are
     transformers' own, `crop`, `reorder_cache` (beam search), `batch_select_indices`, `batch_repeat_interleave` and
-    offloading work unchanged.
+    offloading work unchanged, with the installed release's meaning: `crop(n)` keeps n tokens on 4.57 and takes a
+    non-positive number of tokens to drop on 5.x; `crop(-k)` with k > 0 drops the last k tokens on every release.
 
     With `max_cache_len` the layers are transformers' `StaticLayer`s instead: pre-allocated [B, 1, max_cache_len, r]
     and [B, 1, max_cache_len, d_r] buffers written in place (what `generate(cache_implementation="static")` and
@@ -544,23 +647,13 @@ class InternVideo3LatentCache(Cache):
             num_hidden_layers = text_config.num_hidden_layers
         if max_cache_len is None:
             layers = [DynamicLayer() for _ in range(num_hidden_layers)]
-        elif "value_states" in inspect.signature(StaticLayer.lazy_initialization).parameters:
+        elif _STATIC_LAYER_SIZES_VALUES:
             layers = [StaticLayer(max_cache_len=max_cache_len) for _ in range(num_hidden_layers)]
         else:
             raise ValueError(
                 "a static latent cache needs transformers 5.x: this version's StaticLayer gives values the keys' width"
             )
         super().__init__(layers=layers, offloading=offloading)
-
-    def crop(self, max_length: int) -> None:
-        """Keep the first `max_length` tokens (transformers 4.x meaning) or, when negative, drop the last
-        `-max_length` tokens (transformers 5.x meaning); the same call works on every supported version."""
-        length = self.get_seq_length()
-        keep = length + max_length if max_length < 0 else min(max_length, length)
-        for layer in self.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys = layer.keys[..., :keep, :]
-                layer.values = layer.values[..., :keep, :]
 
     def _stored(self):
         for layer in self.layers:
@@ -590,17 +683,8 @@ class InternVideo3LatentCache(Cache):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _is_transformers_v5_tied_weights_api() -> bool:
-    """transformers 5.x declares `_tied_weights_keys` as {target: source}; 4.x as a list of targets."""
-    return hasattr(PreTrainedModel, "get_expanded_tied_weights_keys")
-
-
-_LM_HEAD_TIE = (
-    {"lm_head.weight": "model.language_model.embed_tokens.weight"}
-    if _is_transformers_v5_tied_weights_api()
-    else ["lm_head.weight"]
-)
-_TEXT_LM_HEAD_TIE = {"lm_head.weight": "model.embed_tokens.weight"} if isinstance(_LM_HEAD_TIE, dict) else ["lm_head.weight"]
+_LM_HEAD_TIE = {"lm_head.weight": "model.language_model.embed_tokens.weight"} if _TIED_WEIGHTS_AS_DICT else ["lm_head.weight"]
+_TEXT_LM_HEAD_TIE = {"lm_head.weight": "model.embed_tokens.weight"} if _TIED_WEIGHTS_AS_DICT else ["lm_head.weight"]
 
 # Keys of one M²LA layer whose presence decides the attention modules (SPEC §3).
 _ATTENTION_KEY_SUFFIXES = (
@@ -609,6 +693,7 @@ _ATTENTION_KEY_SUFFIXES = (
     "kv_a_proj_with_mqa.weight",
     "kv_a_proj_with_mqa.bias",
     "kv_a_layernorm.weight",
+    "q_norm.weight",
     "kv_b_proj.weight",
     "o_proj.weight",
 )
@@ -621,13 +706,18 @@ def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, l
     """{tensor name: shape} of a safetensors checkpoint, from its headers only (no weights are read).
 
     `path` is a local folder or a Hub repo id (then `huggingface_hub.get_safetensors_metadata` reads the remote
-    headers). Returns {} when no safetensors files can be found (e.g. a `.bin` checkpoint).
+    headers). Returns {} when no safetensors files can be found (e.g. a `.bin` checkpoint), and, with a
+    `UserWarning` saying the check was skipped, when the Hub cannot be asked (offline, `local_files_only`, gated,
+    private or missing repo).
+
+    Raises:
+        OSError: a local safetensors file is truncated or corrupt (the message names the file).
     """
     path = str(path)
     subfolder = hub_kwargs.get("subfolder") or ""
     folder = os.path.join(path, subfolder)
     if os.path.isdir(folder):
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         index = os.path.join(folder, "model.safetensors.index.json")
         if os.path.isfile(index):
@@ -637,19 +727,50 @@ def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, l
             files = [name for name in os.listdir(folder) if name.endswith(".safetensors")]
         shapes = {}
         for name in files:
-            with safe_open(os.path.join(folder, name), framework="pt") as f:
-                for key in f.keys():
-                    shapes[key] = list(f.get_slice(key).get_shape())
+            file = os.path.join(folder, name)
+            try:
+                with safe_open(file, framework="pt") as f:
+                    for key in f.keys():
+                        shapes[key] = list(f.get_slice(key).get_shape())
+            except (SafetensorError, OSError) as error:
+                raise OSError(
+                    f"cannot read safetensors file {file!r}: {error}; it is truncated or corrupt (an interrupted "
+                    f"download or copy?): fetch it again"
+                ) from error
         return shapes
-    try:
-        from huggingface_hub import get_safetensors_metadata
+    from huggingface_hub import get_safetensors_metadata
 
-        metadata = get_safetensors_metadata(
-            path, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token")
-        )
-    except Exception:  # offline, gated or not a safetensors repo: fall back to the config's flags
+    skipped = (
+        f"the config-vs-weights check of {path!r} (attention biases, latent norm, per-layer ranks; SPEC §3) was "
+        f"skipped: config.json is trusted as it is"
+    )
+    if hub_kwargs.get("local_files_only"):
+        warnings.warn(f"local_files_only=True: {skipped}", stacklevel=3)
+        return {}
+    try:
+        metadata = get_safetensors_metadata(path, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
+    except _hub_lookup_errors() as error:
+        warnings.warn(f"could not read the weight headers from the Hub ({type(error).__name__}: {error}); {skipped}",
+                      stacklevel=3)
         return {}
     return {name: list(info.shape) for file in metadata.files_metadata.values() for name, info in file.tensors.items()}
+
+
+def _hub_lookup_errors() -> tuple[type[BaseException], ...]:
+    """The failures of a Hub header lookup that only mean "cannot look": offline (mode or network), gated, private or
+    missing repo/revision/file, not a safetensors repo. Anything else (a bug, a bad argument) propagates. Names are
+    looked up, not imported, as they moved between huggingface_hub 0.x and 1.x (requests -> httpx)."""
+    import huggingface_hub.errors as hub_errors
+
+    names = ("OfflineModeIsEnabled", "RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError",
+             "EntryNotFoundError", "NotASafetensorsRepoError", "LocalEntryNotFoundError")  # fmt: skip
+    errors = [getattr(hub_errors, name) for name in names if hasattr(hub_errors, name)]
+    for module, name in (("requests", "ConnectionError"), ("requests", "Timeout"), ("httpx", "TransportError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors) + (ConnectionError, TimeoutError)
 
 
 def adapt_text_config_to_checkpoint(text_config: InternVideo3TextConfig, shapes: dict) -> None:
@@ -702,13 +823,20 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["InternVideo3TextDecoderLayer", "InternVideo3VisionBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_flash_attn = False  # V (128) and Q/K (256) widths differ, and the absorbed path is our own
     _supports_flash_attn_2 = False
     _supports_flex_attn = False
     _supports_attention_backend = False
     _supports_cache_class = True
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers guesses this by searching the module source for its own attention interface; our attention
+        # functions read `config._attn_implementation` at every call, so `set_attn_implementation("eager" | "sdpa")`
+        # takes effect at once.
+        return True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -748,8 +876,9 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
 class InternVideo3VisionModel(InternVideo3PreTrainedModel):
     """Qwen3-VL ViT: patch embed + interpolated learned positions + 2-D rotary + blocks + merger + DeepStack (SPEC §6).
 
-    forward(pixel_values [N, C·T·P·P] float, grid_thw [n, 3] long) -> `InternVideo3VisionOutput` with merged
-    embeddings [N/4, D_text] and `len(deepstack_visual_indexes)` DeepStack features [N/4, D_text].
+    forward(pixel_values [N, C·T·P·P] float, grid_thw [n, 3] long) -> `InternVideo3VisionOutput` with patch states
+    [N, D_v], merged embeddings `pooler_output` [N/4, D_text] and `len(deepstack_visual_indexes)` DeepStack features
+    [N/4, D_text].
     """
 
     config_class = InternVideo3VisionConfig
@@ -822,7 +951,7 @@ class InternVideo3VisionModel(InternVideo3PreTrainedModel):
             x = block(x, cu_seqlens, cos, sin)
             if idx in self.deepstack_visual_indexes:
                 deepstack.append(self.deepstack_merger_list[self.deepstack_visual_indexes.index(idx)](x))
-        return InternVideo3VisionOutput(last_hidden_state=self.merger(x), deepstack_features=deepstack)
+        return InternVideo3VisionOutput(last_hidden_state=x, pooler_output=self.merger(x), deepstack_features=deepstack)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -919,6 +1048,7 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -927,22 +1057,34 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         visual_pos_masks: torch.Tensor | None = None,
         deepstack_visual_embeds: list[torch.Tensor] | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """Runs the decoder. The cache may be passed as `cache` or `past_key_values` on every transformers release.
+
+        Raises:
+            ValueError: neither/both of input_ids and inputs_embeds, both cache names, or attention weights asked for
+                without eager attention.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        cache = cache_argument(cache, past_key_values)
+        output_attentions = check_output_attentions(self.config, output_attentions)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = InternVideo3LatentCache(self.config)
+        if use_cache and cache is None and not self.training:
+            cache = InternVideo3LatentCache(self.config)
         if not use_cache:
-            past_key_values = None
+            cache = None
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         B, S, _ = inputs_embeds.shape
-        past_len = int(past_key_values.get_seq_length()) if past_key_values is not None else 0
+        past_len = int(cache.get_seq_length()) if cache is not None else 0
         if position_ids is None:
             position_ids = text_position_ids(attention_mask, B, S, past_len, inputs_embeds.device)
         mask = AttentionMaskSpec(attention_mask, S, past_len)
@@ -950,10 +1092,13 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
 
         hidden_states = inputs_embeds
         all_hidden = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for idx, layer in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
-            hidden_states = layer(hidden_states, position_embeddings, mask, past_key_values)
+            hidden_states, weights = layer(hidden_states, position_embeddings, mask, cache, output_attentions)
+            if all_attentions is not None:
+                all_attentions.append(weights)
             if deepstack_visual_embeds is not None and idx < len(deepstack_visual_embeds):
                 # DeepStack (SPEC §6): add the idx-th visual feature set at visual positions after layer idx.
                 hidden_states = hidden_states.clone()
@@ -961,10 +1106,12 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)
-        return BaseModelOutputWithPast(
+        return with_cache(
+            BaseModelOutputWithPast,
+            cache,
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attentions) if all_attentions is not None else None,
         )
 
 
@@ -997,14 +1144,36 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.embed_tokens = value
 
-    def get_video_features(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.LongTensor):
-        """Vision features for videos: (embeds [N/4, D], deepstack list of [N/4, D])."""
-        return self.get_image_features(pixel_values_videos, video_grid_thw)
+    def get_video_features(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.LongTensor, **kwargs):
+        """Vision features of videos, in the installed transformers' Qwen3-VL form (see `get_image_features`)."""
+        return self._item_features(pixel_values_videos, video_grid_thw, "video", kwargs.get("return_dict"))
 
-    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor):
-        """Vision features for images: (embeds [N/4, D], deepstack list of [N/4, D])."""
-        out = self.visual(pixel_values.to(self.visual.dtype), image_grid_thw)
-        return out.last_hidden_state, out.deepstack_features
+    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor, **kwargs):
+        """Vision features of images, in the installed transformers' Qwen3-VL form.
+
+        pixel_values [N, C·T·P·P], image_grid_thw [n, 3] long. transformers 5.x: an `InternVideo3VisionOutput` with
+        `last_hidden_state` [N, D_v], `pooler_output` a tuple of one [n_i, D] per image and `deepstack_features` a
+        list of such tuples (`return_dict=False`: its `to_tuple()`); 4.57: (tuple of [n_i, D], list of [N/4, D]).
+
+        Raises:
+            ValueError: `image_grid_thw` is missing.
+        """
+        return self._item_features(pixel_values, image_grid_thw, "image", kwargs.get("return_dict"))
+
+    def _item_features(self, pixels, grid, kind, return_dict):
+        out = self._vision_features(pixels, grid, kind)
+        sizes = (grid.prod(-1) // self.visual.spatial_merge_size**2).tolist()
+        embeds = torch.split(out.pooler_output, sizes)
+        if not _VISION_FEATURES_AS_OUTPUT:
+            return embeds, out.deepstack_features
+        out.pooler_output = embeds
+        out.deepstack_features = [torch.split(feature, sizes) for feature in out.deepstack_features]
+        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+    def _vision_features(self, pixels, grid, kind) -> InternVideo3VisionOutput:
+        if grid is None:
+            raise ValueError(f"{kind} pixels need `{kind}_grid_thw` ([n, 3] long, from the processor) to be decoded")
+        return self.visual(pixels.to(self.visual.dtype), grid)
 
     def get_rope_index(
         self,
@@ -1070,18 +1239,25 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
             deltas.append((int(positions.max()) + 1 if positions.numel() else 0) - S)
         return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
 
-    def _inject(self, input_ids, inputs_embeds, token_id, features, kind):
-        """Replace placeholder embeddings, in order, by features. Returns (embeds, mask [B, S] bool)."""
-        mask = input_ids == token_id
+    def _placeholder_mask(self, input_ids, inputs_embeds, token_id) -> torch.Tensor:
+        """[B, S] bool: the `token_id` placeholders, from input_ids or, given only embeddings, where the embedding is
+        the placeholder token's (as Qwen3-VL finds them)."""
+        if input_ids is not None:
+            return input_ids == token_id
+        placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+        return (inputs_embeds == placeholder.to(inputs_embeds.dtype)).all(-1)
+
+    def _inject(self, mask, inputs_embeds, features, kind):
+        """Replace the embeddings under `mask` [B, S], in order, by `features` [n, D]."""
         n_tokens, n_features = int(mask.sum()), features.shape[0]
         if n_tokens != n_features:
             raise ValueError(
                 f"{kind} placeholder tokens ({n_tokens}) and {kind} features ({n_features}) differ: the prompt must "
                 f"hold one <|{kind}_pad|> per merged patch"
             )
-        embeds = inputs_embeds.masked_scatter(mask[..., None], features.to(inputs_embeds.dtype))
-        return embeds, mask
+        return inputs_embeds.masked_scatter(mask[..., None], features.to(inputs_embeds.dtype))
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1094,20 +1270,26 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
         image_grid_thw: torch.LongTensor | None = None,
         video_grid_thw: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """Embeds text, injects vision features at placeholders, computes MRoPE positions and runs the decoder.
 
+        Placeholders are found from `input_ids`, or from `inputs_embeds` alone (embeddings equal to the
+        `<|image_pad|>` / `<|video_pad|>` embedding). The cache may be passed as `cache` or `past_key_values`.
+
         Raises:
-            ValueError: placeholder/feature count mismatch (names both numbers), or neither/both of
-                input_ids and inputs_embeds.
+            ValueError: placeholder/feature count mismatch (names both numbers), pixels without their grid, or
+                neither/both of input_ids and inputs_embeds.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        cache = cache_argument(cache, past_key_values)
         use_cache = self.config.text_config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = InternVideo3LatentCache(self.config)
+        if use_cache and cache is None and not self.training:
+            cache = InternVideo3LatentCache(self.config)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -1118,19 +1300,18 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
         ):
             if pixels is None:
                 continue
-            if input_ids is None:
-                raise ValueError(f"{kind} inputs need input_ids to locate the placeholders")
-            embeds, deepstack = self.get_image_features(pixels, grid)
-            inputs_embeds, mask = self._inject(input_ids, inputs_embeds, token_id, embeds, kind)
-            masks.append(mask)
-            deepstacks.append(deepstack)
+            features = self._vision_features(pixels, grid, kind)
+            mask = self._placeholder_mask(input_ids, inputs_embeds, token_id)
+            inputs_embeds = self._inject(mask, inputs_embeds, features.pooler_output, kind)
+            masks.append((token_id, mask))
+            deepstacks.append(features.deepstack_features)
         visual_pos_masks, deepstack_visual_embeds = None, None
         if masks:
-            visual_pos_masks = masks[0] if len(masks) == 1 else masks[0] | masks[1]
+            visual_pos_masks = masks[0][1] if len(masks) == 1 else masks[0][1] | masks[1][1]
             if len(masks) == 1:
                 deepstack_visual_embeds = deepstacks[0]
             else:  # interleave image and video features in sequence order
-                is_image = masks[0][visual_pos_masks]
+                is_image = masks[0][1][visual_pos_masks]
                 deepstack_visual_embeds = []
                 for image_feat, video_feat in zip(*deepstacks):
                     joint = image_feat.new_zeros(is_image.shape[0], image_feat.shape[-1])
@@ -1139,18 +1320,25 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
                     deepstack_visual_embeds.append(joint)
 
         if position_ids is None:
+            rope_ids = input_ids
+            if rope_ids is None and masks:  # embeddings only: placeholders are all get_rope_index needs to see
+                rope_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+                for token_id, mask in masks:
+                    rope_ids[mask] = token_id
             position_ids = self._position_ids(
-                input_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, past_key_values
+                rope_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, cache
             )
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
+            output_attentions=check_output_attentions(self.config, output_attentions),
+            output_hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
             visual_pos_masks=visual_pos_masks,
             deepstack_visual_embeds=deepstack_visual_embeds,
+            return_dict=True,
         )
 
     def _position_ids(self, input_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, cache):
@@ -1175,48 +1363,20 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class _LatentCacheGenerationMixin(GenerationMixin):
-    """`generate()` plumbing shared by both heads: the latent cache by default, vision inputs only at prefill."""
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        user_cache = model_kwargs.get("past_key_values")
-        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("past_key_values")
-        if user_cache is None and type(cache) is DynamicCache:
-            model_kwargs["past_key_values"] = InternVideo3LatentCache(
-                self.config, offloading=bool(getattr(cache, "offloading", False))
-            )
-        elif user_cache is None and isinstance(cache, StaticCache):
-            # transformers sized per-head K/V buffers; the latent cache needs r + d_r values per token instead.
-            model_kwargs["past_key_values"] = InternVideo3LatentCache(
-                self.config, max_cache_len=max(layer.max_cache_len for layer in cache.layers)
-            )
-        return result
-
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
-        # MRoPE positions come from rope_deltas in forward, not from generate's 1-D positions.
-        model_inputs["position_ids"] = None
-        if past_key_values is not None and int(past_key_values.get_seq_length()) > 0:
-            for key in ("pixel_values", "pixel_values_videos"):
-                model_inputs[key] = None
-        return model_inputs
+# Keywords of transformers' ForCausalLMLoss that Trainer (and TRL) pass through a model's forward.
+_LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
 
 
-class InternVideo3ForConditionalGeneration(InternVideo3PreTrainedModel, _LatentCacheGenerationMixin):
-    """InternVideo3 with its (untied) LM head: video/image/text in, next-token logits out; `generate()` ready.
+class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
+    """What both heads share: the LM head path (logits_to_keep, transformers' loss with its Trainer arguments, output
+    flags from the config) and `generate()` plumbing (the latent cache by default, vision inputs only at prefill).
 
-    Checkpoint keys: `model.visual.*`, `model.language_model.*`, `lm_head.weight` (SPEC §3).
+    Subclasses set `self.model` (whose forward returns `BaseModelOutputWithPast`) and `self.lm_head`.
     """
 
-    _tied_weights_keys = _LM_HEAD_TIE
-    accepts_loss_kwargs = False
-
-    def __init__(self, config: InternVideo3Config):
-        super().__init__(config)
-        self.model = InternVideo3Model(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        self.post_init()
+    # The loss uses `num_items_in_batch` and `shift_labels` from the kwargs (transformers' ForCausalLMLoss), so
+    # Trainer must not divide it again by the gradient accumulation steps.
+    accepts_loss_kwargs = True
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -1230,6 +1390,86 @@ class InternVideo3ForConditionalGeneration(InternVideo3PreTrainedModel, _LatentC
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    def _head_forward(self, labels, logits_to_keep, model_kwargs: dict, extra_kwargs: dict):
+        """Run `self.model(**model_kwargs)`, then the LM head on the kept positions and the loss.
+
+        logits_to_keep: int n > 0 keeps the last n positions, 0 keeps all, a 1-D tensor keeps those indices.
+        extra_kwargs: the forward's other keywords; the loss's (`num_items_in_batch`, `shift_labels`, `ignore_index`)
+            go to `self.loss_function`, the rest (generation bookkeeping such as `cache_position`) are unused.
+        """
+        outputs = self.model(**model_kwargs, return_dict=True)
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            keep = slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)
+        else:
+            keep = logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            vocab_size = self.config.get_text_config().vocab_size
+            loss_kwargs = {k: extra_kwargs[k] for k in _LOSS_KWARGS if k in extra_kwargs}
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **loss_kwargs)
+        return with_cache(
+            InternVideo3CausalLMOutputWithPast,
+            outputs.get(CACHE_NAME),
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        if CACHE_NAME != "cache" and "cache" in model_kwargs:  # our forwards take `cache=` on every release
+            model_kwargs[CACHE_NAME] = cache_argument(model_kwargs.pop("cache"), model_kwargs.get(CACHE_NAME))
+        user_cache = model_kwargs.get(CACHE_NAME)
+        result = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get(CACHE_NAME)
+        if user_cache is None and type(cache) is DynamicCache:
+            model_kwargs[CACHE_NAME] = InternVideo3LatentCache(
+                self.config, offloading=bool(getattr(cache, "offloading", False))
+            )
+        elif user_cache is None and isinstance(cache, StaticCache):
+            # transformers sized per-head K/V buffers; the latent cache needs r + d_r values per token instead.
+            model_kwargs[CACHE_NAME] = InternVideo3LatentCache(
+                self.config, max_cache_len=max(layer.max_cache_len for layer in cache.layers)
+            )
+        return result
+
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        # MRoPE positions come from rope_deltas in forward, not from generate's 1-D positions.
+        model_inputs["position_ids"] = None
+        cache = model_inputs.get(CACHE_NAME)
+        if cache is not None and int(cache.get_seq_length()) > 0:
+            for key in ("pixel_values", "pixel_values_videos"):
+                model_inputs[key] = None
+        else:
+            mask = kwargs.get("attention_mask")
+            # transformers' generate() checks the last token against pad_token_id, which our configs may not set
+            if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[0] > 1 and not bool(mask[:, -1].all()):
+                warnings.warn(
+                    "A decoder-only architecture is being used, but right-padding was detected! For correct "
+                    "generation results, please set `padding_side='left'` when initializing the tokenizer "
+                    "(the InternVideo3 processor pads on the left by default).",
+                    stacklevel=2,
+                )
+        return model_inputs
+
+
+class InternVideo3ForConditionalGeneration(InternVideo3CausalLMBase):
+    """InternVideo3 with its (untied) LM head: video/image/text in, next-token logits out; `generate()` ready.
+
+    Checkpoint keys: `model.visual.*`, `model.language_model.*`, `lm_head.weight` (SPEC §3).
+    """
+
+    _tied_weights_keys = _LM_HEAD_TIE
+
+    def __init__(self, config: InternVideo3Config):
+        super().__init__(config)
+        self.model = InternVideo3Model(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
     @property
     def visual(self):
         return self.model.visual
@@ -1238,6 +1478,15 @@ class InternVideo3ForConditionalGeneration(InternVideo3PreTrainedModel, _LatentC
     def language_model(self):
         return self.model.language_model
 
+    def get_video_features(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.LongTensor, **kwargs):
+        """See `InternVideo3Model.get_video_features`."""
+        return self.model.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
+
+    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor, **kwargs):
+        """See `InternVideo3Model.get_image_features`."""
+        return self.model.get_image_features(pixel_values, image_grid_thw, **kwargs)
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1251,45 +1500,38 @@ class InternVideo3ForConditionalGeneration(InternVideo3PreTrainedModel, _LatentC
         image_grid_thw: torch.LongTensor | None = None,
         video_grid_thw: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> InternVideo3CausalLMOutputWithPast:
-        """input_ids [B, S], attention_mask [B, T], pixel_values_videos [N, 1536], video_grid_thw [n, 3] (and the
-        image equivalents) -> logits [B, S, vocab] (last `logits_to_keep` positions when > 0), loss when labels."""
-        outputs = self.model(
+        """input_ids [B, S] | inputs_embeds [B, S, D], attention_mask [B, T], pixel_values_videos [N, 1536],
+        video_grid_thw [n, 3] (and the image equivalents) -> logits [B, S, vocab] (the positions `logits_to_keep`
+        selects), loss when labels [B, S] are given (`num_items_in_batch`, `shift_labels`, `ignore_index` are
+        honoured as by transformers' ForCausalLMLoss). The cache may be passed as `cache` or `past_key_values`;
+        `return_dict=False` or `config.return_dict=False` returns a tuple.
+        """
+        model_kwargs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache_argument(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             pixel_values=pixel_values,
             pixel_values_videos=pixel_values_videos,
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
             use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
+            output_attentions=check_output_attentions(self.config, output_attentions),
+            output_hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
         )
-        hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden_states = hidden_states[:, logits_to_keep]
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
-        return InternVideo3CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            rope_deltas=self.model.rope_deltas,
-        )
+        out = self._head_forward(labels, logits_to_keep, model_kwargs, kwargs)
+        out.rope_deltas = self.model.rope_deltas
+        return out
 
 
-class InternVideo3TextForCausalLM(InternVideo3PreTrainedModel, _LatentCacheGenerationMixin):
+class InternVideo3TextForCausalLM(InternVideo3CausalLMBase):
     """Text-only M²LA causal LM (converted Qwen3 / Qwen2 / Llama sources, SPEC §9): keys `model.*`, `lm_head.weight`."""
 
     config_class = InternVideo3TextConfig
@@ -1302,55 +1544,39 @@ class InternVideo3TextForCausalLM(InternVideo3PreTrainedModel, _LatentCacheGener
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
-
+    @can_return_tuple
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        output_hidden_states=None,
-        logits_to_keep=0,
-        return_dict=None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> InternVideo3CausalLMOutputWithPast:
-        """input_ids [B, S], attention_mask [B, T] -> logits [B, S, vocab]; loss when labels are given."""
-        outputs = self.model(
+        """input_ids [B, S] | inputs_embeds [B, S, D], attention_mask [B, T] -> logits [B, S, vocab] (the positions
+        `logits_to_keep` selects); loss when labels are given, as `InternVideo3ForConditionalGeneration.forward`."""
+        model_kwargs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache_argument(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
-        return InternVideo3CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
-        )
+        return self._head_forward(labels, logits_to_keep, model_kwargs, kwargs)
 
 
 __all__ = [
+    "InternVideo3CausalLMBase",
     "InternVideo3ForConditionalGeneration",
     "InternVideo3LatentCache",
     "InternVideo3Model",

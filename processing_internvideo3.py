@@ -34,10 +34,12 @@ Two video pixel budgets (SPEC §7); both produce multiples of 32 and both are se
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -52,6 +54,7 @@ from transformers.processing_utils import ProcessorMixin
 
 __all__ = [
     "InternVideo3Processor",
+    "TruncatedVideoWarning",
     "VideoLoadError",
     "VideoMetadata",
     "load_video",
@@ -111,6 +114,97 @@ TEXT_KWARGS = (
 class VideoLoadError(ValueError):
     """A video could not be opened or decoded (corrupt, empty, no video stream, zero frames). The message names the
     file or URL and the reason."""
+
+
+class TruncatedVideoWarning(UserWarning):
+    """A video file holds clearly less than its container declares (e.g. a partly downloaded mp4 whose index sits at
+    the front): only the frames that exist are used. The message names the file and gives declared vs present
+    seconds and frames. Make it an error with `warnings.simplefilter("error", TruncatedVideoWarning)` (a processor
+    loaded with `AutoProcessor` carries the class as `processor.TruncatedVideoWarning`); it is then raised from
+    `load_video` / the processor call."""
+
+
+# Numeric settings: (kind, lower bound, lower bound inclusive, unit). Checked where settings are merged
+# (`InternVideo3Processor._video_settings` / `image_target_size`, and the public `load_video`): a zero or negative
+# value must never be clamped into a silently different sampling or size.
+_NUMERIC_SETTINGS = {
+    "fps": ("number", 0, False, "frames per second of video"),
+    "source_fps": ("number", 0, False, "frames per second of the given frames"),
+    "min_frames": ("integer", 1, True, "frames"),
+    "max_frames": ("integer", 1, True, "frames"),
+    "nframes": ("integer", 1, True, "frames"),
+    "num_frames": ("integer", 1, True, "frames"),
+    "min_pixels": ("number", 0, False, "pixels per frame"),
+    "max_pixels": ("number", 0, False, "pixels per frame"),
+    "total_pixels": ("number", 0, False, "pixels per video"),
+    "video_start": ("number", 0, True, "seconds"),
+    "video_end": ("number", 0, True, "seconds"),
+    "resized_height": ("integer", 1, True, "pixels"),
+    "resized_width": ("integer", 1, True, "pixels"),
+    "image_min_pixels": ("number", 0, False, "pixels per image"),
+    "image_max_pixels": ("number", 0, False, "pixels per image"),
+}
+
+
+def _check_setting(name: str, value) -> None:
+    """Raise ValueError naming `name`, `value` and the allowed range unless `value` fits `_NUMERIC_SETTINGS[name]`."""
+    kind, low, inclusive, unit = _NUMERIC_SETTINGS[name]
+    allowed = f"{'an integer' if kind == 'integer' else 'a number'} {'>=' if inclusive else '>'} {low} ({unit})"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or (value < low if inclusive else value <= low):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    if kind == "integer" and not isinstance(value, numbers.Integral) and not float(value).is_integer():
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_video_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
+    """Validate merged video/image settings (keys of `VIDEO_SETTING_KEYS`, `IMAGE_SETTING_KEYS`, `source_fps`).
+
+    Every numeric value must lie in its range (`fps` > 0, frame counts >= 1, pixel budgets > 0, `video_start` >= 0,
+    `video_start` <= `video_end`, ...), `min_pixels <= max_pixels`, `size` must be {"shortest_edge", "longest_edge"}
+    volumes with shortest <= longest, and `resized_height`/`resized_width` come together. `min_frames > max_frames`
+    is an error only when `min_frames` is in `explicit` (set by the caller): a `max_frames` below the default
+    `min_frames` simply caps the count, as in transformers and qwen-vl-utils. `None` means "not set".
+
+    Raises:
+        ValueError: the message names the setting, the value and the allowed range.
+    """
+    for name, value in settings.items():
+        if name in _NUMERIC_SETTINGS and value is not None:
+            _check_setting(name, value)
+    get = settings.get
+    if get("min_frames") is not None and get("max_frames") is not None and "min_frames" in explicit:
+        if get("min_frames") > get("max_frames"):
+            raise ValueError(f"min_frames ({get('min_frames')}) must be <= max_frames ({get('max_frames')})")
+    for low, high in (("min_pixels", "max_pixels"), ("image_min_pixels", "image_max_pixels")):
+        if get(low) is not None and get(high) is not None and get(low) > get(high):
+            implicit = [k for k in (low, high) if k not in explicit]
+            hint = f" ({implicit[0]} is the processor's setting: pass it too)" if len(implicit) == 1 else ""
+            raise ValueError(f"{low} ({get(low)}) must be <= {high} ({get(high)}){hint}")
+    # equal bounds are a still: the frame shown at that instant
+    if get("video_start") is not None and get("video_end") is not None and get("video_start") > get("video_end"):
+        raise ValueError(f"video_start ({get('video_start')} s) must be <= video_end ({get('video_end')} s)")
+    if (get("resized_height") is None) != (get("resized_width") is None):
+        raise ValueError(
+            f"resized_height and resized_width go together, got resized_height={get('resized_height')!r}, "
+            f"resized_width={get('resized_width')!r}"
+        )
+    size = get("size")
+    if size is not None:
+        if not isinstance(size, dict) or not {"shortest_edge", "longest_edge"} <= set(size):
+            raise ValueError(
+                f"size must be a dict with 'shortest_edge' and 'longest_edge' (T*H*W pixel volumes), got {size!r}"
+            )
+        for key in ("shortest_edge", "longest_edge"):
+            value = size[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"size[{key!r}] must be a number > 0 (pixels of the T*H*W volume), got {value!r}")
+        if size["shortest_edge"] > size["longest_edge"]:
+            raise ValueError(
+                f"size['shortest_edge'] ({size['shortest_edge']}) must be <= size['longest_edge'] "
+                f"({size['longest_edge']})"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -617,6 +711,36 @@ def _presentation_pts(av, path: str, label: str) -> tuple[list[int], Fraction, f
     return pts, Fraction(time_base), float(rate) if rate else None, index, bool(missing)
 
 
+def _warn_if_truncated(av, path: str, label: str, all_pts: list[int], time_base: Fraction, rate: float | None):
+    """Warn (`TruncatedVideoWarning`) when the frames present span clearly less than the container declares.
+
+    A partly downloaded mp4 with its index at the front opens and demuxes fine; only the frames whose data arrived
+    exist. Declared: the video stream's duration (else the container's) and frame count; present: first to last
+    timestamp plus one frame. "Clearly": short by more than two frames and more than 2 % of the declared duration,
+    so rounding in muxers never warns.
+    """
+    with _open(av, path, label) as container:
+        stream = _pick_stream(container)
+        declared = None
+        if stream.duration and stream.time_base:
+            declared = float(stream.duration * stream.time_base)
+        elif container.duration:
+            declared = container.duration / 1_000_000  # AV_TIME_BASE
+        declared_frames = int(stream.frames or 0)
+    if not declared or declared <= 0:
+        return
+    step = 1.0 / rate if rate else (float((all_pts[-1] - all_pts[0]) * time_base) / max(len(all_pts) - 1, 1))
+    present = float((all_pts[-1] - all_pts[0]) * time_base) + step
+    if declared - present > max(2 * step, 0.02 * declared):
+        frames = f"{len(all_pts)} of {declared_frames} declared frames" if declared_frames else f"{len(all_pts)} frames"
+        warnings.warn(
+            f"video {label!r} is truncated: its container declares {declared:.3f} s but the frames present span "
+            f"{present:.3f} s ({frames}); only those are used (a partial download? fetch the file again)",
+            TruncatedVideoWarning,
+            stacklevel=3,
+        )
+
+
 def _choose_frames(
     times: np.ndarray, source_fps: float | None, settings: dict
 ) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
@@ -788,6 +912,12 @@ def load_video(
         VideoLoadError (a ValueError): empty file, no video stream, zero frames, undecodable/corrupt data, failed
             download; the message names the file or URL and the reason.
         ImportError: PyAV is not installed and a file must be decoded.
+        ValueError: a setting out of range (`fps` <= 0, `max_frames` < 1, `video_start` > `video_end`, ...); the
+            message names the setting, the value and the allowed range.
+
+    Warns:
+        TruncatedVideoWarning: the file holds clearly less than its container declares (a partial download); the
+            frames present are used. `warnings.simplefilter("error", TruncatedVideoWarning)` makes it an error.
 
     Decoding reads the file twice: a demux-only pass lists every frame's presentation timestamp (cheap, no
     decoding), then a decode pass keeps only the sampled frames. Variable frame rate clips are sampled uniformly in
@@ -797,6 +927,7 @@ def load_video(
         "fps": fps, "min_frames": min_frames, "max_frames": max_frames, "nframes": nframes,
         "temporal_patch_size": temporal_patch_size,
     }  # fmt: skip
+    _check_video_settings({**settings, "video_start": video_start, "video_end": video_end, "source_fps": source_fps})
     if _is_frame_collection(source):
         return _load_frames_in_memory(source, settings, source_fps, resize_to, video_start, video_end)
 
@@ -812,6 +943,7 @@ def load_video(
                 raise VideoLoadError(f"cannot decode video {label!r}: the download is empty (0 bytes)")
 
         all_pts, time_base, rate, stream_index, numbered = _presentation_pts(av, path, label)
+        _warn_if_truncated(av, path, label, all_pts, time_base, rate)
         first = all_pts[0]
         # exact rational -> float once, so CFR times equal transformers' idx / fps bit for bit
         times = np.array([(p - first) * time_base.numerator / time_base.denominator for p in all_pts])
@@ -1134,6 +1266,19 @@ class _PatchWriter:
         return self.rows, self.grid
 
 
+def _check_not_empty(video, index: int):
+    """`video` unchanged; VideoLoadError naming the video's position and shape when it has no frame or no pixel
+    (a [0, H, W, C] array would otherwise end in a division by zero deep in resizing)."""
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise VideoLoadError(f"video {index} has zero frames (an empty frame list)")
+        return video
+    shape = tuple(getattr(video, "shape", ()))
+    if len(shape) == 4 and 0 in shape:
+        raise VideoLoadError(f"video {index} has {'zero frames' if shape[0] == 0 else 'empty frames'}: shape {shape}")
+    return video
+
+
 def _video_to_tchw(video) -> torch.Tensor:
     """An in-memory video (array/tensor [T,H,W,C] or [T,C,H,W], list of frames) -> tensor [T, 3, H, W] keeping the
     dtype (uint8 stays uint8, float frames such as qwen-vl-utils' 0-255 floats stay float)."""
@@ -1232,6 +1377,8 @@ class InternVideo3Processor(ProcessorMixin):
     tokenizer_class = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
     # save_pretrained writes auto_map {"AutoProcessor": "processing_internvideo3.InternVideo3Processor"} and this file.
     _auto_class = "AutoProcessor"
+    # remote code lives in a generated module: `processor.TruncatedVideoWarning` reaches the class for warning filters
+    TruncatedVideoWarning = TruncatedVideoWarning
 
     def __init__(
         self,
@@ -1285,6 +1432,11 @@ class InternVideo3Processor(ProcessorMixin):
         self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
         self.vision_start_token_id = tokenizer.convert_tokens_to_ids(VISION_START)
         self.vision_end_token_id = tokenizer.convert_tokens_to_ids(VISION_END)
+        # a bad value in processor_config.json fails at load time, naming the setting
+        _check_video_settings(
+            {**self._video_settings({}), "image_min_pixels": image_min_pixels, "image_max_pixels": image_max_pixels},
+            explicit=("min_frames", "min_pixels", "max_pixels", "image_min_pixels", "image_max_pixels"),
+        )
 
     # ---- settings ------------------------------------------------------------------------------------------
     @property
@@ -1299,6 +1451,8 @@ class InternVideo3Processor(ProcessorMixin):
             "size": dict(self.size), "video_budget": self.video_budget,
         }  # fmt: skip
         given = {k: v for k, v in overrides.items() if v is not None}
+        # merged settings come back here (video_target_size): a value equal to the processor's own is not "explicit"
+        explicit = {k for k, v in given.items() if k not in settings or v != settings[k]}
         if "video_budget" not in given:
             if "size" in given:
                 given["video_budget"] = "total"
@@ -1307,6 +1461,7 @@ class InternVideo3Processor(ProcessorMixin):
         settings.update(given)
         if settings["video_budget"] not in ("per_frame", "total"):
             raise ValueError(f"video_budget must be 'per_frame' or 'total', got {settings['video_budget']!r}")
+        _check_video_settings(settings, explicit=explicit)
         return settings
 
     def video_target_size(self, num_frames: int, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
@@ -1332,11 +1487,17 @@ class InternVideo3Processor(ProcessorMixin):
     def image_target_size(self, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
         """Resized (height, width) in pixels for an image (transformers' Qwen2-VL/Qwen3-VL rule)."""
         s = settings or {}
+        _check_video_settings(s, explicit=s)
         factor = self.patch_size * self.merge_size
         if s.get("resized_height") and s.get("resized_width"):
             return smart_resize(s["resized_height"], s["resized_width"], factor, 4 * factor**2, 16384 * factor**2)
-        min_pixels = s.get("image_min_pixels") or s.get("min_pixels") or self.image_min_pixels
-        max_pixels = s.get("image_max_pixels") or s.get("max_pixels") or self.image_max_pixels
+
+        def pick(keys, default):  # an explicit 0 is checked, never replaced by the default
+            return next((s[k] for k in keys if s.get(k) is not None), default)
+
+        min_pixels = pick(("image_min_pixels", "min_pixels"), self.image_min_pixels)
+        max_pixels = pick(("image_max_pixels", "max_pixels"), self.image_max_pixels)
+        _check_video_settings({"image_min_pixels": min_pixels, "image_max_pixels": max_pixels}, explicit=s)
         return smart_resize(height, width, factor, min_pixels, max_pixels)
 
     # ---- vision inputs -------------------------------------------------------------------------------------
@@ -1366,6 +1527,7 @@ class InternVideo3Processor(ProcessorMixin):
         rows, grids, stamps = [], [], []
         factor = self.patch_size * self.merge_size
         for video, meta, s in zip(videos, metadata, settings):
+            _check_not_empty(video, len(rows))
             if isinstance(video, (str, os.PathLike)):
                 # a file: frames stream from the decoder, resized (torch kernel, whatever the backend, as before),
                 # straight into the output rows: one float pass, no uint8 or float copy of the whole clip
@@ -1397,8 +1559,6 @@ class InternVideo3Processor(ProcessorMixin):
             if not already:
                 target = self.video_target_size(sampled, height, width, s)
                 frames = resize_frames(frames, target, self.video_resize_backend)
-            if not num:
-                raise ValueError("a video has zero frames")
             writer = self._patch_writer()
             slots = frames.shape[0] + (-frames.shape[0] % self.temporal_patch_size)
             for i, frame in enumerate(frames):

@@ -29,13 +29,33 @@ setup(
         "pillow>=10",
         "numpy>=1.24",
         "tqdm>=4.66",
+        "filelock>=3.13,<5",
         "qwen-vl-utils>=0.0.14",
     ],
     extras_require={
+        # PySceneDetect on its PyAV backend for the agent's segment() tool; the headless build needs no libGL.
+        "agent": ["scenedetect-headless[pyav]>=0.7,<0.8"],
+        # TRL 1.16 is the first release with DistillationTrainer and video-aware GRPO plumbing we build on; it
+        # supports transformers >= 4.56.2, so both of our transformers legs.
+        "train": ["trl>=1.16,<2"],
         # nbclient + ipykernel + matplotlib: tests/test_notebook.py executes examples/quickstart.ipynb
         "test": [
-            "pytest>=8", "triton>=3.1; platform_system == 'Linux'", "nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8",
+            "pytest>=8",
+            "triton>=3.1; platform_system == 'Linux'",
+            "scenedetect-headless[pyav]>=0.7,<0.8",
+            "trl>=1.16,<2",
+            "nbclient>=0.10",
+            "ipykernel>=6.29",
+            "matplotlib>=3.8",
         ],
         "triton": ["triton>=3.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "internvideo3-agent = internvideo3.agent.cli:main",
+            "internvideo3-train-sft = internvideo3.training.cli:sft_main",
+            "internvideo3-train-gspo = internvideo3.training.cli:gspo_main",
+            "internvideo3-train-distill = internvideo3.training.cli:distill_main",
+        ]
     },
 )

@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from configuration_internvideo3 import InternVideo3TextConfig  # noqa: E402
-from modeling_internvideo3 import InternVideo3LatentCache, InternVideo3TextForCausalLM  # noqa: E402
+from modeling_internvideo3 import CACHE_NAME, InternVideo3LatentCache, InternVideo3TextForCausalLM  # noqa: E402
 
 CONTEXTS = [8_192, 32_768, 131_072, 262_144]
 
@@ -72,12 +72,12 @@ def bench_bytes(tokens: int = 256) -> None:
     ids = torch.randint(0, 1000, (1, tokens))
     qwen = qwen3vl_text_model(1, 4096, 32, 8, 128, 12288, 1000).to(torch.bfloat16).eval()
     out = qwen(input_ids=ids, use_cache=True)
-    gqa_layer = cache_nbytes(out.past_key_values) / tokens
+    gqa_layer = cache_nbytes(out[CACHE_NAME]) / tokens
     del qwen, out
     ours = m2la_text_model(1, 4096, 32, 128, 896, 12288, 1000, [24, 20, 20]).to(torch.bfloat16).eval()
     out = ours(input_ids=ids, use_cache=True)
-    assert isinstance(out.past_key_values, InternVideo3LatentCache)
-    m2la_layer = cache_nbytes(out.past_key_values) / tokens
+    assert isinstance(out[CACHE_NAME], InternVideo3LatentCache)
+    m2la_layer = cache_nbytes(out[CACHE_NAME]) / tokens
     gqa, m2la = gqa_layer * 36, m2la_layer * 36
     print(f"measured on one 8B-width layer, {tokens} tokens, bf16, x 36 layers:")
     print(f"  Qwen3-VL-8B GQA cache : {gqa:>10,.0f} bytes/token")
@@ -122,12 +122,12 @@ def run_one(kind: str, context: int, layers: int, steps: int = 32, chunk: int = 
     start = time.perf_counter()
     with torch.no_grad():
         for begin in range(0, context, chunk):
-            cache = model(input_ids=ids[:, begin : begin + chunk], past_key_values=cache, use_cache=True).past_key_values
+            cache = model(input_ids=ids[:, begin : begin + chunk], **{CACHE_NAME: cache}, use_cache=True)[CACHE_NAME]
         prefill = time.perf_counter() - start
         token = ids[:, -1:]
         start = time.perf_counter()
         for _ in range(steps):
-            cache = model(input_ids=token, past_key_values=cache, use_cache=True).past_key_values
+            cache = model(input_ids=token, **{CACHE_NAME: cache}, use_cache=True)[CACHE_NAME]
         decode = (time.perf_counter() - start) / steps
     return {
         "kind": kind,

@@ -39,7 +39,7 @@ from kernels.latent_attention import (  # noqa: E402
     latent_attention_decode,
     select_backend,
 )
-from modeling_internvideo3 import InternVideo3LatentCache  # noqa: E402
+from modeling_internvideo3 import CACHE_NAME, InternVideo3LatentCache  # noqa: E402
 
 WIDTHS_8B = dict(heads=32, rank=896, rope=128, kv_heads=8, head_dim=128)
 
@@ -91,7 +91,7 @@ def bench_models(contexts, layers: int, steps: int, device, dtype) -> list[dict]
             keep = cache.get_seq_length()
 
             def step():
-                model(input_ids=token, past_key_values=cache, use_cache=True)
+                model(input_ids=token, **{CACHE_NAME: cache}, use_cache=True)
                 for layer in cache.layers:  # rewind: every step decodes at `context`, the buffer never fills
                     layer.cumulative_length.fill_(keep)
 

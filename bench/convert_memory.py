@@ -80,8 +80,18 @@ def build_source(folder: Path, layers: int, seed: int = 0) -> int:
     return total
 
 
-def child(src: str, out: str, result: str) -> None:
-    """Convert `src` into `out` with default options, recording each layer's peak RSS; write JSON to `result`."""
+# Converter recipes compared (issue 13): today's default, the recipe before issue 13, and a cache budget split.
+RECIPES = {
+    "default": {},
+    "before-issue-13": dict(rope_selection="uniform", q_norm="fit", qk_norm="lstsq"),
+    "cache-values-1024": dict(cache_values=1024),
+}
+
+
+def child(src: str, out: str, result: str, recipe: str = "default") -> None:
+    """Convert `src` into `out` with the options of `recipe`, recording each layer's peak RSS; write JSON to
+    `result`."""
+    from convert.export import TOKENIZER_DIR
     from convert.gqa_to_m2la import ConvertOptions, convert
 
     rows, start = [], memory_mib()
@@ -95,7 +105,9 @@ def child(src: str, out: str, result: str) -> None:
         reset_peak()
         last[0] = time.perf_counter()
 
-    report = convert(src, out, ConvertOptions(progress=False), layer_hook=hook)
+    # the source is Qwen3-shaped (vocabulary 151,936) and has no tokenizer files: the real Qwen3 tokenizer fits it
+    report = convert(src, out, ConvertOptions(progress=False, overwrite=True, tokenizer=str(TOKENIZER_DIR),
+                                              **RECIPES[recipe]), layer_hook=hook)
     tail = memory_mib()  # embeddings, final norm, lm_head copied, shards and index written
     Path(result).write_text(json.dumps(dict(
         start_mib=start["VmRSS"], layers=rows, tail_peak_mib=tail["VmHWM"], tail_seconds=time.perf_counter() - last[0],
@@ -109,7 +121,9 @@ def main(argv=None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--work", default=None, help="folder for the source and output (default: a temporary one)")
     parser.add_argument("--out", default=None, help="append the markdown table to this file")
-    parser.add_argument("--child", nargs=3, metavar=("SRC", "OUT", "RESULT"), help=argparse.SUPPRESS)
+    parser.add_argument("--recipes", default="default",
+                        help=f"comma-separated converter recipes to run, each in its own child: {sorted(RECIPES)}")
+    parser.add_argument("--child", nargs=4, metavar=("SRC", "OUT", "RESULT", "RECIPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(*args.child)
@@ -119,11 +133,16 @@ def main(argv=None) -> None:
     size = build_source(work / "source", args.layers)
     print(f"source: {args.layers} layers at 4096 width, {size / 2**30:.2f} GiB bf16, built in "
           f"{time.perf_counter() - t0:.0f} s")
-    result = work / "result.json"
-    subprocess.run([sys.executable, __file__, "--child", str(work / "source"), str(work / "out"), str(result)],
-                   check=True, cwd=REPO_ROOT)
-    r = json.loads(result.read_text())
-    out_size = sum(f.stat().st_size for f in (work / "out").glob("*.safetensors"))
+    recipes = args.recipes.split(",")
+    results = {}
+    for recipe in recipes:
+        result = work / f"result-{recipe}.json"
+        subprocess.run([sys.executable, __file__, "--child", str(work / "source"), str(work / "out"), str(result),
+                        recipe], check=True, cwd=REPO_ROOT)
+        results[recipe] = json.loads(result.read_text())
+        results[recipe]["out_bytes"] = sum(f.stat().st_size for f in (work / "out").glob("*.safetensors"))
+    r = results[recipes[0]]
+    out_size = r["out_bytes"]
     layer_bytes = 2 * (4096 * 4096 * 2 + 2 * 1024 * 4096 + 3 * 4096 * 12288)
     lines = [
         "### Streaming memory at the real width (bench/convert_memory.py)", "",
@@ -145,6 +164,13 @@ def main(argv=None) -> None:
               f"a 36-layer 8B source stays below the largest step peak + 2 GiB ≈ {peak / 1024 + 2:.1f} GiB (a bound "
               f"from the measured peaks, not a 36-layer measurement). Time: {per_layer:.0f} s per layer here, "
               f"≈ {36 * per_layer / 60:.0f} min for 36 layers (extrapolated)."]
+    if len(recipes) > 1:
+        lines += ["", "| recipe | options | peak RSS GiB | s / layer | output GiB |", "|---|---|---:|---:|---:|"]
+        for name, res in results.items():
+            peak_r = max([row["peak_mib"] for row in res["layers"]] + [res["tail_peak_mib"]]) / 1024
+            per = sum(row["seconds"] for row in res["layers"]) / len(res["layers"])
+            lines.append(f"| {name} | `{RECIPES[name] or 'defaults'}` | {peak_r:.2f} | {per:.1f} | "
+                         f"{res['out_bytes'] / 2**30:.2f} |")
     section = "\n".join(lines) + "\n"
     print(section)
     if args.out:

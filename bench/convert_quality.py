@@ -26,23 +26,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from convert.calibration import stdlib_docstrings  # noqa: E402
+from convert.calibration import stdlib_docstrings, train_tokenizer  # noqa: E402
 from convert.gqa_to_m2la import ConvertOptions, convert, load_m2la  # noqa: E402
 from convert.quality import evaluate, heal, split_documents, token_rows  # noqa: E402
-
-
-def train_tokenizer(documents, vocab_size: int):
-    """A byte-level BPE `PreTrainedTokenizerFast` trained on `documents` (EOS `<|endoftext|>`)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(documents, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 def make_source(args, vocab_size: int, eos: int):
@@ -107,7 +93,14 @@ def main(argv=None):
     parser.add_argument("--heal-steps", type=int, default=120)
     parser.add_argument("--held-rows", type=int, default=96, help="held-out rows of --seq-len tokens to evaluate")
     parser.add_argument("--work", default=None, help="keep the source and converted folders here")
+    parser.add_argument("--reuse-source", action="store_true",
+                        help="load <work>/source (a source trained by an earlier run with the same data flags) "
+                             "instead of training a new one; ablations then compare against the same weights")
+    parser.add_argument("--train-only", action="store_true", help="train and save <work>/source, then stop")
     parser.add_argument("--out", default=None, help="write the markdown section to this file (appended)")
+    parser.add_argument("--study", action="store_true",
+                        help="issue 13: the levers (RoPE width and selection, q_norm, k_norm, calibration size) at "
+                             "equal cache budgets instead of the rank sweep")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 because on a shared 2-core machine 2 threads ran these small matmuls "
                              "6x slower (measured) than 1")
@@ -123,12 +116,22 @@ def main(argv=None):
     held = token_rows(tokenizer, held_docs, args.seq_len)[: args.held_rows]
     print(f"data: train {train_rows.numel():,} tokens ({len(train_docs)} modules), held-out {held.numel():,} "
           f"({len(held_docs)} modules), BPE vocabulary {len(tokenizer)}")
-    model = make_source(args, len(tokenizer), tokenizer.eos_token_id)
-    steps = train(model, train_rows, args.train_minutes, args.batch, args.lr)
-    model.save_pretrained(work / "source")
-    tokenizer.save_pretrained(work / "source")
+    source_info = work / "source" / "bench_source.json"
+    if args.reuse_source and source_info.is_file():
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(work / "source"), dtype=torch.float32).eval()
+        steps = json.loads(source_info.read_text())["steps"]
+    else:
+        model = make_source(args, len(tokenizer), tokenizer.eos_token_id)
+        steps = train(model, train_rows, args.train_minutes, args.batch, args.lr)
+        model.save_pretrained(work / "source")
+        tokenizer.save_pretrained(work / "source")
+        source_info.write_text(json.dumps({"steps": steps}) + "\n")
     src_ppl, _ = evaluate(model, held)
     print(f"source: {steps} steps, held-out perplexity {src_ppl:.2f}")
+    if args.train_only:
+        return
 
     calib = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(2))[: args.calibration_rows]]
     full = (args.kv_heads - 1) * args.head_dim + args.kv_heads * args.head_dim
@@ -144,6 +147,8 @@ def main(argv=None):
         print(f"{label:34s} r={rank:4d} ppl {ppl:9.2f} KL {kl:.4f} kept {row['kept_energy']:.4f} "
               f"attn err {row['attn_out_rel_error']:.4f}", flush=True)
 
+    if args.study:
+        return study(args, command, work, model, held, train_rows, src_ppl, steps, started)
     for rank in [int(r) for r in args.ranks.split(",")]:
         run("full method", min(rank, full), out=f"m2la-r{min(rank, full)}")
     for rank in [int(r) for r in args.ablation_ranks.split(",")] + [full]:
@@ -179,6 +184,98 @@ def main(argv=None):
     if args.out:
         with open(args.out, "a") as f:
             f.write("\n" + section)
+
+
+TODAY = dict(rope_selection="uniform", q_norm="fit", qk_norm="lstsq")  # the converter's recipe before issue 13
+
+
+def study_cases(args) -> list[tuple[str, str, int, int, dict]]:
+    """(lever, label, r, d_r, options) of the issue-13 ablations at the GQA budget, half and a quarter of it. Options
+    not named are the converter's defaults (RoPE selection qk, q_norm exact, k_norm auto)."""
+    from convert.gqa_to_m2la import split_cache_values
+
+    G, d = args.kv_heads, args.head_dim
+    gqa = 2 * G * d
+    cases = []
+    for budget in (gqa, gqa // 2, gqa // 4):
+        cases.append(("default", "before issue 13 (d_r = d, uniform, q_norm and k_norm lstsq)", budget - d, d,
+                      TODAY))
+        rank, d_r = split_cache_values(budget, G, d)
+        cases.append(("default", f"new default (--cache-values {budget})", rank, d_r, {}))
+        for d_r in sorted({d // 2, d, 3 * d // 2, 2 * d, 3 * d, G * d}):
+            if budget - d_r >= 8:
+                cases.append(("RoPE width", f"d_r = {d_r}", budget - d_r, d_r, {}))
+    half = gqa // 2
+    for d_r in (d, 2 * d):
+        for rule in ("uniform", "key", "qk"):
+            cases.append(("RoPE selection", f"{rule}, d_r = {d_r}", half - d_r, d_r, dict(rope_selection=rule)))
+        cases.append(("q_norm", f"fitted (k_norm's treatment), d_r = {d_r}", half - d_r, d_r, dict(q_norm="fit")))
+    for treatment in ("lstsq", "lstsq-input", "scale", "none"):
+        cases.append(("k_norm", f"{treatment}, d_r = {2 * d}", half - 2 * d, 2 * d, dict(qk_norm=treatment)))
+    for treatment in ("lstsq", "lstsq-input"):
+        cases.append(("k_norm", f"{treatment}, d_r = {G * d}", gqa - G * d, G * d, dict(qk_norm=treatment)))
+    return cases
+
+
+def study(args, command, work, model, held, train_rows, src_ppl, steps, started):
+    """Run `study_cases` (plus calibration sizes) against the same source; print and append the markdown tables."""
+    gen = torch.Generator().manual_seed(2)
+    perm = torch.randperm(len(train_rows), generator=gen)
+    rows = []
+
+    def run(lever, label, rank, d_r, calib_rows=args.calibration_rows, **flags):
+        calib = train_rows[perm[:calib_rows]] if "calibration" not in flags else None
+        options = ConvertOptions(kv_lora_rank=rank, rope_dim=d_r, dtype="fp32", calibration_ids=calib,
+                                 progress=False, overwrite=True, **flags)
+        t0 = time.perf_counter()
+        report = convert(work / "source", work / "study", options)
+        seconds = time.perf_counter() - t0
+        ppl, kl = evaluate(load_m2la(work / "study"), held, reference=model)
+        row = dict(lever=lever, label=label, rank=rank, rope_dim=d_r, ppl=ppl, kl=kl, seconds=seconds,
+                   calib_tokens=report["calibration_tokens"], **layer_means(report))
+        rows.append(row)
+        print(f"{lever:15s} {label:40s} r={rank:4d} d_r={d_r:4d} ppl {ppl:8.2f} ({ppl / src_ppl:.3f}x) KL {kl:.4f} "
+              f"attn err {row['attn_out_rel_error']:.4f} rope share {row['rope_key_energy']:.3f}", flush=True)
+        (work / "study.json").write_text(json.dumps(dict(rows=rows, source_ppl=src_ppl), indent=2))
+
+    for lever, label, rank, d_r, flags in study_cases(args):
+        run(lever, label, rank, d_r, **flags)
+    d, half = args.head_dim, args.kv_heads * args.head_dim
+    for calib_rows in (4, 16, 128):
+        for treatment in ("lstsq", "lstsq-input"):
+            run("calibration", f"{calib_rows}×{args.seq_len} tokens, {treatment}, d_r = {2 * d}", half - 2 * d,
+                2 * d, calib_rows=calib_rows, qk_norm=treatment)
+    # Another source: the repository's own Markdown (English prose about this project, not Python documentation).
+    docs = [str(REPO_ROOT / "README.md"), str(REPO_ROOT / "bench" / "RESULTS.md")]
+    run("calibration", f"README.md + RESULTS.md, {args.calibration_rows}×{args.seq_len} tokens, d_r = {2 * d}",
+        half - 2 * d, 2 * d, calibration=docs, calibration_tokens=args.calibration_rows * args.seq_len,
+        calibration_seq_len=args.seq_len)
+    section = render_study(args, command, steps, src_ppl, train_rows, held, rows, time.perf_counter() - started)
+    print(section)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + section)
+
+
+def render_study(args, command, steps, src_ppl, train_rows, held, rows, seconds) -> str:
+    gqa = 2 * args.kv_heads * args.head_dim
+    lines = [
+        "## Issue 13: conversion levers at equal cache bytes (bench/convert_quality.py --study)", "",
+        f"Machine: 2-core CPU, no GPU ({args.threads} torch thread); torch {torch.__version__}. Command: `{command}` "
+        f"(total {seconds / 60:.1f} min). Source as above ({steps} steps), **source perplexity {src_ppl:.2f}**; "
+        f"calibration {args.calibration_rows}×{args.seq_len} train tokens unless stated. Cache values per token "
+        f"and layer = r + d_r (GQA: {gqa}).", "",
+        "| lever | conversion | r + d_r | held-out ppl | × source | KL nats/token | attn-out err | RoPE-key share "
+        "| kept energy | QK-norm fit err q / k | convert s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['lever']} | {r['label']} | {r['rank']} + {r['rope_dim']} = {r['rank'] + r['rope_dim']} | "
+            f"{r['ppl']:.2f} | {r['ppl'] / src_ppl:.3f} | {r['kl']:.4f} | {r['attn_out_rel_error']:.4f} | "
+            f"{r['rope_key_energy']:.3f} | {r['kept_energy']:.4f} | {r['qk_norm_fit_error_q']:.4f} / "
+            f"{r['qk_norm_fit_error_k']:.4f} | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def render(args, command, steps, src_ppl, train_rows, held, rows, healing, full, seconds) -> str:

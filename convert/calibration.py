@@ -89,6 +89,23 @@ def load_tokenizer(src: str | Path | None):
     return _shipped_tokenizer()
 
 
+def train_tokenizer(documents, vocab_size: int):
+    """A byte-level BPE `PreTrainedTokenizerFast` of `vocab_size` tokens trained on `documents` with the `tokenizers`
+    library (EOS and pad `<|endoftext|>`): a real tokenizer that fits a small model's vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(documents, trainer)
+    # a causal LM's inputs: no token_type_ids (transformers 4.57's generate() rejects them for decoder-only models)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
 @functools.lru_cache(maxsize=1)
 def _shipped_tokenizer():
     from transformers import AutoTokenizer

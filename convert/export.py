@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,26 +55,113 @@ def set_auto_map(config) -> None:
         config.architectures = ["InternVideo3ForConditionalGeneration"]
 
 
+class OutputInUseError(FileExistsError):
+    """Another live run is writing the same output folder (it holds `.<out>.lock`); nothing was touched."""
+
+
+def output_lock(out: str | os.PathLike):
+    """The inter-process lock of output folder `out`: `filelock.FileLock` on `.<out>.lock` beside it (an OS lock the
+    kernel releases when its process dies, so a killed run never leaves it held). The empty lock file stays after a
+    run: deleting it on release would let two later runs lock two different files."""
+    from filelock import FileLock
+
+    out = Path(out)
+    return FileLock(str(out.parent / f".{out.name}.lock"))
+
+
+def check_output_free(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail fast, before hours of work, when `out` cannot be written: it exists without `overwrite`, or another live
+    run holds its lock. `atomic_folder` checks both again under the lock.
+
+    Raises:
+        FileExistsError, OutputInUseError.
+    """
+    from filelock import Timeout
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    lock = output_lock(out)
+    if not os.path.exists(lock.lock_file):  # never held: and a run that fails later leaves no lock file behind
+        return
+    try:
+        with lock.acquire(timeout=0):
+            pass
+    except Timeout:
+        raise OutputInUseError(_in_use(out)) from None
+
+
+def _in_use(out: Path) -> str:
+    return (f"{out} is being written by another run right now (it holds {out.parent / ('.' + out.name + '.lock')}); "
+            f"wait for it to finish or choose another output folder")
+
+
+def recover_leftovers(out: Path) -> list[str]:
+    """With `out`'s lock held (so no live run owns them): remove `.<out>.incomplete-*` folders of interrupted runs,
+    and put back a `.<out>.replaced-*` folder if an `overwrite` run stopped after moving the old `out` aside but
+    before its new folder was in place (else remove it). Returns one line per action."""
+    done = []
+    for stale in sorted(out.parent.glob(f".{out.name}.incomplete-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+        done.append(f"removed {stale}: the leftover of an interrupted run (never loadable)")
+    for old in sorted(out.parent.glob(f".{out.name}.replaced-*"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if not out.exists():
+            os.replace(old, out)
+            done.append(f"restored {out} from {old}: an overwriting run stopped before its new folder was in place")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            done.append(f"removed {old}: the previous {out.name}, already replaced")
+    return done
+
+
 @contextmanager
 def atomic_folder(out: str | os.PathLike, overwrite: bool = False):
     """Yield a temporary folder next to `out`; rename it to `out` only if the block finishes.
 
+    The whole block holds `out`'s inter-process lock (`output_lock`): a second run into the same `out` fails at once
+    with `OutputInUseError` instead of touching this one's files, and leftovers of dead runs are cleaned only under
+    the lock (`recover_leftovers`). With `overwrite`, the old `out` is renamed aside, the new folder renamed in, and
+    only then the old one deleted: at every instant one complete folder exists (a crash in between is repaired by the
+    next run).
+
     Raises:
-        FileExistsError: `out` exists and `overwrite` is False.
+        FileExistsError: `out` exists and `overwrite` is False. OutputInUseError: another live run writes `out`.
     """
+    from filelock import Timeout
+
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+    lock = output_lock(out)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputInUseError(_in_use(out)) from None
+    try:
+        for line in recover_leftovers(out):
+            print(line, file=sys.stderr)
+        if out.exists() and not overwrite:  # a restored folder, or one written while this run was calibrating
+            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if out.exists():
+            old = out.parent / f".{out.name}.replaced-{tmp.name.rsplit('-', 1)[-1]}"
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        lock.release()
 
 
 def load_processor(tokenizer_dir: str | os.PathLike = TOKENIZER_DIR, **processor_kwargs):
@@ -89,6 +177,31 @@ def load_processor(tokenizer_dir: str | os.PathLike = TOKENIZER_DIR, **processor
     return InternVideo3Processor(tokenizer=tokenizer, **processor_kwargs)
 
 
+def portable_tokenizer_config(folder: str | os.PathLike) -> None:
+    """Rewrite `folder/tokenizer_config.json` (if any) so every supported transformers reads it (SPEC §8).
+
+    transformers 5.x saves the special-token list as `extra_special_tokens: [...]`, which 4.57 reads as a
+    {name: token} dict and fails on (`'list' object has no attribute 'keys'`), and leaks the loading flags `is_local`
+    and `local_files_only` into the file. The list goes back under `additional_special_tokens`, which both lines read
+    as the same list; the flags are dropped. Written through a temporary file and renamed.
+    """
+    import json
+
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    extra = data.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del data["extra_special_tokens"]
+        data["additional_special_tokens"] = list(dict.fromkeys([*data.get("additional_special_tokens", []), *extra]))
+    for key in ("is_local", "local_files_only"):
+        data.pop(key, None)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def save_model_folder(model, processor, out: str | os.PathLike, overwrite: bool = False, max_shard_size="5GB") -> Path:
     """Save `model` (safetensors, sharded with an index above `max_shard_size`), `processor` and the remote code
     into `out`, atomically. Returns `out` as a Path."""
@@ -97,6 +210,7 @@ def save_model_folder(model, processor, out: str | os.PathLike, overwrite: bool 
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         if processor is not None:
             processor.save_pretrained(tmp)
+            portable_tokenizer_config(tmp)
         write_remote_code(tmp)
     return Path(out)
 
@@ -201,6 +315,7 @@ def export_for_hub(
                 data = json.loads(path.read_text())
                 data.setdefault("auto_map", {}).update(PROCESSOR_AUTO_MAP)
                 path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        portable_tokenizer_config(tmp)
         write_remote_code(tmp)
         layers = text.get("num_hidden_layers", 36)
         rank, rope = text.get("kv_lora_rank", 896), text.get("qk_rope_head_dim", 128)

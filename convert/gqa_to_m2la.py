@@ -7,10 +7,12 @@ Qwen3-VL sources become the full InternVideo3 model (`model.language_model.*`, v
 unchanged); text-only sources become an `InternVideo3TextForCausalLM` folder (`model.*`, `lm_head.weight`). Both load
 with `AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)`.
 
-Method (details and math in `convert/m2la_math.py`): QK-norm linearized per head by least squares (Qwen3 family),
-exact MLA rewrite, RoRoPE per frequency plane (never mixes MRoPE axes), one shared RoPE key of width head_dim,
-joint K/V-balanced PCA of [K_nope; V] to `kv_lora_rank` on calibration activations, pair-interleaved RoPE rows,
-softmax-scale fix, zero-fill of dims the source lacks.
+Method (details and math in `convert/m2la_math.py`; the default recipe is the best measured by
+`bench/convert_quality.py --study`, issue 13): q_norm kept exact as a module and k_norm fitted by least squares
+(Qwen3 family), exact MLA rewrite, RoRoPE per frequency plane (never mixes MRoPE axes), a shared RoPE key of
+`--rope-dim` channels holding the rotated components of most query × key energy, joint K/V-balanced PCA of
+[K_nope; V] to `kv_lora_rank` on calibration activations, pair-interleaved RoPE rows, softmax-scale fix, zero-fill
+of dims the source lacks. `--cache-values` asks for r + d_r and splits it by the measured rule.
 
 Calibration: text (default: Python standard-library documentation) and, for Qwen3-VL sources, videos through the
 InternVideo3 processor and the source vision tower (3-D MRoPE positions, DeepStack), streamed through the source
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -38,9 +41,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from convert.calibration import calibration_token_ids, load_tokenizer, read_calibration_files, stdlib_docstrings
-from convert.export import REPO_ROOT, TOKENIZER_DIR, atomic_folder, set_auto_map, write_remote_code
+from convert.export import (
+    REPO_ROOT,
+    atomic_folder,
+    check_output_free,
+    portable_tokenizer_config,
+    set_auto_map,
+    write_remote_code,
+)
 from convert.m2la_math import (
     QK_NORM_TREATMENTS,
+    ROPE_SELECTIONS,
     SourceAttention,
     build_m2la_layer,
     key_plane_covariance,
@@ -48,6 +59,7 @@ from convert.m2la_math import (
     rms_norm,
     rorope_attention,
     rorope_basis,
+    select_rope_components,
 )
 
 if str(REPO_ROOT) not in sys.path:
@@ -88,11 +100,14 @@ class TensorReader:
                 raise ConversionError(f"no safetensors weights in {folder}{hint}")
             weight_map = {}
             for file in files:
-                with safe_open(str(file), framework="pt") as f:
+                with _open_safetensors(file) as f:
                     weight_map.update({key: file.name for key in f.keys()})
         missing = sorted({name for name in weight_map.values() if not (folder / name).is_file()})
         if missing:
             raise ConversionError(f"{folder}: shard files listed in the index are missing: {missing}")
+        for name in sorted(set(weight_map.values())):  # every header parses before anything is written
+            with _open_safetensors(folder / name):
+                pass
         self.folder = folder
         self.weight_map = weight_map
 
@@ -108,8 +123,19 @@ class TensorReader:
         name = self.weight_map.get(key)
         if name is None:
             raise ConversionError(f"tensor {key!r} is missing from {self.folder}")
-        with safe_open(str(self.folder / name), framework="pt") as f:
+        with _open_safetensors(self.folder / name) as f:
             return f.get_tensor(key)
+
+
+def _open_safetensors(path: Path):
+    """`safe_open`, with a truncated or corrupt file named in a ConversionError (safetensors' own message does not)."""
+    from safetensors import SafetensorError
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as error:
+        raise ConversionError(f"cannot read safetensors file {path}: {error}; it is truncated or corrupt (an "
+                              f"interrupted download or copy?): fetch it again") from error
 
 
 @dataclass
@@ -286,20 +312,59 @@ class ShardWriter:
             (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def write_processor(src: Path, tmp: Path, is_vl: bool) -> None:
-    """Tokenizer / processor files: the InternVideo3 processor around the source tokenizer for Qwen3-VL sources, else
-    the source's own tokenizer files (or the shipped Qwen3 tokenizer when the source has none); and the source's
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def check_tokenizer(src: Path, arch: SourceArch, o: ConvertOptions) -> Path | None:
+    """The tokenizer folder to calibrate with and ship: `--tokenizer`, else the source's own; None only when no text
+    is tokenized (`calibration_ids`) and the source is text-only (the output then has no tokenizer).
+
+    A tokenizer with more tokens than the source embeds never travels with the model: its ids would index past the
+    embedding on the first prompt.
+
+    Raises:
+        ConversionError: no tokenizer where one is needed, an unloadable one, or one larger than the vocabulary.
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(o.tokenizer) if o.tokenizer else (src if _has_tokenizer(src) else None)
+    if folder is None:
+        if o.calibration_ids is None or arch.is_vl:
+            raise ConversionError(f"{src} has no tokenizer (tokenizer.json or tokenizer_config.json): pass --tokenizer "
+                                  f"PATH, the folder of the tokenizer the source model was trained with")
+        return None
+    if not _has_tokenizer(folder):
+        raise ConversionError(f"--tokenizer {folder}: no tokenizer.json or tokenizer_config.json there")
+    try:
+        size = len(AutoTokenizer.from_pretrained(str(folder)))
+    except Exception as error:  # noqa: BLE001 - any loader failure is reported with the folder's name
+        raise ConversionError(f"cannot load the tokenizer in {folder}: {error}") from error
+    if size > arch.vocab_size:
+        raise ConversionError(
+            f"the tokenizer in {folder} has {size} tokens but {src} embeds only {arch.vocab_size}: it does not fit "
+            f"this model (token ids >= {arch.vocab_size} would crash its embedding); pass the tokenizer the source "
+            f"model was trained with (--tokenizer PATH)"
+        )
+    return folder
+
+
+def write_processor(src: Path, tmp: Path, is_vl: bool, tokenizer: Path | None = None) -> None:
+    """Tokenizer / processor files from `tokenizer` (checked by `check_tokenizer`; None: none are written): the
+    InternVideo3 processor around it for Qwen3-VL sources, else its tokenizer files; and the source's
     `generation_config.json` if any."""
     from convert.export import load_processor
 
-    has_tokenizer = any((src / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
-    folder = src if has_tokenizer else TOKENIZER_DIR
-    if is_vl:
+    folder = tokenizer
+    if folder is None:
+        print(f"note: no tokenizer written to the output ({src} has none and none was given)", file=sys.stderr)
+    elif is_vl:
         load_processor(folder).save_pretrained(tmp)
     else:
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, tmp / name)
+    portable_tokenizer_config(tmp)
     if (src / "generation_config.json").is_file():
         shutil.copyfile(src / "generation_config.json", tmp / "generation_config.json")
 
@@ -327,6 +392,9 @@ def build_target_config(arch: SourceArch, ranks: list[int], d_n: int, d_r: int, 
         rms_norm_eps=arch.rms_norm_eps,
         attention_bias=with_bias,
         qk_latent_layernorm=False,
+        # Planes picked out of the source's head_dim RoPE; the converter fills in each layer's choice.
+        rope_frequency_planes=[[j % (arch.head_dim // 2) for j in range(d_r // 2)]] * arch.num_layers
+        if d_r != arch.head_dim else None,
         rope_interleave=True,
         rope_theta=arch.rope_theta,
         mrope_section=arch.mrope_section,
@@ -390,15 +458,17 @@ def source_mlp(reader: TensorReader, prefix: str):
 
 
 def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
-    """The converted layer as the real `InternVideo3TextAttention` (fp32), as a function of (x [B, S, D], cos, sin)."""
+    """The converted layer as the real `InternVideo3TextAttention` (fp32), as a function of (x [B, S, D], cos, sin)
+    with cos / sin the source's rotate-half RoPE of width head_dim."""
     import modeling_internvideo3 as modeling
     from configuration_internvideo3 import InternVideo3TextConfig
 
     cfg = InternVideo3TextConfig(
         vocab_size=8, hidden_size=arch.hidden_size, intermediate_size=8, num_hidden_layers=1,
         num_attention_heads=arch.num_heads, head_dim=arch.head_dim, kv_lora_rank=rank, qk_nope_head_dim=d_n,
-        qk_rope_head_dim=arch.head_dim, v_head_dim=d_v, attention_bias=weights.q_proj_bias is not None,
+        qk_rope_head_dim=2 * len(weights.rope_planes), v_head_dim=d_v, attention_bias=weights.q_proj_bias is not None,
         rope_theta=arch.rope_theta, mrope_section=arch.mrope_section, mrope_interleaved=arch.mrope_interleaved,
+        q_norm=weights.q_norm_weight is not None, rope_frequency_planes=[weights.rope_planes],
     )
     cfg._attn_implementation = "sdpa"
     attn = modeling.InternVideo3TextAttention(cfg, 0).float()
@@ -407,13 +477,15 @@ def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
         attn.kv_a_proj_with_mqa.weight.copy_(weights.kv_a_weight)
         attn.kv_b_proj.weight.copy_(weights.kv_b_weight)
         attn.o_proj.weight.copy_(weights.o_proj_weight)
+        if weights.q_norm_weight is not None:
+            attn.q_norm.weight.copy_(weights.q_norm_weight)
         if weights.q_proj_bias is not None:
             attn.q_proj.bias.copy_(weights.q_proj_bias)
             attn.kv_a_proj_with_mqa.bias.copy_(weights.kv_a_bias)
 
     @torch.no_grad()
     def run(x, cos, sin):
-        return attn(x, (cos, sin), modeling.AttentionMaskSpec(None, x.shape[1], 0), None)
+        return attn(x, (cos, sin), modeling.AttentionMaskSpec(None, x.shape[1], 0), None)[0]
 
     return run
 
@@ -480,11 +552,41 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
             features = vision(inputs["pixel_values_videos"].float(), grid)
         mask = ids == config.video_token_id
         hidden = embed[ids].float()
-        hidden[mask] = features.last_hidden_state
+        hidden[mask] = features.pooler_output
         positions, _ = modeling.InternVideo3Model.get_rope_index(SimpleNamespace(config=config), ids, None, grid)
         cos, sin = rotary(positions)
         batches.append(CalibrationBatch(hidden, cos, sin, mask, list(features.deepstack_features), measure_rows=1))
     return batches
+
+
+Q_NORM_MODES = ("exact", "fit")
+
+
+QK_NORM_CHOICES = ("auto",) + QK_NORM_TREATMENTS
+# "auto" fits k_norm on the whole layer input once there are this many calibration tokens per input dim (D + 1);
+# below it that fit over-fits (bench/RESULTS.md, issue 13: 2.7 tokens per dim gave 1.077x the source perplexity,
+# 10.6 gave 1.012x).
+INPUT_FIT_TOKENS_PER_DIM = 8
+
+
+def split_cache_values(cache_values: int, num_kv_heads: int, head_dim: int, rope_dim: int | None = None
+                       ) -> tuple[int, int]:
+    """(kv_lora_rank r, RoPE width d_r) for a cache of `cache_values` = r + d_r values per token and layer.
+
+    Best split measured on bench/convert_quality.py --study (bench/RESULTS.md, issue 13): the RoPE key takes
+    d_r = min(2·head_dim, G·head_dim, 3/4 of the budget) (even), the latent the rest; so Qwen3-VL-8B's 1024 gives
+    768 + 256. An explicit `rope_dim` is kept and the latent gets the rest.
+
+    Raises:
+        ConversionError: a budget that leaves no latent, or more than the source's full [K; V] needs.
+    """
+    G, d = num_kv_heads, head_dim
+    d_r = rope_dim or max(2, min(2 * d, G * d, (3 * cache_values // 4) // 2 * 2))
+    rank = cache_values - d_r
+    if not 0 < rank <= 2 * G * d - d_r:
+        raise ConversionError(f"--cache-values {cache_values} must be in {d_r + 1}..{2 * G * d} for rope dim {d_r} "
+                              f"and G={G} KV heads of {d} (a GQA cache holds {2 * G * d})")
+    return rank, d_r
 
 
 @dataclass
@@ -493,7 +595,10 @@ class ConvertOptions:
 
     kv_lora_rank: int = 896
     kv_lora_rank_list: list | None = None
+    cache_values: int | None = None  # r + d_r per token and layer; overrides kv_lora_rank and rope_dim
     rope_dim: int | None = None  # default: the source head_dim
+    rope_selection: str = "qk"  # which rotated key components keep RoPE (m2la_math.ROPE_SELECTIONS)
+    q_norm: str = "exact"  # Qwen3 q_norm: "exact" (runtime module q_norm) or "fit" (the --qk-norm treatment)
     qk_nope_head_dim: int | None = None  # default: the source head_dim
     v_head_dim: int | None = None  # default: the source head_dim
     dtype: str | None = None  # bf16 | fp16 | fp32; default: the source's
@@ -503,23 +608,14 @@ class ConvertOptions:
     calibration_seq_len: int = 512
     video_fps: float = 2.0
     video_max_frames: int = 16
-    qk_norm: str = "lstsq"
+    qk_norm: str = "auto"  # k_norm (and a fitted q_norm): QK_NORM_CHOICES
     rorope: bool = True
     balance: bool = True
     max_shard_size: int = 2 * 1024**3
     overwrite: bool = False
+    tokenizer: str | None = None  # tokenizer folder; default: the source's own (required when it has none)
     measure: bool = True  # per-layer attention output error on the calibration batches
     progress: bool = True
-
-
-def clean_leftovers(out: Path) -> list[Path]:
-    """Remove `.<out>.incomplete-*` folders of interrupted runs. Returns what was removed."""
-    removed = []
-    if out.parent.is_dir():
-        for stale in out.parent.glob(f".{out.name}.incomplete-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-            removed.append(stale)
-    return removed
 
 
 def calibration_batches(arch: SourceArch, reader: TensorReader, config, src: Path,
@@ -539,13 +635,13 @@ def calibration_batches(arch: SourceArch, reader: TensorReader, config, src: Pat
         if o.calibration_ids is not None:
             ids = o.calibration_ids.long()
         else:
-            ids = calibration_token_ids(documents, load_tokenizer(src), arch.vocab_size, o.calibration_tokens,
-                                        o.calibration_seq_len)
+            ids = calibration_token_ids(documents, load_tokenizer(o.tokenizer or src), arch.vocab_size,
+                                        o.calibration_tokens, o.calibration_seq_len)
         B, S = ids.shape
         cos, sin = _rotary(arch)(torch.arange(S)[None].expand(B, S))
         batches.append(CalibrationBatch(embed[ids].float(), cos, sin))
     if videos:
-        tokenizer_dir = src if (src / "tokenizer_config.json").is_file() else TOKENIZER_DIR
+        tokenizer_dir = Path(o.tokenizer or src)
         batches += video_calibration_batches(arch, reader, config, embed, videos, tokenizer_dir, o.video_fps,
                                              o.video_max_frames)
     return batches
@@ -558,7 +654,8 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
 
     Raises:
         ConversionError: unsupported architecture, impossible ranks or widths, missing files or tensors.
-        FileExistsError: `out` exists and `options.overwrite` is False.
+        FileExistsError: `out` exists and `options.overwrite` is False. OutputInUseError (a FileExistsError):
+            another live run is writing `out`; nothing of it is touched.
         FileNotFoundError: a calibration file is missing.
     """
     from tqdm.auto import tqdm
@@ -568,36 +665,50 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     arch = read_source_arch(src)
     reader = TensorReader(src)
     check_source_keys(arch, reader)
-    if out.exists() and not o.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    for stale in clean_leftovers(out):
-        print(f"removed {stale}: the leftover of an interrupted run (never loadable)", file=sys.stderr)
+    check_output_free(out, o.overwrite)  # atomic_folder holds the output's lock and checks again
 
+    check_options(o)
     G, d = arch.num_kv_heads, arch.head_dim
-    d_r = o.rope_dim or d
+    if o.cache_values is not None:
+        rank, d_r = split_cache_values(o.cache_values, G, d, o.rope_dim)
+        ranks = [rank] * arch.num_layers
+    else:
+        d_r = o.rope_dim or d
+        ranks = list(o.kv_lora_rank_list) if o.kv_lora_rank_list else [o.kv_lora_rank] * arch.num_layers
     d_n = d if o.qk_nope_head_dim is None else o.qk_nope_head_dim
     d_v = o.v_head_dim or d
-    full = (G - 1) * d + G * d
-    ranks = list(o.kv_lora_rank_list) if o.kv_lora_rank_list else [o.kv_lora_rank] * arch.num_layers
+    if d_r % 2 or not 2 <= d_r <= G * d:
+        raise ConversionError(f"--rope-dim {d_r} must be even and in 2..{G * d} (G·head_dim: every key component "
+                              f"rotated) for G={G} KV heads of {d}")
+    full = (G * d - d_r) + G * d
     if len(ranks) != arch.num_layers:
         raise ConversionError(f"kv_lora_rank_list has {len(ranks)} entries for {arch.num_layers} layers")
     if any(not 0 < r <= full for r in ranks):
+        flag = "--kv-lora-rank-list" if o.kv_lora_rank_list else "--kv-lora-rank"
         raise ConversionError(
-            f"kv_lora_rank {max(ranks)} is larger than possible: [K_nope; V] has (G-1)·d + G·d = {full} dims "
-            f"(G={G} KV heads, head_dim {d}); use 1..{full}"
+            f"{flag} {max(ranks)} is larger than possible: [K_nope; V] has (G·d − d_r) + G·d = {full} dims "
+            f"(G={G} KV heads, head_dim {d}, rope dim {d_r}); use 1..{full}"
         )
-    if d_r != d:
-        raise ConversionError(f"--rope-dim must equal the source head_dim ({d}): the shared RoPE key is one rotated "
-                              f"head carrying all {d // 2} source frequencies; got {d_r}")
-    if o.qk_norm not in QK_NORM_TREATMENTS:
-        raise ConversionError(f"--qk-norm must be one of {QK_NORM_TREATMENTS}")
+    if o.qk_norm not in QK_NORM_CHOICES:
+        raise ConversionError(f"--qk-norm must be one of {QK_NORM_CHOICES}")
+    if o.rope_selection not in ROPE_SELECTIONS:
+        raise ConversionError(f"--rope-selection must be one of {ROPE_SELECTIONS}")
+    if o.q_norm not in Q_NORM_MODES:
+        raise ConversionError(f"--q-norm must be one of {Q_NORM_MODES}")
+    exact_q_norm = arch.qk_norm and o.q_norm == "exact"
+    tokenizer = check_tokenizer(src, arch, o)
     out_dtype = DTYPES[o.dtype] if o.dtype else arch.dtype
-    with_bias = arch.attention_bias or (arch.qk_norm and o.qk_norm == "lstsq")
+    with_bias = arch.attention_bias or (arch.qk_norm and o.qk_norm in ("auto", "lstsq", "lstsq-input"))
     config = build_target_config(arch, ranks, d_n, d_r, d_v, with_bias, out_dtype)
     batches = calibration_batches(arch, reader, config, src, o)
+    tokens = sum(b.hidden.shape[0] * b.hidden.shape[1] for b in batches)
+    qk_norm = o.qk_norm
+    if qk_norm == "auto":
+        qk_norm = "lstsq-input" if tokens >= INPUT_FIT_TOKENS_PER_DIM * (arch.hidden_size + 1) else "lstsq"
 
-    report = {"layers": [], "config": config.to_dict(), "src": str(src), "out": str(out),
-              "calibration_tokens": sum(b.hidden.shape[0] * b.hidden.shape[1] for b in batches),
+    report = {"layers": [], "config": config.to_dict(), "src": str(src), "out": str(out), "calibration_tokens": tokens,
+              "qk_norm": qk_norm if arch.qk_norm else None, "q_norm": o.q_norm if arch.qk_norm else None,
+              "rope_selection": o.rope_selection,
               "calibration_visual_tokens": sum(int(b.visual_mask.sum()) for b in batches if b.visual_mask is not None)}
     start = time.perf_counter()
     p = arch.prefix
@@ -607,7 +718,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
                 f"Interrupted conversion of {src} into {out}: this folder is not a model. Delete it and re-run.\n"
             )
             writer = ShardWriter(tmp, o.max_shard_size)
-            layer_keys = set()
+            layer_keys, rope_planes = set(), []
             for i in tqdm(range(arch.num_layers), desc="converting layers", unit="layer", disable=not o.progress):
                 t0 = time.perf_counter()
                 lp, a = f"{p}layers.{i}.", f"{p}layers.{i}.self_attn."
@@ -618,13 +729,18 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
                 x_aug = torch.cat([x_flat, torch.ones(x_flat.shape[0], 1, dtype=torch.float64)], dim=1)
                 sigma = x_aug.T @ x_aug / x_aug.shape[0]  # [D+1, D+1]
                 del x_aug
-                lin = linearize_qk_norm(src_attn, x_flat if arch.qk_norm else None, o.qk_norm)
+                lin = linearize_qk_norm(src_attn, x_flat if arch.qk_norm else None, qk_norm)
                 del x_flat
-                U = rorope_basis(key_plane_covariance(lin.k, sigma, G, d), enabled=o.rorope)
+                plane_cov = key_plane_covariance(lin.k, sigma, G, d)
+                U = rorope_basis(plane_cov, enabled=o.rorope)
+                components = select_rope_components(U, plane_cov, d_r, o.rope_selection,
+                                                    lin.q.view(-1, d, sigma.shape[0]), sigma, src_attn.group_of_head)
                 w = build_m2la_layer(src_attn, lin, sigma, U, ranks[i], d_n, d_r, d_v, balance=o.balance,
-                                     with_bias=with_bias)
+                                     with_bias=with_bias, rope_components=components, exact_q_norm=exact_q_norm)
+                rope_planes.append(w.rope_planes)
                 del sigma, lin
                 for name, tensor in (("q_proj.weight", w.q_proj_weight), ("q_proj.bias", w.q_proj_bias),
+                                     ("q_norm.weight", w.q_norm_weight),
                                      ("kv_a_proj_with_mqa.weight", w.kv_a_weight),
                                      ("kv_a_proj_with_mqa.bias", w.kv_a_bias), ("kv_b_proj.weight", w.kv_b_weight),
                                      ("o_proj.weight", w.o_proj_weight)):
@@ -664,10 +780,16 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
                 if key not in layer_keys and "rotary_emb.inv_freq" not in key:
                     writer.add(key, reader.get(key).to(out_dtype))
             writer.finish()
-            write_processor(src, tmp, arch.is_vl)
+            write_processor(src, tmp, arch.is_vl, tokenizer)
             write_remote_code(tmp)
             (tmp / "conversion_report.json").write_text(json.dumps(
                 {k: v for k, v in report.items() if k != "config"}, indent=2) + "\n")
+            text_config = config.text_config if arch.is_vl else config
+            text_config.q_norm = exact_q_norm
+            if d_r != d or any(planes != list(range(d // 2)) for planes in rope_planes):
+                text_config.rope_frequency_planes = rope_planes  # else the released layout: config stays as it was
+            text_config.validate_m2la()
+            report["config"] = config.to_dict()
             config.save_pretrained(tmp)  # config.json last: a folder without it never loads
             (tmp / "INCOMPLETE").unlink()
     except BaseException:
@@ -684,47 +806,156 @@ def load_m2la(folder: str | Path, dtype=torch.float32):
     return AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, dtype=dtype).eval()
 
 
-def _parse_ranks(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    return [int(v) for v in text.replace(" ", "").split(",") if v]
+# Numeric options: CLI flag -> (ConvertOptions field, type, lowest value, lowest allowed). argparse (`_flag_type`) and
+# `check_options` (programmatic use) check the same ranges, so a 0 never turns into a division by zero or a default.
+NUMERIC_OPTIONS = {
+    "--kv-lora-rank": ("kv_lora_rank", int, 1, True),
+    "--cache-values": ("cache_values", int, 2, True),
+    "--rope-dim": ("rope_dim", int, 1, True),
+    "--qk-nope-dim": ("qk_nope_head_dim", int, 0, True),
+    "--v-head-dim": ("v_head_dim", int, 1, True),
+    "--calibration-tokens": ("calibration_tokens", int, 1, True),
+    "--calibration-seq-len": ("calibration_seq_len", int, 1, True),
+    "--video-fps": ("video_fps", float, 0, False),
+    "--video-max-frames": ("video_max_frames", int, 1, True),
+    "--max-shard-size-gb": ("max_shard_size", float, 0, False),
+}
+
+
+def _range_error(kind: type, low, inclusive: bool, value) -> str | None:
+    """None if `value` is a `kind` in range, else why not ("must be an integer >= 1, got '0'")."""
+    wanted = f"must be {'an integer' if kind is int else 'a number'} {'>=' if inclusive else '>'} {low}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        return f"{wanted}, got {value!r}"
+    if not math.isfinite(value) or (value < low if inclusive else value <= low):
+        return f"{wanted}, got {value!r}"
+    return None
+
+
+def _flag_type(flag: str):
+    """argparse `type=` for a numeric flag of NUMERIC_OPTIONS."""
+    _, kind, low, inclusive = NUMERIC_OPTIONS[flag]
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = text
+        problem = _range_error(kind, low, inclusive, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def _rank_list(text: str) -> list[int]:
+    """argparse `type=` for --kv-lora-rank-list: comma-separated integers >= 1."""
+    ranks = []
+    for item in text.replace(" ", "").split(","):
+        try:
+            ranks.append(int(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {item!r} in {text!r}")
+        if ranks[-1] < 1:
+            raise argparse.ArgumentTypeError(f"ranks must be >= 1, got {ranks[-1]} in {text!r}")
+    return ranks
+
+
+def _calibration_file(text: str) -> Path:
+    """argparse `type=` for --calibration: an existing video file, or a non-empty UTF-8 text file."""
+    from convert.calibration import VIDEO_SUFFIXES
+
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"calibration file not found: {path}")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return path
+    try:
+        content = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise argparse.ArgumentTypeError(f"{path} is not UTF-8 text (byte {error.start}); pass text files, or videos "
+                                         f"with one of the suffixes {sorted(VIDEO_SUFFIXES)}") from None
+    if "\x00" in content:
+        raise argparse.ArgumentTypeError(f"{path} is not text (it contains NUL bytes)")
+    if not content.strip():
+        raise argparse.ArgumentTypeError(f"{path} is empty")
+    return path
+
+
+def check_options(o: ConvertOptions) -> None:
+    """The ranges of NUMERIC_OPTIONS and the rank list, for programmatic `convert()` calls.
+
+    Raises:
+        ConversionError: naming the flag and the value.
+    """
+    for flag, (name, kind, low, inclusive) in NUMERIC_OPTIONS.items():
+        value = getattr(o, name)
+        problem = None if value is None and name in ("cache_values", "rope_dim", "qk_nope_head_dim", "v_head_dim") else _range_error(
+            kind, low, inclusive, float(value) if kind is float and isinstance(value, int) else value)
+        if problem:
+            raise ConversionError(f"{flag} ({name}) {problem}")
+    if o.kv_lora_rank_list is not None and any(_range_error(int, 1, True, r) for r in o.kv_lora_rank_list):
+        raise ConversionError(f"--kv-lora-rank-list ranks must be integers >= 1, got {list(o.kv_lora_rank_list)}")
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the flag, never the usage block or a traceback (rule 8)
+        self.exit(2, f"error: {message}\n")
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="python -m convert.gqa_to_m2la", description=__doc__.splitlines()[0])
     parser.add_argument("--src", required=True, help="source transformers checkpoint folder (safetensors)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
-    parser.add_argument("--kv-lora-rank", type=int, default=896, help="latent width r of every layer (default 896)")
-    parser.add_argument("--kv-lora-rank-list", default=None, help="comma-separated per-layer ranks (overrides)")
-    parser.add_argument("--rope-dim", type=int, default=None, help="shared RoPE key width d_r; must equal the source head_dim (the default)")
-    parser.add_argument("--qk-nope-dim", type=int, default=None, help="q/k non-RoPE head width (default: the source head_dim)")
-    parser.add_argument("--v-head-dim", type=int, default=None, help="value head width (default: the source head_dim)")
-    parser.add_argument("--calibration", nargs="*", default=None,
+    parser.add_argument("--kv-lora-rank", type=_flag_type("--kv-lora-rank"), default=896, help="latent width r of every layer (default 896)")
+    parser.add_argument("--kv-lora-rank-list", type=_rank_list, default=None, help="comma-separated per-layer ranks (overrides)")
+    parser.add_argument("--cache-values", type=_flag_type("--cache-values"), default=None,
+                        help="cache width per token and layer, r + d_r, split by the best measured rule (overrides "
+                             "--kv-lora-rank; 1024 gives 768 + 256 for Qwen3-VL-8B)")
+    parser.add_argument("--rope-dim", type=_flag_type("--rope-dim"), default=None,
+                        help="shared RoPE key width d_r, even, up to KV heads x head_dim (default: the source head_dim)")
+    parser.add_argument("--rope-selection", choices=ROPE_SELECTIONS, default="qk",
+                        help="which rotated key components keep RoPE: by query x key energy (default), key energy, "
+                             "or uniformly over frequencies")
+    parser.add_argument("--q-norm", choices=Q_NORM_MODES, default="exact",
+                        help="Qwen3 q_norm: kept exact as the module q_norm (default) or fitted like k_norm (--qk-norm)")
+    parser.add_argument("--qk-nope-dim", type=_flag_type("--qk-nope-dim"), default=None, help="q/k non-RoPE head width (default: the source head_dim)")
+    parser.add_argument("--v-head-dim", type=_flag_type("--v-head-dim"), default=None, help="value head width (default: the source head_dim)")
+    parser.add_argument("--calibration", nargs="*", type=_calibration_file, default=None,
                         help="text files, and video files for Qwen3-VL sources (default: Python standard-library "
                              "documentation)")
-    parser.add_argument("--calibration-tokens", type=int, default=2048, help="text calibration tokens (default 2048)")
-    parser.add_argument("--calibration-seq-len", type=int, default=512, help="tokens per text row (default 512)")
-    parser.add_argument("--video-fps", type=float, default=2.0, help="frames sampled per second of calibration video (default 2)")
-    parser.add_argument("--video-max-frames", type=int, default=16, help="frames per calibration video at most (default 16)")
+    parser.add_argument("--calibration-tokens", type=_flag_type("--calibration-tokens"), default=2048, help="text calibration tokens (default 2048)")
+    parser.add_argument("--calibration-seq-len", type=_flag_type("--calibration-seq-len"), default=512, help="tokens per text row (default 512)")
+    parser.add_argument("--video-fps", type=_flag_type("--video-fps"), default=2.0, help="frames sampled per second of calibration video (default 2)")
+    parser.add_argument("--video-max-frames", type=_flag_type("--video-max-frames"), default=16, help="frames per calibration video at most (default 16)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="output dtype (default: the source's)")
-    parser.add_argument("--qk-norm", choices=QK_NORM_TREATMENTS, default="lstsq",
-                        help="QK-norm treatment (Qwen3 family): per-head least-squares affine fit (default), mean-scale fold, "
-                             "or weight fold only")
+    parser.add_argument("--qk-norm", choices=QK_NORM_CHOICES, default="auto",
+                        help="k_norm (and a fitted q_norm) of the Qwen3 family: least-squares affine map of the layer "
+                             "input (lstsq-input) or of the head (lstsq), mean-scale fold, or weight fold only; auto "
+                             f"(default): lstsq-input with at least {INPUT_FIT_TOKENS_PER_DIM} calibration tokens per "
+                             "hidden dim, else lstsq")
     parser.add_argument("--no-rorope", action="store_true", help="ablation: keep source KV head 0 as the RoPE key")
     parser.add_argument("--no-balance", action="store_true", help="ablation: no K/V norm balancing")
-    parser.add_argument("--max-shard-size-gb", type=float, default=2.0, help="safetensors shard size (default 2)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--max-shard-size-gb", type=_flag_type("--max-shard-size-gb"), default=2.0, help="safetensors shard size (default 2)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out folder (the old one is deleted only once the new one is in place)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer folder to calibrate with and ship (default: the source's own; required when the "
+                             "source has none; must not have more tokens than the source's vocabulary)")
     parser.add_argument("--no-measure", action="store_true", help="skip the per-layer attention output error")
     args = parser.parse_args(argv)
     options = ConvertOptions(
-        kv_lora_rank=args.kv_lora_rank, kv_lora_rank_list=_parse_ranks(args.kv_lora_rank_list),
+        kv_lora_rank=args.kv_lora_rank, kv_lora_rank_list=args.kv_lora_rank_list,
+        cache_values=args.cache_values, rope_selection=args.rope_selection, q_norm=args.q_norm,
         rope_dim=args.rope_dim, qk_nope_head_dim=args.qk_nope_dim, v_head_dim=args.v_head_dim, dtype=args.dtype,
         calibration=args.calibration, calibration_tokens=args.calibration_tokens,
         calibration_seq_len=args.calibration_seq_len, video_fps=args.video_fps,
         video_max_frames=args.video_max_frames, qk_norm=args.qk_norm, rorope=not args.no_rorope,
         balance=not args.no_balance, max_shard_size=int(args.max_shard_size_gb * 1024**3), overwrite=args.overwrite,
-        measure=not args.no_measure,
+        measure=not args.no_measure, tokenizer=args.tokenizer,
     )
     try:
         report = convert(args.src, args.out, options)
@@ -735,6 +966,9 @@ def main(argv=None) -> dict:
         print(f"layer {s['layer']:3d}: rank {s['rank']}/{s['full_rank']} kept energy {s['kept_energy']:.4f} "
               f"K err {s['k_nope_rel_error']:.2e} V err {s['v_rel_error']:.2e} rope-key energy "
               f"{s['rope_key_energy']:.3f}{extra}")
+    cfg = report["config"].get("text_config", report["config"])
+    print(f"recipe: latent {cfg['kv_lora_rank']} + RoPE key {cfg['qk_rope_head_dim']} values per token and layer, "
+          f"RoPE components by {report['rope_selection']}, q_norm {report['q_norm']}, k_norm {report['qk_norm']}")
     print(f"wrote {args.out} in {report['seconds']:.1f} s")
     return report
 

@@ -3,19 +3,22 @@
 Stages, each a function here:
 
 1. `linearize_qk_norm`: Qwen3 / Qwen3-VL apply a per-head RMSNorm to q and k before RoPE. It is not linear, so it is
-   replaced by the best per-head affine map of the projected head (least squares on calibration activations, or a
-   mean-scale fold); the other sources pass through unchanged. This is the only lossy step before stage 3.
+   replaced by the best affine map of the layer input or of the projected head (least squares on calibration
+   activations, or a mean-scale fold); the other sources pass through unchanged. q_norm may instead stay exact
+   (`build_m2la_layer(exact_q_norm=True)`: queries are never cached). This is the only lossy step before stage 3.
 2. `rorope_basis`: MLA rewrite + RoRoPE. For every 2-D frequency plane j an orthogonal G×G matrix U_j (PCA of the
    calibration keys in that plane, eigenvectors as rows) mixes the G KV heads. RoPE rotates inside a plane and U_j
    mixes across heads with the same coefficients on both coordinates of the plane, so the two commute and the change
    is exact once U_jᵀ is folded into each query head. A plane holds one frequency, hence one MRoPE axis: frequencies
    of different (T, H, W) axes are never mixed.
-3. `build_m2la_layer`: the lossy step. Rotated head 0 (most key energy) becomes the one shared RoPE key k_pe
-   (d_r = head_dim, stored pair-interleaved, SPEC §5.3); rotated heads 1..G-1 lose their rotation and become the
-   shared non-RoPE key K_nope ((G-1)·d dims). [α·K_nope; V] ((G-1)·d + G·d dims) is factorised jointly by PCA of its
-   calibration second moment to rank r (α balances K against V energy). Per head h of group g:
-       q_nope_h = q_h                                   (d rows, zero-filled to d_n)
-       W_UK_h   = Σ_{g'≥1} diag(U[g', g]) · P_K[g'] / α  (the head's view of the shared K_nope)
+3. `select_rope_components` + `build_m2la_layer`: the lossy step. d_r / 2 of the G·d/2 rotated components (g', j)
+   (rotated head g', frequency plane j) stay rotated in the shared RoPE key k_pe (stored pair-interleaved, SPEC
+   §5.3; d_r = d with rotated head 0 of every plane is the original RoRoPE layout); the other G·d − d_r dims lose
+   their rotation and become the shared non-RoPE key K_nope. [α·K_nope; V] ((G·d − d_r) + G·d dims) is factorised
+   jointly by PCA of its calibration second moment to rank r (α balances K against V energy). Per head h of group g:
+       q_nope_h = q_h                                          (d rows, zero-filled to d_n)
+       W_UK_h   = Σ_{n ∈ K_nope} U[f(n), g'(n), g] · P_K[n] / α  (row i(n): the head's view of the shared K_nope)
+       q_pe_h   = U[f(p), g'(p), g] · q_h[i(p)] for each RoPE channel p
        W_UV_h   = P_V[g]
    and q is multiplied by sqrt((d_n + d_r) / d) so the M²LA softmax scale (d_n + d_r)^-0.5 gives the source scores.
 
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from transformers.models.llama.modeling_llama import rotate_half  # the rotate-half layout of every source
 
-QK_NORM_TREATMENTS = ("lstsq", "scale", "none")
+QK_NORM_TREATMENTS = ("lstsq", "lstsq-input", "scale", "none")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -142,6 +145,8 @@ def _fit_head_norm(w_aug: torch.Tensor, norm_w: torch.Tensor, x_aug: torch.Tenso
 
     lstsq: y_h ≈ A_h (W_h x̃) + b_h, A_h [d, d] and b_h [d] fitted by least squares on the calibration tokens
            (d + 1 unknowns per output row, so a few hundred tokens suffice even at D = 4096).
+    lstsq-input: y ≈ A x̃, A [heads·d, D+1] fitted on the whole layer input (D + 1 unknowns per row: needs
+           calibration tokens well above D; ridge 1e-4 of the mean diagonal).
     scale: y_h ≈ s_h · w ⊙ (W_h x̃), s_h = mean over tokens of 1 / rms(W_h x̃) (folds the weight and the mean scale).
     none:  y_h ≈ w ⊙ (W_h x̃) (folds the weight only; TransMLA's naive treatment).
     """
@@ -149,6 +154,14 @@ def _fit_head_norm(w_aug: torch.Tensor, norm_w: torch.Tensor, x_aug: torch.Tenso
         raise ValueError(f"unknown QK-norm treatment {treatment!r}; choose from {QK_NORM_TREATMENTS}")
     proj = (x_aug @ w_aug.T).view(-1, heads, d)  # [N, heads, d] pre-norm
     target = rms_norm(proj, norm_w, eps)  # [N, heads, d] true normalized
+    if treatment == "lstsq-input":
+        # y ≈ A x̃ with A [heads·d, D+1] fitted on the whole layer input: the norm's 1/rms depends on x beyond the
+        # head's own d coordinates. The ridge keeps it defined when there are fewer tokens than D + 1.
+        gram = x_aug.T @ x_aug
+        gram += ridge * 1e2 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+        flat = target.reshape(len(x_aug), -1)
+        new = torch.linalg.solve(gram, x_aug.T @ flat).T  # [heads·d, D+1]
+        return new, float((x_aug @ new.T - flat).pow(2).sum() / flat.pow(2).sum().clamp_min(1e-30))
     rows, approx = [], []
     for h in range(heads):
         w_h, p_h = w_aug[h * d : (h + 1) * d], proj[:, h]  # [d, D+1], [N, d]
@@ -236,9 +249,52 @@ def rotate_keys(k: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+ROPE_SELECTIONS = ("qk", "key", "uniform")
+
+
+def select_rope_components(U: torch.Tensor, plane_cov: torch.Tensor, rope_dim: int, rule: str = "qk",
+                           q_heads: torch.Tensor | None = None, sigma: torch.Tensor | None = None,
+                           group_of_head: torch.Tensor | None = None) -> list[tuple[int, int]]:
+    """Which rotated key components keep their rotation in the shared RoPE key of width `rope_dim` (even, at most
+    G·d): a list of rope_dim / 2 pairs (g', j), rotated head g' of frequency plane j, sorted by (j, g').
+
+    The candidates are the G·F components of the RoRoPE basis U [F, G, G] (rotated head g' of plane j has key
+    energy λ[j, g'] = (U Σ_j Uᵀ)[g', g'] from `plane_cov` [F, G, G]). Rules:
+        uniform: rotated heads in basis order, each over all planes (head 0 of every plane first, planes of most
+                 energy first), so rope_dim = d gives one rotated head with all d/2 frequencies (the original
+                 RoRoPE layout; with the identity basis, source KV head 0).
+        key:     the rope_dim / 2 components of most key energy over all planes.
+        qk:      the most score energy λ[j, g'] · Σ_h U[j, g', g(h)]² · E‖q_h,j‖² (query energy of plane j read by
+                 the heads through U), MHA2MLA's ‖q‖·‖k‖ contribution criterion (Ji et al. 2025, arXiv:2502.14837)
+                 applied to the rotated components; needs q_heads [H, d, D+1], sigma and group_of_head.
+
+    Raises:
+        ValueError: an unknown rule, or rope_dim odd, below 2 or above G·d.
+    """
+    F, G, _ = U.shape
+    if rule not in ROPE_SELECTIONS:
+        raise ValueError(f"unknown RoPE selection rule {rule!r}; choose from {ROPE_SELECTIONS}")
+    if rope_dim % 2 or not 2 <= rope_dim <= 2 * F * G:
+        raise ValueError(f"rope_dim {rope_dim} must be even and in 2..G·d = {2 * F * G}")
+    key_energy = (U @ plane_cov @ U.transpose(1, 2)).diagonal(dim1=1, dim2=2)  # [F, G']
+    if rule == "uniform":
+        plane_rank = key_energy.argsort(dim=0, descending=True).argsort(dim=0)  # [F, G']: plane's rank per head
+        score = -(torch.arange(G)[None, :] * F + plane_rank).double()
+    elif rule == "key":
+        score = key_energy
+    else:
+        q_energy = ((q_heads @ sigma) * q_heads).sum(-1)  # [H, d]
+        q_plane = q_energy[:, :F] + q_energy[:, F:]  # [H, F]
+        u2 = U[:, :, group_of_head].pow(2)  # [F, G', H]
+        score = key_energy * torch.einsum("fgh,hf->fg", u2, q_plane)
+    flat = score.reshape(-1).argsort(descending=True)[: rope_dim // 2].tolist()  # index j·G + g'
+    return sorted(((i % G, i // G) for i in flat), key=lambda c: (c[1], c[0]))
+
+
 @dataclass
 class M2LAWeights:
-    """Target tensors of one layer (SPEC §3), float64. Biases are None when `with_bias` is False."""
+    """Target tensors of one layer (SPEC §3), float64. Biases are None when `with_bias` is False; q_norm_weight [d]
+    only with `exact_q_norm`; rope_planes: the source frequency plane of each of the d_r / 2 RoPE planes."""
 
     q_proj_weight: torch.Tensor
     q_proj_bias: torch.Tensor | None
@@ -247,6 +303,8 @@ class M2LAWeights:
     kv_b_weight: torch.Tensor
     o_proj_weight: torch.Tensor
     stats: dict
+    q_norm_weight: torch.Tensor | None = None
+    rope_planes: list | None = None
 
 
 def _rotated_key_weights(k_aug: torch.Tensor, U: torch.Tensor, G: int, d: int) -> torch.Tensor:
@@ -265,48 +323,65 @@ def build_m2la_layer(
     v_head_dim: int,
     balance: bool = True,
     with_bias: bool = True,
+    rope_components: list | None = None,
+    exact_q_norm: bool = False,
 ) -> M2LAWeights:
     """Stage 3: the M²LA tensors of one layer from the affine maps `lin`, the layer input moment `sigma` [D+1, D+1]
-    and the RoRoPE basis U [F, G, G]. Exact when G = 1 and r = d (and the source has no QK-norm). `with_bias=False`
-    drops the (then all-zero) biases; the caller decides it once for all layers so every layer has the same keys.
+    and the RoRoPE basis U [F, G, G]. `with_bias=False` drops the (then all-zero) biases; the caller decides it once
+    for all layers so every layer has the same keys.
+
+    rope_components: the (g', j) rotated key components that stay rotated in the shared RoPE key (d_r / 2 of them,
+    `select_rope_components`); default, for d_r = d: rotated head 0 of every plane. Its rotate-half channels p and
+    p + d_r/2 are component p's two coordinates. Every other component of k' = U k joins [K_nope; V] unrotated.
+    exact_q_norm: keep the source's q_norm as the runtime module `q_norm` (weight κ·w, returned as q_norm_weight):
+    q_nope[:d] is the raw source query, the q_pe rows carry w. Otherwise q is `lin.q` (the stage-1 fit).
+    Exact when every key component is rotated (d_r = G·d), r = (G·d − d_r) + G·d, and the source has no k_norm.
 
     Raises:
-        ValueError: a rank above (G-1)·d + G·d, d_r ≠ d, or d_n / d_v narrower than d.
+        ValueError: a rank above (G·d − d_r) + G·d, components that do not match d_r, or d_n / d_v narrower than d.
     """
     H, G, d = src.num_heads, src.num_kv_heads, src.head_dim
-    D = src.wq.shape[1]
+    F, D = d // 2, src.wq.shape[1]
     d_n, d_r, d_v, r = qk_nope_head_dim, qk_rope_head_dim, v_head_dim, kv_lora_rank
-    if d_r != d:
-        raise ValueError(f"qk_rope_head_dim (--rope-dim) must equal the source head_dim {d} (the shared RoPE key is "
-                         f"one rotated head with all {d // 2} source frequencies), got {d_r}")
+    if rope_components is None:
+        if d_r != d:
+            raise ValueError(f"qk_rope_head_dim {d_r} differs from head_dim {d}: pass rope_components")
+        rope_components = [(0, j) for j in range(F)]
+    if 2 * len(rope_components) != d_r or len(set(rope_components)) != len(rope_components):
+        raise ValueError(f"{len(rope_components)} distinct RoPE components needed for qk_rope_head_dim {d_r}")
     if d_v < d:
         raise ValueError(f"v_head_dim {d_v} is narrower than the source head_dim {d}")
-    if G > 1 and d_n < d:
+    first = torch.tensor([g * d + j for g, j in rope_components], dtype=torch.long)
+    pe_dims = torch.cat([first, first + F])  # rotated-key dims of the RoPE key, rotate-half layout
+    nope = torch.ones(G * d, dtype=torch.bool)
+    nope[pe_dims] = False
+    nope_dims = nope.nonzero().squeeze(1)  # rotated-key dims that lose their rotation
+    n_k, n_v = len(nope_dims), G * d
+    if (n_k or exact_q_norm) and d_n < d:
         raise ValueError(f"qk_nope_head_dim {d_n} is narrower than the source head_dim {d}: the per-head non-RoPE "
                          f"query is the source query q_h ({d} dims)")
-    n_k, n_v = (G - 1) * d, G * d
     if not 0 < r <= n_k + n_v:
-        raise ValueError(f"kv_lora_rank {r} is not in 1..{n_k + n_v} = (G-1)·d + G·d for G={G}, d={d}")
+        raise ValueError(f"kv_lora_rank {r} is not in 1..{n_k + n_v} = (G·d − d_r) + G·d for G={G}, d={d}, "
+                         f"d_r={d_r}")
     group = src.group_of_head
-    c = rorope_coefficients(U, group)  # [G', H, d]
+    c = rorope_coefficients(U, group).permute(1, 0, 2).reshape(H, G * d)  # [H, G'·d]: head h on rotated dim n
     scale = ((d_n + d_r) / d) ** 0.5
 
-    # Keys: rotated heads, head 0 -> shared RoPE key, heads 1.. -> shared non-RoPE key.
+    # Keys: rotated heads k' = U k; the chosen components -> shared RoPE key, the rest -> shared non-RoPE key.
     k_rot = _rotated_key_weights(lin.k, U, G, d)  # [G·d, D+1]
-    k_pe = k_rot[:d]
-    k_nope = k_rot[d:]  # [(G-1)·d, D+1]
 
     # Joint low-rank [α K_nope; V]. One second moment of all rotated keys and values [(2G)·d, (2G)·d] gives every
     # block needed below (one pass over the [D+1, D+1] moment, the costly product at D = 4096).
     kv = torch.cat([k_rot, lin.v])  # [2G·d, D+1]
     cov_all = kv @ sigma @ kv.T
     energy = cov_all.diagonal()
-    key_total, rope_energy = float(energy[: G * d].sum()), float(energy[:d].sum())
-    e_k, e_v = float(energy[d : G * d].sum()), float(energy[G * d :].sum())
+    key_total, rope_energy = float(energy[: G * d].sum()), float(energy[pe_dims].sum())
+    e_k, e_v = float(energy[nope_dims].sum()), float(energy[G * d :].sum())
     alpha = (e_v / e_k) ** 0.5 if (balance and n_k and e_k > 0) else 1.0
     weight = torch.cat([torch.full((n_k,), alpha, dtype=torch.float64), torch.ones(n_v, dtype=torch.float64)])
-    z = torch.cat([alpha * k_nope, lin.v])  # [n, D+1]
-    cov = cov_all[d:, d:] * weight[:, None] * weight[None, :]  # [n, n] = z Σ zᵀ
+    z_dims = torch.cat([nope_dims, G * d + torch.arange(n_v)])
+    z = torch.cat([alpha * k_rot[nope_dims], lin.v])  # [n, D+1]
+    cov = cov_all[z_dims][:, z_dims] * weight[:, None] * weight[None, :]  # [n, n] = z Σ zᵀ
     evals, evecs = torch.linalg.eigh(cov)
     order = evals.argsort(descending=True)
     evals, evecs = evals[order].clamp_min(0), evecs[:, order]
@@ -314,25 +389,32 @@ def build_m2la_layer(
     latent = P.T @ z  # [r, D+1]
     P_K, P_V = P[:n_k] / alpha, P[n_k:]
 
-    # Per-head up-projections.
+    # Per-head up-projections: W_UK_h row i collects head h's coefficients on the un-rotated dims of its plane.
     kv_b = torch.zeros(H, d_n + d_v, r, dtype=torch.float64)
     for h in range(H):
-        if G > 1:
-            w_uk = torch.einsum("gi,gir->ir", c[1:, h], P_K.view(G - 1, d, r))  # [d, r]
-            kv_b[h, :d] = w_uk
+        if n_k:
+            kv_b[h, :d].index_add_(0, nope_dims % d, c[h, nope_dims][:, None] * P_K)
         g = int(group[h])
         kv_b[h, d_n : d_n + d] = P_V[g * d : (g + 1) * d]
 
-    # Queries: nope = q_h (zero-filled to d_n), pe = c[0] ⊙ q_h (pair-interleaved); all times the scale fix.
-    perm = interleave_permutation(d)
-    q_heads = lin.q.view(H, d, -1)
+    # Queries: nope = q_h (zero-filled to d_n), pe = the head's coefficients on the RoPE key's components
+    # (pair-interleaved); the softmax-scale fix κ = sqrt((d_n + d_r) / d) on all of it (in q_norm's weight if exact).
+    perm = interleave_permutation(d_r)
+    q_norm_weight = None
+    if exact_q_norm and src.q_norm is not None:
+        raw = augment(src.wq, src.bq).view(H, d, -1)
+        q_nope, q_eff = raw, raw * src.q_norm.double()[None, :, None]
+        q_norm_weight = scale * src.q_norm.double()
+    else:
+        q_eff = lin.q.view(H, d, -1)
+        q_nope = q_eff * scale
     q_new = torch.zeros(H, d_n + d_r, D + 1, dtype=torch.float64)
-    if G > 1:
-        q_new[:, :d] = q_heads
-    q_new[:, d_n:] = (c[0][:, :, None] * q_heads)[:, perm]
-    q_new = (q_new * scale).reshape(H * (d_n + d_r), D + 1)
+    if n_k or q_norm_weight is not None:
+        q_new[:, :d] = q_nope
+    q_new[:, d_n:] = (scale * c[:, pe_dims][:, :, None] * q_eff[:, pe_dims % d])[:, perm]
+    q_new = q_new.reshape(H * (d_n + d_r), D + 1)
 
-    kv_a = torch.cat([latent, k_pe[perm]])  # [r + d_r, D+1]
+    kv_a = torch.cat([latent, k_rot[pe_dims][perm]])  # [r + d_r, D+1]
     wo = src.wo.double().view(-1, H, d)
     o_new = torch.zeros(wo.shape[0], H, d_v, dtype=torch.float64)
     o_new[..., :d] = wo
@@ -344,12 +426,13 @@ def build_m2la_layer(
     stats = {
         "rank": r,
         "full_rank": n_k + n_v,
+        "rope_dim": d_r,
         "alpha": alpha,
         "kept_energy": float(evals[:r].sum() / evals.sum().clamp_min(1e-30)),
         "k_nope_rel_error": float(res_diag[:n_k].sum() / max(cov.diagonal()[:n_k].sum(), 1e-30)) if n_k else 0.0,
         "v_rel_error": float(res_diag[n_k:].sum() / cov.diagonal()[n_k:].sum().clamp_min(1e-30)),
         "rope_key_energy": rope_energy / max(key_total, 1e-30),
-        "qk_norm_fit_error_q": lin.fit_error["q"],
+        "qk_norm_fit_error_q": 0.0 if q_norm_weight is not None else lin.fit_error["q"],
         "qk_norm_fit_error_k": lin.fit_error["k"],
     }
     qw, qb = split_augmented(q_new)
@@ -362,6 +445,8 @@ def build_m2la_layer(
         kv_b_weight=kv_b.reshape(H * (d_n + d_v), r),
         o_proj_weight=o_new,
         stats=stats,
+        q_norm_weight=q_norm_weight,
+        rope_planes=[j for _, j in rope_components],
     )
 
 

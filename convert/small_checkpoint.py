@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from convert.export import REPO_ROOT, load_processor, save_model_folder
+from convert.export import REMOTE_CODE_FILES, REPO_ROOT, load_processor, save_model_folder
 
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -68,6 +68,26 @@ def small_model(seed: int = 0, **text_overrides) -> InternVideo3ForConditionalGe
 def build_small_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = False, max_shard_size="5GB") -> Path:
     """Write the small checkpoint folder (safetensors, config with auto_map, processor, tokenizer, remote code)."""
     return save_model_folder(small_model(seed), load_processor(), out, overwrite=overwrite, max_shard_size=max_shard_size)
+
+
+def remote_code_is_current(folder: str | Path) -> bool:
+    """True when every flat remote-code file in `folder` equals the repository's copy byte for byte."""
+    folder = Path(folder)
+    return all(
+        (folder / name).is_file() and (folder / name).read_bytes() == source.read_bytes()
+        for name, source in REMOTE_CODE_FILES.items()
+    )
+
+
+def ensure_small_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """The small checkpoint folder at `path`, (re)built when it is missing or its remote code differs from the
+    repository's, so an old folder never keeps running stale model code. Returns `path` as a Path."""
+    path = Path(path)
+    if not (path / "config.json").is_file() or not remote_code_is_current(path):
+        reason = "once" if not (path / "config.json").is_file() else "its remote code differs from the repository's"
+        print(f"building the small checkpoint in {path} ({reason})")
+        build_small_checkpoint(path, seed=seed, overwrite=True)
+    return path
 
 
 def main(argv=None) -> None:

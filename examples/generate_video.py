@@ -5,8 +5,9 @@
 
 Prints the answer, the number of visual tokens, `video_grid_thw: [t, h, w]` (patch grid before merging), and the
 KV-cache bytes per token measured from the cache object next to what a GQA cache of the same model would need.
-Without `--model` it builds (once) a small randomly initialised checkpoint with the real layout and tokenizer in
-`checkpoints/internvideo3-small/`: its answer is random text, everything else is the real pipeline.
+Without `--model` it builds a small randomly initialised checkpoint with the real layout and tokenizer in
+`checkpoints/internvideo3-small/` (once, and again whenever the repository's remote-code files change): its answer
+is random text, everything else is the real pipeline.
 """
 
 from __future__ import annotations
@@ -24,17 +25,6 @@ DEFAULT_VIDEO = REPO_ROOT / "assets" / "snow_dog.mp4"
 SMALL_CHECKPOINT = REPO_ROOT / "checkpoints" / "internvideo3-small"
 
 
-def ensure_small_checkpoint(path: Path = SMALL_CHECKPOINT) -> Path:
-    """Build the small checkpoint the first time it is needed (later runs reuse the folder)."""
-    if not (path / "config.json").is_file():
-        sys.path.insert(0, str(REPO_ROOT))
-        from convert.small_checkpoint import build_small_checkpoint
-
-        print(f"building the small checkpoint in {path} (once)")
-        build_small_checkpoint(path, overwrite=True)
-    return path
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint folder or Hub id (default: the small local checkpoint)")
@@ -47,7 +37,11 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args(argv)
 
-    model_path = args.model or str(ensure_small_checkpoint())
+    if args.model is None:
+        sys.path.insert(0, str(REPO_ROOT))
+        from convert.small_checkpoint import ensure_small_checkpoint
+
+    model_path = args.model or str(ensure_small_checkpoint(SMALL_CHECKPOINT))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(
         model_path, trust_remote_code=True, dtype=getattr(torch, args.dtype)
@@ -69,7 +63,7 @@ def main(argv=None) -> None:
     answer = processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
 
     text_config = model.config.get_text_config()
-    cache = out.past_key_values
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values  # named `cache` since transformers 5.24
     element = torch.finfo(model.dtype).bits // 8
     measured = cache.bytes_per_token()
     gqa = text_config.gqa_cache_values_per_token() * element

@@ -16,10 +16,13 @@ TOKENIZER_DIR = REPO_ROOT / "assets" / "qwen3_tokenizer"
 DEMO_VIDEO = REPO_ROOT / "assets" / "snow_dog.mp4"
 
 
+TEST_VIDEOS_DIR = REPO_ROOT / "tests" / "data" / "videos"
+
+
 def shared_videos_dir() -> Path:
-    """Real test clips: $INTERNVIDEO3_TEST_VIDEOS, else ../shared/data/videos beside the repository."""
+    """Real test clips: $INTERNVIDEO3_TEST_VIDEOS, else the clips carried in tests/data/videos (README there)."""
     env = os.environ.get("INTERNVIDEO3_TEST_VIDEOS")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "videos"
+    return Path(env) if env else TEST_VIDEOS_DIR
 
 
 @pytest.fixture(scope="session")

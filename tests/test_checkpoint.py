@@ -26,7 +26,7 @@ messages = [{"role": "user", "content": [
 inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True,
                                        return_tensors="pt")
 out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-cache = out.past_key_values
+cache = out.cache if hasattr(out, "cache") else out.past_key_values  # named `cache` since transformers 5.24
 print(json.dumps({
     "model_module": type(model).__module__,
     "cache": type(cache).__name__,
@@ -39,13 +39,16 @@ print(json.dumps({
 """
 
 
-def run_isolated(code: str, *args: str, cwd: Path) -> dict:
-    """Run `code` in a fresh interpreter whose cwd and sys.path exclude the repository."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+def run_python(python: str, code: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `code` with interpreter `python` in a fresh process whose cwd and sys.path exclude the repository."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRANSFORMERS_VERBOSITY")}
     env["HF_HUB_OFFLINE"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run([python, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def run_isolated(code: str, *args: str, cwd: Path) -> dict:
+    """`run_python` with this interpreter; the JSON object the code printed last."""
+    result = run_python(sys.executable, code, *args, cwd=cwd)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -8,6 +8,7 @@ Sources are built with transformers' own classes (Qwen2, Llama, Qwen3, Qwen3-VL)
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import subprocess
@@ -18,6 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from transformers import AutoTokenizer
+
+from convert.calibration import stdlib_docstrings, train_tokenizer
 from convert.export import load_processor
 from convert.gqa_to_m2la import (
     CalibrationBatch,
@@ -34,6 +38,7 @@ from convert.gqa_to_m2la import (
     main,
     read_source_arch,
     source_mlp,
+    split_cache_values,
     video_prompt_inputs,
 )
 from convert.m2la_math import (
@@ -44,8 +49,9 @@ from convert.m2la_math import (
     rms_norm,
     rorope_attention,
     rorope_basis,
+    select_rope_components,
 )
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TOKENIZER_DIR
 
 TEXT_COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, head_dim=16,
                    max_position_embeddings=256, rms_norm_eps=1e-6)
@@ -87,7 +93,16 @@ def make_source(kind: str, folder, kv_heads: int = 2, seed: int = 0):
     else:
         raise ValueError(kind)
     model.float().eval().save_pretrained(folder)
+    # a real checkpoint ships its tokenizer: the Qwen3 one for Qwen3-VL, a trained BPE one fitting vocabulary 512
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR)) if kind == "qwen3_vl" else small_tokenizer()
+    tokenizer.save_pretrained(folder)
     return model
+
+
+@functools.lru_cache(maxsize=1)
+def small_tokenizer():
+    """A byte-level BPE tokenizer of 512 tokens trained on standard-library documentation (fits the text sources)."""
+    return train_tokenizer(list(stdlib_docstrings())[:8], 512)
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +303,8 @@ def test_qwen3_vl_converts_to_full_model_and_runs_the_main_job(sources, tmp_path
             safe_open(str(folder / "model.safetensors"), "pt") as src:
         visual = [k for k in src.keys() if k.startswith("model.visual.")]
         assert visual and all(torch.equal(out.get_tensor(k), src.get_tensor(k)) for k in visual)
-        assert not any(k.endswith(("k_proj.weight", "q_norm.weight")) for k in out.keys())
+        assert not any(k.endswith(("k_proj.weight", "k_norm.weight")) for k in out.keys())
+        assert text["q_norm"] and any(k.endswith("self_attn.q_norm.weight") for k in out.keys())  # kept exact
     result = subprocess.run(
         [sys.executable, "examples/generate_video.py", "--model", str(tmp_path / "out"), "--max-new-tokens", "4"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
@@ -308,6 +324,99 @@ def test_qk_norm_treatments_are_measured(sources):
     errors = {t: linearize_qk_norm(src, x, t).fit_error for t in ("lstsq", "scale", "none")}
     for part in ("q", "k"):
         assert 0 < errors["lstsq"][part] < errors["scale"][part] <= errors["none"][part] + 1e-12
+
+
+def _orthogonal_key_qwen3(folder):
+    """A Qwen3 source whose k_norm is linear: hidden = head_dim, every KV head's k_proj a scaled orthogonal matrix and
+    unit input norms, so rms(k) = 0.7 · rms(x) = 0.7 for every token. q_norm stays nonlinear (random q_proj)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.Qwen3Config(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=256,
+                            rms_norm_eps=1e-9, rope_theta=10000.0, tie_word_embeddings=False)
+    model = tf.Qwen3ForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_()
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.weight.copy_(torch.cat([torch.linalg.qr(torch.randn(16, 16))[0] * 0.7
+                                                           for _ in range(2)]))
+            layer.self_attn.q_norm.weight.uniform_(0.5, 1.5)
+            layer.self_attn.k_norm.weight.uniform_(0.5, 1.5)
+    model.float().eval().save_pretrained(folder)
+    small_tokenizer().save_pretrained(folder)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_full_rope_width_and_exact_q_norm_are_exact_end_to_end(tmp_path, kind):
+    """Every key component rotated (d_r = G·d = 32) at full rank: the conversion is exact for GQA (2 KV heads) through
+    from_pretrained(trust_remote_code=True), with per-layer RoPE planes; for Qwen3, `--q-norm exact` keeps q_norm as a
+    module and is exact (k_norm is linear on this source), while fitting q_norm is not."""
+    model = (_orthogonal_key_qwen3 if kind == "qwen3" else lambda f: make_source("llama", f))(tmp_path / "src")
+    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids).logits
+    errors = {}
+    for mode in ("exact", "fit") if kind == "qwen3" else ("exact",):
+        out = tmp_path / mode
+        convert(tmp_path / "src", out, ConvertOptions(kv_lora_rank=32, rope_dim=32, q_norm=mode, **FAST))
+        converted = load_converted(out)
+        config = json.loads((out / "config.json").read_text())
+        assert config["qk_rope_head_dim"] == 32 and len(config["rope_frequency_planes"][0]) == 16
+        assert config["q_norm"] is (kind == "qwen3" and mode == "exact")
+        assert (converted.model.layers[0].self_attn.q_norm is not None) is config["q_norm"]
+        with torch.no_grad():
+            errors[mode] = float((converted(ids, use_cache=False).logits - expected).abs().max())
+            if mode == "exact":
+                gen_src = model.generate(ids[:, :6], max_new_tokens=8, do_sample=False)
+                assert torch.equal(gen_src, converted.generate(ids[:, :6], max_new_tokens=8, do_sample=False))
+    assert errors["exact"] < 1e-4
+    if kind == "qwen3":
+        assert errors["fit"] > 100 * errors["exact"]
+
+
+def test_cache_values_and_rope_selection(sources, tmp_path):
+    """--cache-values N is split into r + d_r by the measured rule; a narrow RoPE key keeps the components the rule
+    ranks first (uniform at d_r = d: rotated head 0 of every plane, the original layout, no planes in the config)."""
+    folder, _ = sources["llama"]
+    report = main(["--src", str(folder), "--out", str(tmp_path / "a"), "--cache-values", "32", "--dtype", "fp32",
+                   "--calibration-tokens", "128", "--calibration-seq-len", "64"])
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (config["kv_lora_rank"], config["qk_rope_head_dim"]) == split_cache_values(32, 2, 16) == (8, 24)
+    assert report["layers"][0]["rope_dim"] == 24 and load_converted(tmp_path / "a") is not None
+    arch, reader = read_source_arch(folder), TensorReader(folder)
+    src = load_source_attention(arch, reader, 0)
+    x_aug = torch.cat([torch.randn(256, 64, dtype=torch.float64), torch.ones(256, 1, dtype=torch.float64)], 1)
+    sigma = x_aug.T @ x_aug / 256
+    lin = linearize_qk_norm(src, None)
+    cov = key_plane_covariance(lin.k, sigma, 2, 16)
+    U = rorope_basis(cov)
+    assert select_rope_components(U, cov, 16, "uniform") == [(0, j) for j in range(8)]
+    energy = (U @ cov @ U.transpose(1, 2)).diagonal(dim1=1, dim2=2)
+    picked = select_rope_components(U, cov, 8, "key")
+    assert sorted(float(energy[j, g]) for g, j in picked) == sorted(energy.flatten().tolist())[-4:]
+    qk = select_rope_components(U, cov, 8, "qk", lin.q.view(4, 16, -1), sigma, src.group_of_head)
+    assert len(set(qk)) == 4
+    convert(folder, tmp_path / "b", ConvertOptions(kv_lora_rank=16, rope_selection="uniform", **FAST))
+    assert "rope_frequency_planes" not in json.loads((tmp_path / "b" / "config.json").read_text()) or json.loads(
+        (tmp_path / "b" / "config.json").read_text())["rope_frequency_planes"] is None
+
+
+def test_new_config_fields_default_to_the_released_layout():
+    """q_norm and rope_frequency_planes default to the released model's behaviour; bad plane lists are rejected."""
+    from configuration_internvideo3 import InternVideo3TextConfig
+
+    small = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, head_dim=16,
+                 kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16, mrope_section=[8, 0, 0])
+    config = InternVideo3TextConfig(**small)
+    assert config.q_norm is False and config.rope_frequency_planes is None
+    with pytest.raises(ValueError, match="rope_frequency_planes needs 2 lists"):
+        InternVideo3TextConfig(**small, rope_frequency_planes=[list(range(8))])
+    with pytest.raises(ValueError, match="wrong at layers \\[1\\]"):
+        InternVideo3TextConfig(**small, rope_frequency_planes=[list(range(8)), [0] * 7 + [8]])
+    with pytest.raises(ValueError, match="q_norm needs qk_nope_head_dim >= head_dim"):
+        InternVideo3TextConfig(**dict(small, qk_nope_head_dim=8), q_norm=True)
 
 
 def test_rank_error_and_energy_are_monotone(sources):
@@ -373,7 +482,9 @@ def test_cli_clear_errors(sources, tmp_path, capsys, videos_dir):
 
     assert "larger than possible" in error_of("--src", str(folder), "--out", str(tmp_path / "o"), "--kv-lora-rank", "49")
     assert "--rope-dim" in error_of("--src", str(folder), "--out", str(tmp_path / "o"), "--kv-lora-rank", "16",
-                                  "--rope-dim", "8")
+                                  "--rope-dim", "7")
+    assert "--cache-values 65 must be in 33..64" in error_of("--src", str(folder), "--out", str(tmp_path / "o"),
+                                                             "--cache-values", "65")
     assert "not found" in error_of("--src", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     (tmp_path / "moe").mkdir()
     (tmp_path / "moe" / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))

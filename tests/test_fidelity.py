@@ -120,7 +120,7 @@ def test_vision_tower_merger_and_deepstack_match_qwen3_vl(models, grid):
         mine = ours.model.visual(pixels, grid)
         merged, deepstack = oracle_vision(oracle, pixels, grid)
     assert len(mine.deepstack_features) == len(deepstack) == len(SMALL_VISION_CONFIG["deepstack_visual_indexes"])
-    pairs = [(mine.last_hidden_state, merged), *zip(mine.deepstack_features, deepstack)]
+    pairs = [(mine.pooler_output, merged), *zip(mine.deepstack_features, deepstack)]
     print(f"vision {grid.tolist()}: max |diff| merger {max_diff(*pairs[0]):.2e} (|ref| <= {merged.abs().max():.2f}), "
           f"deepstack {max(max_diff(a, b) for a, b in pairs[1:]):.2e}")
     assert max(scaled_diff(a, b) for a, b in pairs) <= TOLERANCE
@@ -254,7 +254,7 @@ def shared_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
 
 
-def run_with_shared_attention(model, inputs: dict, oracle_layers, mask: torch.Tensor, returns_tuple: bool):
+def run_with_shared_attention(model, inputs: dict, oracle_layers, mask: torch.Tensor):
     """Forward `model` with each layer's attention replaced by the oracle's attention of that layer under `mask`.
 
     Returns (logits, rotary cos/sin of layer 0, hidden states entering each layer, hidden states leaving each layer).
@@ -267,7 +267,7 @@ def run_with_shared_attention(model, inputs: dict, oracle_layers, mask: torch.Te
         def attend(hidden_states, position_embeddings=None, *args, _attention=oracle_attention, **kwargs):
             rotary.append(position_embeddings)
             out, _ = _attention(hidden_states=hidden_states, position_embeddings=position_embeddings, attention_mask=mask)
-            return (out, None) if returns_tuple else out
+            return out, None  # both attentions return (output, weights)
 
         layer.self_attn.forward = attend
         handles.append(layer.register_forward_pre_hook(
@@ -296,8 +296,8 @@ def test_injection_deepstack_and_decoder_match_qwen3_vl_with_shared_attention(mo
     valid = batch["attention_mask"].bool()
     mask = shared_mask(batch["attention_mask"])
     oracle_layers = oracle.model.language_model.layers
-    mine = run_with_shared_attention(ours, batch, oracle_layers, mask, returns_tuple=False)
-    theirs = run_with_shared_attention(oracle, oracle_inputs(batch), oracle_layers, mask, returns_tuple=True)
+    mine = run_with_shared_attention(ours, batch, oracle_layers, mask)
+    theirs = run_with_shared_attention(oracle, oracle_inputs(batch), oracle_layers, mask)
     (logits, (cos, sin), entering, leaving), (ref_logits, (ref_cos, ref_sin), ref_entering, ref_leaving) = mine, theirs
 
     pairs = {
@@ -479,3 +479,34 @@ def test_default_budget_differs_from_transformers_class_default_as_documented(pr
     h, w = processor.video_target_size(n, height, width)
     assert processor.video_budget == "per_frame" and h * w >= processor.min_pixels
     assert (h, w) == (288, 512) and 145 * (h // 32) * (w // 32) == 20_880
+
+
+@pytest.mark.parametrize("getter", ["get_video_features", "get_image_features"])
+def test_feature_getters_have_qwen3_vl_api_of_the_installed_transformers(models, getter):
+    """Same return type, nesting and values as Qwen3-VL's getter on this transformers (5.x: an output object with
+    per-item pooled embeddings and DeepStack tuples, `return_dict=False` a tuple; 4.57: a tuple)."""
+    ours, oracle = models
+    grid = torch.tensor(GRIDS["two_videos"])
+    pixels = torch.randn(int(grid.prod(-1).sum()), 3 * 2 * 16 * 16, generator=torch.Generator().manual_seed(3))
+    returns_output = not isinstance(oracle.get_video_features(pixels, grid), tuple)
+    with torch.no_grad():
+        for kwargs in ({}, {"return_dict": False}) if returns_output else ({},):
+            mine = getattr(ours, getter)(pixels, grid, **kwargs)
+            theirs = getattr(oracle, getter)(pixels, grid, **kwargs)
+            assert isinstance(mine, tuple) == isinstance(theirs, tuple)
+            if isinstance(theirs, tuple):  # 4.57: (embeds, deepstack); 5.x to_tuple(): (hidden, embeds, deepstack)
+                assert len(mine) == len(theirs)
+                (mine_embeds, mine_deep), (theirs_embeds, theirs_deep) = mine[-2:], theirs[-2:]
+            else:
+                assert set(mine.keys()) == set(theirs.keys())
+                assert scaled_diff(mine.last_hidden_state, theirs.last_hidden_state) <= TOLERANCE
+                mine_embeds, mine_deep = mine.pooler_output, mine.deepstack_features
+                theirs_embeds, theirs_deep = theirs.pooler_output, theirs.deepstack_features
+            assert len(mine_embeds) == len(theirs_embeds) == 2  # one tensor per video
+            for a, b in zip(mine_embeds, theirs_embeds):
+                assert scaled_diff(a, b) <= TOLERANCE
+            assert len(mine_deep) == len(theirs_deep)
+            for a, b in zip(mine_deep, theirs_deep):
+                assert type(a) is type(b)
+                for x, y in zip(a, b) if isinstance(b, tuple) else ((a, b),):
+                    assert scaled_diff(x, y) <= TOLERANCE

@@ -41,6 +41,7 @@ INTERPRETER_SCRIPT = textwrap.dedent(
         (3, 4, 1, 32, 16, 45, "bfloat16", "pad", 2),
         (1, 4, 1, 96, 16, 77, "bfloat16", None, None),
         (2, 4, 1, 32, 64, 50, "float16", "pad", 2),
+        (1, 4, 1, 80, 48, 45, "float32", "pad", 2),  # a converter's wider RoPE key: d_r = 48, not a power of two
         (1, 32, 1, 896, 128, 40, "bfloat16", "pad", 2),
     ]
 
@@ -96,7 +97,7 @@ def interpreter_results():
 def test_triton_kernel_matches_torch_under_interpreter(interpreter_results):
     """The split-K Triton kernel equals the torch path for every width, length, batch, mask, split count and dtype;
     the dispatcher forced to "triton" runs the same kernel on CPU tensors."""
-    assert len(interpreter_results) == 11
+    assert len(interpreter_results) == 12
     for row in interpreter_results:
         B, H, S, r, d_r, T, dtype, kind, splits = row["case"]
         assert row["shape"] == [B, H, S, r] and row["dtype"] == f"torch.{dtype}", row

@@ -67,14 +67,14 @@ def test_absorbed_decode_matches_full_forward(model, make_batch, attn_implementa
         ]
         cache = InternVideo3LatentCache(model.config)
         prompt_len = batch["input_ids"].shape[1]
-        out = model(**batch, past_key_values=cache, use_cache=True)
+        out = model(**batch, cache=cache, use_cache=True)
         steps = [out.logits]
         expansions.clear()
         for i in range(continuation.shape[1]):
             out = model(
                 input_ids=continuation[:, i : i + 1],
                 attention_mask=full_mask[:, : prompt_len + i + 1],
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
             steps.append(out.logits)
@@ -96,7 +96,7 @@ def test_latent_cache_holds_latent_plus_rope_key_only(model):
         m = model.to(dtype)
         with torch.no_grad():
             out = m(**text_batch(), use_cache=True)
-        cache = out.past_key_values
+        cache = out[modeling.CACHE_NAME]
         assert isinstance(cache, InternVideo3LatentCache)
         tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         total_bytes = sum(t.numel() * t.element_size() for t in tensors)
@@ -111,11 +111,11 @@ def test_latent_cache_holds_latent_plus_rope_key_only(model):
 
 def test_cache_crop_reorder_and_select(model):
     with torch.no_grad():
-        cache = model(**text_batch(), use_cache=True).past_key_values
+        cache = model(**text_batch(), use_cache=True)[modeling.CACHE_NAME]
     first_row = cache.layers[0].keys[0].clone()
     cache.reorder_cache(torch.tensor([1, 0]))
     torch.testing.assert_close(cache.layers[0].keys[1], first_row)
-    cache.crop(4)
+    cache.crop(4 - cache.get_seq_length())  # negative: drop that many, on every release
     assert cache.get_seq_length() == 4
     cache.batch_select_indices(torch.tensor([1]))
     assert cache.layers[0].keys.shape[0] == 1
@@ -130,7 +130,7 @@ def test_greedy_generate_with_and_without_cache(model, make_batch):
         uncached = model.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=False)
         out = model.generate(**batch, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
     assert torch.equal(cached, uncached)
-    assert isinstance(out.past_key_values, InternVideo3LatentCache), "generate() must use the latent cache by default"
+    assert isinstance(out[modeling.CACHE_NAME], InternVideo3LatentCache), "generate() must use the latent cache by default"
 
 
 def test_beam_search_runs_on_latent_cache(model):
@@ -224,9 +224,9 @@ def test_head_grouped_expansion_matches_one_expansion(model, make_batch, monkeyp
             cache = InternVideo3LatentCache(model.config)
             first = {k: v for k, v in batch.items()}
             first["input_ids"], first["attention_mask"] = batch["input_ids"][:, :-2], batch["attention_mask"][:, :-2]
-            model(**first, past_key_values=cache, use_cache=True)
+            model(**first, cache=cache, use_cache=True)
             tail = model(input_ids=batch["input_ids"][:, -2:], attention_mask=batch["attention_mask"],
-                         past_key_values=cache, use_cache=True).logits  # fmt: skip
+                         cache=cache, use_cache=True).logits  # fmt: skip
         finally:
             for layer in layers:
                 layer.self_attn.expand_budget_bytes = budget
@@ -267,7 +267,7 @@ def test_static_latent_cache_generation(model):
             **batch, max_new_tokens=4, do_sample=False, cache_implementation="static", return_dict_in_generate=True
         )
     assert torch.equal(static.sequences, dynamic)
-    layer = static.past_key_values.layers[0]
+    layer = static[modeling.CACHE_NAME].layers[0]
     text = model.config.text_config
     assert layer.keys.shape[-1] == text.kv_lora_rank and layer.values.shape[-1] == text.qk_rope_head_dim
 
@@ -285,8 +285,8 @@ def test_prefill_in_pieces_through_the_cache(model, absorb):
             layer.self_attn.absorb_max_query_len = 64 if absorb else 0
         try:
             cache = InternVideo3LatentCache(model.config)
-            first = model(input_ids=ids[:, :7], past_key_values=cache, use_cache=True).logits
-            second = model(input_ids=ids[:, 7:], past_key_values=cache, use_cache=True).logits
+            first = model(input_ids=ids[:, :7], cache=cache, use_cache=True).logits
+            second = model(input_ids=ids[:, 7:], cache=cache, use_cache=True).logits
         finally:
             for layer, value in zip(model.model.language_model.layers, saved):
                 layer.self_attn.absorb_max_query_len = value

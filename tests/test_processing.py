@@ -1,6 +1,6 @@
 """Processor on real clips (SPEC §7): PyAV decoding edge cases, budgets, prompt layout, chat template.
 
-Clips come from ../shared/data/videos (or $INTERNVIDEO3_TEST_VIDEOS). Files with rotation metadata and several video
+Clips come from tests/data/videos (or $INTERNVIDEO3_TEST_VIDEOS). Files with rotation metadata and several video
 streams do not exist among them, so they are written here with PyAV from real decoded frames: the rotated one is a
 real MP4 whose track header carries a 90° display matrix, exactly what phones write.
 """

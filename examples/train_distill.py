@@ -1,0 +1,18 @@
+"""On-policy distillation from --teacher: prints `reverse_kl: first <x> last <y>`.
+
+    python examples/train_distill.py --teacher DIR --max-steps 10 --output-dir runs/distill
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/train_distill.py --teacher DIR --max-steps 10
+
+A thin wrapper of the console script `internvideo3-train-distill` (`internvideo3.training.cli`) with this repository's
+defaults: without `--model` the small checkpoint (built or refreshed by `convert/small_checkpoint.py`, as
+`examples/generate_video.py` does; random weights, so the numbers are real but the text is not), without `--data` `examples/data/distill.jsonl` on the shipped clip.
+"""
+
+from pathlib import Path
+
+from internvideo3.training.cli import checkout_small_checkpoint, main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+if __name__ == "__main__":
+    main("distill", default_model=lambda: checkout_small_checkpoint(REPO_ROOT), default_data=str(REPO_ROOT / "examples" / "data" / "distill.jsonl"))

@@ -1,0 +1,275 @@
+"""Thin subclasses of TRL's trainers for InternVideo3 (SPEC §11): what our model needs and TRL does not do.
+
+TRL 1.16 reads images only (`image` / `images` columns, `{"type": "image"}` parts). Our rows carry videos inside the
+messages, so:
+
+- `InternVideo3SFTTrainer` (`trl.SFTTrainer`): our processor and chat template through `InternVideo3SFTCollator`
+  (assistant-only labels, optional packing with per-sample MRoPE positions and a block-causal mask); TRL's loss,
+  fused LM head, metrics and loop are unchanged.
+- `InternVideo3GSPOTrainer` (`trl.GRPOTrainer`): GSPO is GRPO with `importance_sampling_level="sequence"`
+  (`gspo_config`). Prompts are tokenized by our processor, which decodes the videos; each rollout row keeps its
+  `pixel_values_videos` / `video_grid_thw` so the log-probability forwards see the same clip as `generate()`.
+- `InternVideo3DistillationTrainer` (`trl.DistillationTrainer`): on-policy distillation, `beta=1.0` = reverse KL
+  (student ‖ teacher) on the student's own samples; the teacher sees the same videos.
+
+Rollouts use `generate()`, which fills our latent cache (`InternVideo3LatentCache`) by default. The model is reached
+only through the Auto classes (`trust_remote_code=True`): it lives in flat remote-code files, not in this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+
+import torch
+from transformers import TrainingArguments
+from trl import DistillationConfig, DistillationTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+from .collator import InternVideo3SFTCollator
+from .data import clean_messages
+
+
+
+def checkpointing(enabled: bool, **kwargs) -> dict:
+    """Config keywords that switch activation (gradient) checkpointing on or off: `activation_checkpointing` where
+    transformers has it (>= 5.23, where `gradient_checkpointing` is a deprecated alias that warns), else
+    `gradient_checkpointing`. `kwargs` go to `*_checkpointing_kwargs`. The one version difference of this package."""
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    out = {f"{prefix}_checkpointing": enabled}
+    if kwargs:
+        out[f"{prefix}_checkpointing_kwargs"] = kwargs
+    return out
+
+
+def freeze(model, vision_tower: bool = False, merger: bool = False, language_model: bool = False) -> dict[str, int]:
+    """Set `requires_grad=False` on parts of an InternVideo3 model (or a text-only one, which has no vision parts).
+
+    vision_tower: `model.visual` except the mergers; merger: `visual.merger` and `visual.deepstack_merger_list`
+    (they map vision features into the language model); language_model: the decoder, its embeddings and `lm_head`.
+    Returns {"trainable": n, "frozen": m} parameter counts. Raises ValueError when everything would be frozen.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    visual = getattr(base, "visual", None)
+    for name, param in base.named_parameters():
+        in_visual = visual is not None and (name.startswith("model.visual.") or name.startswith("visual."))
+        is_merger = in_visual and (".merger." in name or ".deepstack_merger_list." in name)
+        if (in_visual and not is_merger and vision_tower) or (is_merger and merger) or (not in_visual and language_model):
+            param.requires_grad_(False)
+    counts = {"trainable": 0, "frozen": 0}
+    for param in base.parameters():
+        counts["trainable" if param.requires_grad else "frozen"] += param.numel()
+    if counts["trainable"] == 0:
+        raise ValueError("freezing vision tower, merger and language model leaves nothing to train")
+    return counts
+
+
+class InternVideo3SFTTrainer(SFTTrainer):
+    """`trl.SFTTrainer` on rows `{"messages": [...]}` with videos in the messages (see `data.load_jsonl`).
+
+    Args (besides SFTTrainer's): `video_kwargs` (call-level video budget for the collator), `freeze_vision_tower`,
+    `freeze_merger`, `freeze_language_model`. `args.packing=True` packs each batch into one row through our collator
+    (TRL's own packing tokenizes text only); `args.max_length` bounds each sample (see the collator).
+    """
+
+    def __init__(
+        self,
+        model,
+        args: SFTConfig | None = None,
+        train_dataset=None,
+        processing_class=None,
+        video_kwargs: dict | None = None,
+        freeze_vision_tower: bool = False,
+        freeze_merger: bool = False,
+        freeze_language_model: bool = False,
+        **kwargs,
+    ):
+        args = args if args is not None else SFTConfig("internvideo3-sft")
+        if processing_class is None:
+            raise ValueError("processing_class is required: AutoProcessor.from_pretrained(path, trust_remote_code=True)")
+        if any((freeze_vision_tower, freeze_merger, freeze_language_model)):
+            freeze(model, freeze_vision_tower, freeze_merger, freeze_language_model)
+        pack = bool(args.packing)
+        collator = kwargs.pop("data_collator", None) or InternVideo3SFTCollator(
+            processing_class, max_length=args.max_length, pack=pack, video_kwargs=dict(video_kwargs or {})
+        )
+        # Our collator renders, tokenizes, labels and packs; TRL's text-only preparation and padding-free packing
+        # must stay off (they would tokenize the messages without the videos).
+        args.packing = False
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        args.packing = pack
+        if getattr(collator, "pack", False) and collator.rope_index is None:
+            collator.rope_index = self.accelerator.unwrap_model(self.model).model.get_rope_index
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mask = inputs.get("attention_mask")
+        before = self._total_train_tokens
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if mask is not None and mask.dim() == 4 and model.training:
+            # TRL counts a batch's tokens as attention_mask.sum(); a packed batch's block mask holds ~S²/2 entries.
+            tokens = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            self._total_train_tokens = before + self.accelerator.gather_for_metrics(tokens).sum().item() // self._tp_size
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
+
+    def _set_signature_columns_if_needed(self):
+        # The raw rows reach our collator; TRL's default keeps only pre-tokenized columns.
+        if self._signature_columns is None:
+            self._signature_columns = ["messages"]
+
+
+class _VideoRolloutMixin:
+    """Keeps each rollout row's video tensors next to its tokens, for trainers that tokenize prompts themselves.
+
+    `_tokenize_prompts` (TRL) renders prompts with our processor, which decodes the videos and returns the batch's
+    `pixel_values_videos` [N, 1536] and `video_grid_thw` [n, 3]; TRL forwards them to `generate()` but not to its
+    scoring forwards. We split them per row (the prompt's video parts, in order), store them in the generation
+    batch as lists (TRL shuffles and splits lists with the rows) and add them to every scoring forward.
+    """
+
+    _row_videos: list | None = None
+
+    def _tokenize_prompts(self, prompts: list):
+        prompts = [clean_messages(p) if isinstance(p, list) else p for p in prompts]
+        prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+        self._row_videos = None
+        if "video_grid_thw" in fields:
+            grids = fields["video_grid_thw"]
+            counts = [sum(1 for m in p for part in m["content"] if isinstance(part, dict) and part.get("type") == "video")
+                      for p in prompts]  # fmt: skip
+            grid_rows = list(torch.split(grids, counts))
+            pixel_rows = list(torch.split(fields["pixel_values_videos"], [int(g.prod(-1).sum()) for g in grid_rows]))
+            self._row_videos = [(p, g) for p, g in zip(pixel_rows, grid_rows)]
+        return prompt_ids, images, fields
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self._row_videos is not None:
+            output["pixel_values_videos"] = [p for p, _ in self._row_videos]
+            output["video_grid_thw"] = [g for _, g in self._row_videos]
+        self._row_videos = None
+        return output
+
+    @contextmanager
+    def _videos_of(self, inputs: dict):
+        """Within the block, scoring forwards use the micro-batch's per-row videos."""
+        previous = self._row_videos
+        if "video_grid_thw" in inputs:
+            self._row_videos = list(zip(inputs["pixel_values_videos"], inputs["video_grid_thw"]))
+        try:
+            yield
+        finally:
+            self._row_videos = previous
+
+    def _video_inputs(self, start: int, end: int) -> dict:
+        """pixel_values_videos / video_grid_thw of rows [start, end) (empty when the rows have no video)."""
+        if not self._row_videos:
+            return {}
+        rows = self._row_videos[start:end]
+        device = self.accelerator.device
+        return {
+            "pixel_values_videos": torch.cat([p for p, _ in rows]).to(device),
+            "video_grid_thw": torch.cat([g for _, g in rows]).to(device),
+        }
+
+
+def gspo_config(output_dir: str, **overrides) -> GRPOConfig:
+    """`GRPOConfig` set to GSPO (SPEC §11): sequence-level ratio s_i = (π_θ/π_old)^(1/|y_i|), clipped objective with
+    ε = 3e-4 / 4e-4, no KL term, group-normalised advantages. `steps_per_generation` > `gradient_accumulation_steps`
+    makes the update off-policy, where the ratio matters. Any field can be overridden."""
+    values = dict(
+        importance_sampling_level="sequence",
+        loss_type="grpo",
+        beta=0.0,
+        epsilon=3e-4,
+        epsilon_high=4e-4,
+        scale_rewards="group",
+    )
+    values.update(overrides)
+    return GRPOConfig(output_dir=output_dir, **values)
+
+
+class InternVideo3GSPOTrainer(_VideoRolloutMixin, GRPOTrainer):
+    """`trl.GRPOTrainer` (configure GSPO with `gspo_config`) on rows `{"prompt": [...messages with videos...],
+    "answer": ...}`; reward functions get the `answer` column (see `rewards`). Freezing: `freeze_vision_tower`,
+    `freeze_merger`, `freeze_language_model` keyword arguments."""
+
+    def __init__(self, model, reward_funcs, args=None, freeze_vision_tower=False, freeze_merger=False,
+                 freeze_language_model=False, **kwargs):  # fmt: skip
+        if any((freeze_vision_tower, freeze_merger, freeze_language_model)):
+            freeze(model, freeze_vision_tower, freeze_merger, freeze_language_model)
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+
+    def _compute_loss(self, model, inputs):
+        with self._videos_of(inputs):
+            return super()._compute_loss(model, inputs)
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+        compute_aux_loss=False, **multimodal,
+    ):  # fmt: skip
+        if not self._row_videos:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal,
+            )  # fmt: skip
+        # Same computation as TRL's, with each chunk's videos added (TRL's version only knows image fields).
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies, aux = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids, mask = input_ids[start:end], attention_mask[start:end]
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100
+            model_inputs = {"input_ids": ids, "attention_mask": mask, **self._video_inputs(start, end)}
+            if compute_aux_loss:
+                model_inputs["output_router_logits"] = True
+            with self.accelerator.autocast():
+                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
+            logps.append(outputs.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                entropies.append(outputs.entropy[:, -logits_to_keep:])
+            if compute_aux_loss:
+                aux.append(outputs.aux_loss)
+        return (
+            torch.cat(logps),
+            torch.cat(entropies) if compute_entropy else None,
+            torch.stack(aux).mean() if compute_aux_loss else None,
+        )
+
+
+class InternVideo3DistillationTrainer(_VideoRolloutMixin, DistillationTrainer):
+    """`trl.DistillationTrainer` on rows `{"prompt": [...messages with videos...]}`: the student samples, the teacher
+    scores the same tokens (and sees the same videos); `DistillationConfig(beta=1.0)` is the per-token reverse KL
+    (student ‖ teacher). The teacher may be any causal LM with the same tokenizer (e.g. the GQA source of a converted
+    student, loaded with transformers' own classes). Freezing keywords as the other trainers."""
+
+    def __init__(self, model, teacher_model=None, args: DistillationConfig | None = None, freeze_vision_tower=False,
+                 freeze_merger=False, freeze_language_model=False, **kwargs):  # fmt: skip
+        if any((freeze_vision_tower, freeze_merger, freeze_language_model)):
+            freeze(model, freeze_vision_tower, freeze_merger, freeze_language_model)
+        super().__init__(model=model, teacher_model=teacher_model, args=args, **kwargs)
+
+    def _compute_loss(self, unwrapped_student, inputs, num_items_in_batch):
+        with self._videos_of(inputs):
+            return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
+
+    def _get_last_hidden_state(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, **multimodal):
+        if not self._row_videos:
+            return super()._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, **multimodal)
+        # TRL's backbone call, with the micro-batch's videos (its version only passes image fields).
+        backbone = unwrapped_model.get_base_model() if hasattr(unwrapped_model, "get_base_model") else unwrapped_model
+        backbone = backbone.model
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+            **self._video_inputs(0, input_ids.size(0)),
+        ).last_hidden_state  # fmt: skip
+        return hidden[:, :-1, :][:, -logits_to_keep:, :]
