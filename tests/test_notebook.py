@@ -45,3 +45,7 @@ def test_quickstart_notebook_runs_and_shows_frames_and_cache_plot(small_checkpoi
     assert len(rows) == 4
     # the small model's latent cache is smaller than its GQA cache at every length
     assert all(float(line.rsplit("(", 1)[1].rstrip(")")) < 1.0 for line in rows)
+    agent = next(c for c in code if "VideoAgent(" in c.source)
+    assert "answer:" in _text(agent) and "prefill tokens saved:" in _text(agent)
+    training = next(c for c in code if "train_sft.py" in c.source)
+    assert _text(training).startswith("train_loss: first ")
