@@ -452,6 +452,7 @@ class InternVideo3TextAttention(nn.Module):
         # cos/sin arrive at the head_dim RoPE width in rotate-half layout; channels p and p + d_r/2 of this layer's
         # q_pe/k_pe rotate at the frequency of plane planes[p].
         self.rope_index = planes + planes if planes is not None else None
+        self._rope_index_on: dict[torch.device, torch.Tensor] = {}  # built once per device, not on every decode step
         self.kv_b_proj = nn.Linear(r, H * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
         self.o_proj = nn.Linear(H * self.v_head_dim, config.hidden_size, bias=False)
 
@@ -483,7 +484,9 @@ class InternVideo3TextAttention(nn.Module):
         H, r, d_n, d_r = self.num_heads, self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # [B, 1, S, d_r]
         if self.rope_index is not None:
-            index = torch.as_tensor(self.rope_index, device=cos.device)
+            index = self._rope_index_on.get(cos.device)
+            if index is None:
+                index = self._rope_index_on[cos.device] = torch.tensor(self.rope_index, device=cos.device)
             cos, sin = cos[..., index], sin[..., index]
 
         q = self.q_proj(hidden_states).view(B, S, H, self.qk_head_dim)
