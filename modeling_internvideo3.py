@@ -43,10 +43,10 @@ try:  # Hub export / checkpoint folder: flat sibling files
 except ImportError:  # source checkout with the repository root on sys.path
     from configuration_internvideo3 import InternVideo3Config, InternVideo3TextConfig, InternVideo3VisionConfig
 
-try:
+try:  # Hub export / checkpoint folder: the kernel copied flat beside this file
     from .latent_attention import latent_attention_decode
-except ImportError:
-    from kernels.latent_attention import latent_attention_decode
+except ImportError:  # the installed package (`pip install`), which maps the repository's kernels/ here
+    from internvideo3.kernels.latent_attention import latent_attention_decode
 
 try:  # torch >= 2.2: causal mask aligned to the last key, run by SDPA's fused kernels without materialising it
     from torch.nn.attention.bias import causal_lower_right

@@ -2,9 +2,15 @@
 
 The model itself ships as flat Hugging Face remote-code files at the repository root (`configuration_internvideo3.py`,
 `modeling_internvideo3.py`, `processing_internvideo3.py`, plus `kernels/latent_attention.py` flattened on export),
-loaded with `trust_remote_code=True`. Installing this package installs the dependencies those files and the tools
-(`convert/`, `examples/`, `bench/`) need; it deliberately installs no generic top-level module names (`kernels`,
-`convert`, `tests`) into site-packages: run the tools from the repository root.
+loaded with `trust_remote_code=True`.
+
+What lands in site-packages (editable or not): the package `internvideo3` (agent, training), the repository's
+`convert/` and `kernels/` folders as its subpackages `internvideo3.convert` and `internvideo3.kernels`
+(`package_dir`), the real Qwen3 tokenizer of `assets/qwen3_tokenizer/` as data of `internvideo3.assets`, and the three
+project-named remote-code modules, so the tools import them from any directory and copy their files into the folders
+they write. No generic top-level name (`convert`, `kernels`, `tests`) is installed: in a checkout,
+`python -m convert.gqa_to_m2la` still works from the repository root (the folder itself is the package there), and
+everywhere the tools run as console scripts (`internvideo3-convert`, `internvideo3-export`, ...).
 """
 
 from setuptools import find_packages, setup
@@ -16,9 +22,12 @@ setup(
     long_description=__doc__,
     license="Apache-2.0",
     python_requires=">=3.10",
-    py_modules=[],
-    # Only the project-named package: no generic top-level names (`convert`, `kernels`, `tests`) in site-packages.
-    packages=find_packages(include=["internvideo3", "internvideo3.*"]),
+    # Project-named top-level names only: never `convert`, `kernels` or `tests` (tests/test_install.py checks).
+    py_modules=["configuration_internvideo3", "modeling_internvideo3", "processing_internvideo3"],
+    packages=find_packages(include=["internvideo3", "internvideo3.*"])
+    + ["internvideo3.convert", "internvideo3.kernels", "internvideo3.assets"],
+    package_dir={"internvideo3.convert": "convert", "internvideo3.kernels": "kernels", "internvideo3.assets": "assets"},
+    package_data={"internvideo3.assets": ["qwen3_tokenizer/*"]},
     install_requires=[
         "transformers>=4.57.3,<6",
         "torch>=2.4,<3",
@@ -52,6 +61,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "internvideo3-convert = internvideo3.convert.gqa_to_m2la:cli",
+            "internvideo3-export = internvideo3.convert.export:main",
+            "internvideo3-small-checkpoint = internvideo3.convert.small_checkpoint:main",
             "internvideo3-agent = internvideo3.agent.cli:main",
             "internvideo3-train-sft = internvideo3.training.cli:sft_main",
             "internvideo3-train-gspo = internvideo3.training.cli:gspo_main",

@@ -110,7 +110,7 @@ def train_tokenizer(documents, vocab_size: int):
 def _shipped_tokenizer():
     from transformers import AutoTokenizer
 
-    from convert.export import TOKENIZER_DIR
+    from .export import TOKENIZER_DIR
 
     return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
 

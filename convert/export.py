@@ -7,6 +7,7 @@ only when complete, so an interrupted run never leaves a folder that loads (DEVE
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -14,14 +15,30 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The folder holding `convert/` and its siblings `kernels/` and `assets/`: the repository root in a checkout,
+# `site-packages/internvideo3` once installed (setup.py installs the folders as `internvideo3.convert`, `.kernels`,
+# `.assets`), so one relative path finds them in both layouts.
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
-# destination name in the exported folder -> source file in this repository
+
+def _module_file(name: str) -> Path:
+    """The file of top-level module `name` (a flat remote-code module), found without importing it.
+
+    Raises:
+        ModuleNotFoundError: neither installed (`pip install .`) nor in the current directory.
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"{name} is not importable: install the package (pip install -e .)")
+    return Path(spec.origin)
+
+
+# destination name in the exported folder -> source file (the installed remote-code modules, the kernel beside convert/)
 REMOTE_CODE_FILES = {
-    "configuration_internvideo3.py": REPO_ROOT / "configuration_internvideo3.py",
-    "modeling_internvideo3.py": REPO_ROOT / "modeling_internvideo3.py",
-    "processing_internvideo3.py": REPO_ROOT / "processing_internvideo3.py",
-    "latent_attention.py": REPO_ROOT / "kernels" / "latent_attention.py",
+    "configuration_internvideo3.py": _module_file("configuration_internvideo3"),
+    "modeling_internvideo3.py": _module_file("modeling_internvideo3"),
+    "processing_internvideo3.py": _module_file("processing_internvideo3"),
+    "latent_attention.py": PACKAGE_ROOT / "kernels" / "latent_attention.py",
 }
 
 MULTIMODAL_AUTO_MAP = {
@@ -36,7 +53,7 @@ TEXT_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_internvideo3.InternVideo3TextForCausalLM",
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_internvideo3.InternVideo3Processor"}
-TOKENIZER_DIR = REPO_ROOT / "assets" / "qwen3_tokenizer"
+TOKENIZER_DIR = PACKAGE_ROOT / "assets" / "qwen3_tokenizer"
 
 
 def write_remote_code(folder: str | os.PathLike) -> list[str]:
@@ -166,9 +183,6 @@ def atomic_folder(out: str | os.PathLike, overwrite: bool = False):
 
 def load_processor(tokenizer_dir: str | os.PathLike = TOKENIZER_DIR, **processor_kwargs):
     """An `InternVideo3Processor` around the real Qwen3 tokenizer shipped in `assets/qwen3_tokenizer/`."""
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT))
     from transformers import AutoTokenizer
 
     from processing_internvideo3 import InternVideo3Processor
@@ -340,8 +354,9 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False, 
 def main(argv=None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Export an InternVideo3 checkpoint folder for the Hub")
-    parser.add_argument("--src", required=True, help="checkpoint folder (e.g. written by convert.gqa_to_m2la)")
+    parser = argparse.ArgumentParser(prog="internvideo3-export",
+                                     description="Export an InternVideo3 checkpoint folder for the Hub")
+    parser.add_argument("--src", required=True, help="checkpoint folder (e.g. written by internvideo3-convert)")
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--repo-id", help="Hub repo id used in the model card (and pushed to with --push)")
     parser.add_argument("--push", action="store_true", help="upload the folder to --repo-id")

@@ -1,7 +1,9 @@
 """Convert a GQA/MHA transformers checkpoint (Qwen3-VL, Qwen3, Qwen2/2.5, Llama) into an M²LA folder (SPEC §9).
 
-    python -m convert.gqa_to_m2la --src Qwen3-VL-8B-Instruct --out InternVideo3-conv --kv-lora-rank 896
-    python -m convert.gqa_to_m2la --src qwen3-0.6b --out qwen3-m2la --kv-lora-rank 256 --calibration notes.txt
+    internvideo3-convert --src Qwen3-VL-8B-Instruct --out InternVideo3-conv --kv-lora-rank 896
+    internvideo3-convert --src qwen3-0.6b --out qwen3-m2la --kv-lora-rank 256 --calibration notes.txt
+
+(`python -m convert.gqa_to_m2la ...` runs the same from a checkout's root.)
 
 Qwen3-VL sources become the full InternVideo3 model (`model.language_model.*`, vision tower `model.visual.*` copied
 unchanged); text-only sources become an `InternVideo3TextForCausalLM` folder (`model.*`, `lm_head.weight`). Both load
@@ -40,16 +42,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from convert.calibration import calibration_token_ids, load_tokenizer, read_calibration_files, stdlib_docstrings
-from convert.export import (
-    REPO_ROOT,
+from .calibration import calibration_token_ids, load_tokenizer, read_calibration_files, stdlib_docstrings
+from .export import (
     atomic_folder,
     check_output_free,
     portable_tokenizer_config,
     set_auto_map,
     write_remote_code,
 )
-from convert.m2la_math import (
+from .m2la_math import (
     QK_NORM_TREATMENTS,
     ROPE_SELECTIONS,
     SourceAttention,
@@ -61,9 +62,6 @@ from convert.m2la_math import (
     rorope_basis,
     select_rope_components,
 )
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 TEXT_MODEL_TYPES = {"qwen3", "qwen2", "llama"}
 VL_MODEL_TYPES = {"qwen3_vl"}
@@ -353,7 +351,7 @@ def write_processor(src: Path, tmp: Path, is_vl: bool, tokenizer: Path | None = 
     """Tokenizer / processor files from `tokenizer` (checked by `check_tokenizer`; None: none are written): the
     InternVideo3 processor around it for Qwen3-VL sources, else its tokenizer files; and the source's
     `generation_config.json` if any."""
-    from convert.export import load_processor
+    from .export import load_processor
 
     folder = tokenizer
     if folder is None:
@@ -536,7 +534,8 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
     from types import SimpleNamespace
 
     import modeling_internvideo3 as modeling
-    from convert.export import load_processor
+
+    from .export import load_processor
 
     processor = load_processor(tokenizer_dir)
     with torch.device("meta"):  # no random init of the tower: the source weights are assigned below
@@ -865,7 +864,7 @@ def _rank_list(text: str) -> list[int]:
 
 def _calibration_file(text: str) -> Path:
     """argparse `type=` for --calibration: an existing video file, or a non-empty UTF-8 text file."""
-    from convert.calibration import VIDEO_SUFFIXES
+    from .calibration import VIDEO_SUFFIXES
 
     path = Path(text)
     if not path.is_file():
@@ -906,8 +905,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> dict:
-    parser = _ArgumentParser(
-        prog="python -m convert.gqa_to_m2la", description=__doc__.splitlines()[0])
+    parser = _ArgumentParser(prog="internvideo3-convert", description=__doc__.splitlines()[0])
     parser.add_argument("--src", required=True, help="source transformers checkpoint folder (safetensors)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--kv-lora-rank", type=_flag_type("--kv-lora-rank"), default=896, help="latent width r of every layer (default 896)")
@@ -973,5 +971,11 @@ def main(argv=None) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script `internvideo3-convert`: `main` without its return value (a console script exits with what
+    its function returns, and the report is not an exit status)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,23 +5,20 @@ The 9 B weights cannot be downloaded here; this folder exercises every code path
 `generate()` on a real video. Widths are small, names and shapes follow SPEC §3 exactly (vocabulary, token ids,
 patch 16 / temporal patch 2 / merge 2 as the 8B model, so the real processor output fits).
 
-    python -m convert.small_checkpoint --out checkpoints/internvideo3-small
+    internvideo3-small-checkpoint --out checkpoints/internvideo3-small
+    python -m convert.small_checkpoint --out checkpoints/internvideo3-small      # the same, from a checkout's root
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
+from configuration_internvideo3 import InternVideo3Config
+from modeling_internvideo3 import InternVideo3ForConditionalGeneration
 
-from convert.export import REMOTE_CODE_FILES, REPO_ROOT, load_processor, save_model_folder
-
-sys.path.insert(0, str(REPO_ROOT))
-
-from configuration_internvideo3 import InternVideo3Config  # noqa: E402
-from modeling_internvideo3 import InternVideo3ForConditionalGeneration  # noqa: E402
+from .export import REMOTE_CODE_FILES, load_processor, save_model_folder
 
 SMALL_TEXT_CONFIG = dict(
     hidden_size=64,
@@ -91,7 +88,7 @@ def ensure_small_checkpoint(path: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="internvideo3-small-checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")

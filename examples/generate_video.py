@@ -13,7 +13,6 @@ is random text, everything else is the real pipeline.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -38,8 +37,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     if args.model is None:
-        sys.path.insert(0, str(REPO_ROOT))
-        from convert.small_checkpoint import ensure_small_checkpoint
+        from internvideo3.convert.small_checkpoint import ensure_small_checkpoint
 
     model_path = args.model or str(ensure_small_checkpoint(SMALL_CHECKPOINT))
     device = "cuda" if torch.cuda.is_available() else "cpu"

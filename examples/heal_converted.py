@@ -1,6 +1,6 @@
 """Heal a converted model: a short continued pretraining with plain `transformers.Trainer`, perplexity before/after.
 
-    python -m convert.gqa_to_m2la --src <gqa folder> --out <m2la folder> --kv-lora-rank 96
+    internvideo3-convert --src <gqa folder> --out <m2la folder> --kv-lora-rank 96
     python examples/heal_converted.py --source <gqa folder> --converted <m2la folder> --steps 150 --save <healed>
 
 The low-rank step of the conversion loses information (SPEC §9.3-9.4); the paper heals it with continued pretraining
@@ -13,19 +13,15 @@ held-out perplexity of the source, of the converted model before and after heali
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from convert.calibration import stdlib_docstrings  # noqa: E402
-from convert.gqa_to_m2la import load_m2la  # noqa: E402
-from convert.quality import evaluate, heal, split_documents, token_rows  # noqa: E402
+from internvideo3.convert.calibration import stdlib_docstrings
+from internvideo3.convert.gqa_to_m2la import load_m2la
+from internvideo3.convert.quality import evaluate, heal, split_documents, token_rows
 
 
 def main(argv=None) -> dict:
@@ -61,7 +57,7 @@ def main(argv=None) -> dict:
     print(f"training loss every {max(1, args.steps // 5)} steps: {losses}")
     print(f"after {args.steps} steps ({seconds:.0f} s): perplexity {after:.2f} (KL {kl_after:.4f}); source {source_ppl:.2f}")
     if args.save:
-        from convert.export import save_model_folder
+        from internvideo3.convert.export import save_model_folder
 
         save_model_folder(model, tokenizer, args.save, overwrite=True)
         print(f"saved {args.save}")

@@ -6,25 +6,21 @@
 
 A thin wrapper of the `internvideo3-agent` console script (`internvideo3/agent/cli.py`). Without `--model` it uses the
 small randomly initialised checkpoint `examples/generate_video.py` uses (`checkpoints/internvideo3-small/`, built or
-rebuilt by `convert.small_checkpoint.ensure_small_checkpoint`), so the answer is random text while the transcript, the
+rebuilt by `internvideo3.convert.small_checkpoint.ensure_small_checkpoint`), so the answer is random text while the transcript, the
 tool plumbing and the cache accounting are real. Prints the transcript, then `answer: <text>`, `steps: <n>`,
 `prefill tokens saved: <n>` and the cache bytes.
 """
 
-import subprocess
-import sys
-
-from generate_video import DEFAULT_VIDEO, REPO_ROOT, SMALL_CHECKPOINT  # this folder is sys.path[0] for a script
+from generate_video import DEFAULT_VIDEO, SMALL_CHECKPOINT  # this folder is sys.path[0] for a script
 
 from internvideo3.agent.cli import main
 
 
 def small_checkpoint() -> str:
-    """The small checkpoint folder, (re)built by the repository's `convert.small_checkpoint` (run from the repository
-    root, since the package installs no top-level `convert` module)."""
-    code = f"from convert.small_checkpoint import ensure_small_checkpoint; ensure_small_checkpoint({str(SMALL_CHECKPOINT)!r})"
-    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
-    return str(SMALL_CHECKPOINT)
+    """The small checkpoint folder, built or refreshed by `internvideo3.convert.small_checkpoint`."""
+    from internvideo3.convert.small_checkpoint import ensure_small_checkpoint
+
+    return str(ensure_small_checkpoint(SMALL_CHECKPOINT))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ if str(REPO_ROOT) not in sys.path:
 
 TOKENIZER_DIR = REPO_ROOT / "assets" / "qwen3_tokenizer"
 DEMO_VIDEO = REPO_ROOT / "assets" / "snow_dog.mp4"
+# this environment's console scripts (`internvideo3-convert`, ...), also when the venv is not activated
+SCRIPTS_DIR = Path(sysconfig.get_path("scripts"))
 
 
 TEST_VIDEOS_DIR = REPO_ROOT / "tests" / "data" / "videos"
@@ -36,6 +39,6 @@ def videos_dir() -> Path:
 @pytest.fixture(scope="session")
 def small_checkpoint(tmp_path_factory) -> Path:
     """The small checkpoint folder, written once per session through the same script users run."""
-    from convert.small_checkpoint import build_small_checkpoint
+    from internvideo3.convert.small_checkpoint import build_small_checkpoint
 
     return build_small_checkpoint(tmp_path_factory.mktemp("ckpt") / "internvideo3-small")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import SCRIPTS_DIR
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +320,7 @@ FAST_CLI = ["--kv-lora-rank", "16", "--calibration-tokens", "64", "--calibration
 
 def cli_error(capsys, *argv) -> str:
     """Run the converter CLI entry point; assert exit status 2 and exactly one `error:` line; return that line."""
-    from convert.gqa_to_m2la import main
+    from internvideo3.convert.gqa_to_m2la import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -419,7 +419,7 @@ def test_converter_tokenizer_must_fit_the_model(llama_source, tmp_path, capsys):
     assert not out.exists()
 
     # the tokenizer the model was trained with: calibrates, ships, and the converted model answers a prompt
-    from convert.gqa_to_m2la import main
+    from internvideo3.convert.gqa_to_m2la import main
 
     main(["--src", str(bare), "--out", str(out), *FAST_CLI, "--tokenizer", str(llama_source)])
     tokenizer = AutoTokenizer.from_pretrained(str(out))
@@ -434,10 +434,10 @@ def test_converter_tokenizer_must_fit_the_model(llama_source, tmp_path, capsys):
 # Converter: two runs never destroy each other's output, --overwrite never loses the old folder
 # ----------------------------------------------------------------------------------------------------------------------
 def test_concurrent_conversions_into_one_out_never_destroy_each_other(llama_source, tmp_path):
-    """This process converts into `out`; while it is at layer 0, a second real process runs the CLI into the same
-    `out` (with and without --overwrite). Before: the second run deleted the first one's temporary folder as a
+    """This process converts into `out`; while it is at layer 0, a second real process runs the CLI (the console
+    script, from another directory) into the same `out` (with and without --overwrite). Before: the second run deleted the first one's temporary folder as a
     "leftover". Now it exits with one `error:` line and touches nothing; the first run finishes and loads."""
-    from convert.gqa_to_m2la import ConvertOptions, convert
+    from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert
 
     out = tmp_path / "out"
     seen = {}
@@ -448,8 +448,8 @@ def test_concurrent_conversions_into_one_out_never_destroy_each_other(llama_sour
         (own,) = tmp_path.glob(".out.incomplete-*")
         before = sorted(p.name for p in own.iterdir())
         runs = [subprocess.Popen(  # both at once: the test waits for one process start, not two
-            [sys.executable, "-m", "convert.gqa_to_m2la", "--src", str(llama_source), "--out", str(out), *FAST_CLI,
-             *extra], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [str(SCRIPTS_DIR / "internvideo3-convert"), "--src", str(llama_source), "--out", str(out), *FAST_CLI,
+             *extra], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for extra in ([], ["--overwrite"])]
         seen["results"] = [(run.wait(timeout=300), run.communicate()[1]) for run in runs]
         seen["intact"] = own.is_dir() and sorted(p.name for p in own.iterdir()) == before
@@ -469,7 +469,7 @@ def test_overwrite_keeps_the_old_folder_until_the_new_one_is_in_place(llama_sour
     """Before: --overwrite deleted the old folder first; a crash before the rename left nothing."""
     import json
 
-    from convert.gqa_to_m2la import ConvertOptions, convert
+    from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert
 
     out = tmp_path / "out"
     options = dict(calibration_tokens=64, calibration_seq_len=32, dtype="fp32", progress=False)

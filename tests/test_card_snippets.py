@@ -1,6 +1,6 @@
 """The model card's own snippets work as users copy them (issue 4 item 5; SPEC §14).
 
-The card is the README.md that `convert.export.export_for_hub` writes for a Hub repo id. Each snippet is taken from
+The card is the README.md that `internvideo3.convert.export.export_for_hub` writes for a Hub repo id. Each snippet is taken from
 it, only its `path = "..."` (and the video snippet's `video_path = "..."`) line is pointed at a local export of the
 small checkpoint and a real clip, and it runs in a fresh interpreter in which the repository is not importable, on
 the transformers version of the running environment. Before running, every name a snippet uses must be defined in
@@ -19,7 +19,7 @@ import pytest
 from conftest import DEMO_VIDEO
 from test_checkpoint import run_isolated
 
-from convert.export import export_for_hub
+from internvideo3.convert.export import export_for_hub
 
 HUB_ID = "OpenGVLab/InternVideo3-8B-Instruct"
 REPORT = """

@@ -15,8 +15,6 @@ import json, sys
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 folder, video = sys.argv[1], sys.argv[2]
-import importlib.util
-assert importlib.util.find_spec("modeling_internvideo3") is None, "the repository must not be importable here"
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32)
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 messages = [{"role": "user", "content": [
@@ -29,6 +27,7 @@ out = model.generate(**inputs, max_new_tokens=4, do_sample=False, return_dict_in
 cache = out.cache if hasattr(out, "cache") else out.past_key_values  # named `cache` since transformers 5.24
 print(json.dumps({
     "model_module": type(model).__module__,
+    "kernel_module": sys.modules[type(model).__module__].latent_attention_decode.__module__,
     "cache": type(cache).__name__,
     "bytes_per_token": cache.bytes_per_token(),
     "new_tokens": out.sequences.shape[1] - inputs["input_ids"].shape[1],
@@ -66,6 +65,8 @@ def test_folder_has_flat_remote_code_and_auto_map(small_checkpoint):
 def test_generate_on_real_video_in_fresh_process(small_checkpoint, tmp_path):
     result = run_isolated(LOAD_AND_GENERATE, str(small_checkpoint), str(DEMO_VIDEO), cwd=tmp_path)
     assert result["model_module"].startswith("transformers_modules"), "must load the folder's remote code"
+    # the folder's own flat kernel, not the installed package's (the installed one would hide a missing file)
+    assert result["kernel_module"].startswith("transformers_modules"), result["kernel_module"]
     assert REPO_ROOT.name not in result["model_module"]
     assert result["cache"] == "InternVideo3LatentCache"
     assert result["new_tokens"] == 4

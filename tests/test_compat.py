@@ -17,7 +17,7 @@ from test_checkpoint import run_python
 from transformers import AutoProcessor
 
 import modeling_internvideo3 as modeling
-from convert.small_checkpoint import small_model
+from internvideo3.convert.small_checkpoint import small_model
 from modeling_internvideo3 import CACHE_NAME, InternVideo3LatentCache
 
 PROMPT = dict(input_ids=torch.tensor([[101, 102, 103, 104, 105]]), attention_mask=torch.ones(1, 5, dtype=torch.long))

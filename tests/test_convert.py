@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from transformers import AutoTokenizer
 
-from convert.calibration import stdlib_docstrings, train_tokenizer
-from convert.export import load_processor
-from convert.gqa_to_m2la import (
+from internvideo3.convert.calibration import stdlib_docstrings, train_tokenizer
+from internvideo3.convert.export import load_processor
+from internvideo3.convert.gqa_to_m2la import (
     CalibrationBatch,
     ConversionError,
     ConvertOptions,
@@ -41,7 +41,7 @@ from convert.gqa_to_m2la import (
     split_cache_values,
     video_prompt_inputs,
 )
-from convert.m2la_math import (
+from internvideo3.convert.m2la_math import (
     build_m2la_layer,
     interleave_permutation,
     key_plane_covariance,

@@ -8,7 +8,7 @@ import pytest
 from conftest import DEMO_VIDEO
 from test_checkpoint import LOAD_AND_GENERATE, run_isolated
 
-from convert.export import export_for_hub
+from internvideo3.convert.export import export_for_hub
 
 
 @pytest.fixture(scope="module")
@@ -41,5 +41,6 @@ def test_export_refuses_to_overwrite_and_rejects_non_checkpoints(exported, tmp_p
 def test_exported_folder_generates_on_real_video_in_fresh_process(exported, tmp_path):
     result = run_isolated(LOAD_AND_GENERATE, str(exported), str(DEMO_VIDEO), cwd=tmp_path)
     assert result["cache"] == "InternVideo3LatentCache" and result["new_tokens"] == 4
+    assert result["kernel_module"].startswith("transformers_modules"), "the flattened kernel must be the one used"
 
 

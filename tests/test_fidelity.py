@@ -26,8 +26,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-from convert.export import load_processor
-from convert.small_checkpoint import SMALL_TEXT_CONFIG, SMALL_VISION_CONFIG, small_model
+from internvideo3.convert.export import load_processor
+from internvideo3.convert.small_checkpoint import SMALL_TEXT_CONFIG, SMALL_VISION_CONFIG, small_model
 from processing_internvideo3 import load_video
 
 IMAGE, VIDEO, VISION_START, VISION_END, PAD = 151655, 151656, 151652, 151653, 151643

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from configuration_internvideo3 import InternVideo3TextConfig
-from convert.small_checkpoint import SMALL_TEXT_CONFIG, small_model
+from internvideo3.convert.small_checkpoint import SMALL_TEXT_CONFIG, small_model
 from modeling_internvideo3 import CACHE_NAME, InternVideo3TextForCausalLM
 from test_modeling import text_batch, video_batch
 

@@ -13,8 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import REPO_ROOT
-from kernels.latent_attention import absorbed_attention_torch, latent_attention_decode, select_backend
+from internvideo3.kernels.latent_attention import absorbed_attention_torch, latent_attention_decode, select_backend
 
 # Run in a subprocess: TRITON_INTERPRET must be set before `triton.jit` decorates the kernels, and must not leak into
 # other test modules of the same session. Cases: (B, H, S, r, d_r, T, dtype, mask, num_splits); T covers 1, lengths
@@ -23,12 +22,13 @@ from kernels.latent_attention import absorbed_attention_torch, latent_attention_
 # 896 + 128 (the 8B widths) runs once at a short length: the interpreter executes every block in numpy.
 INTERPRETER_SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os
     os.environ["TRITON_INTERPRET"] = "1"
     os.environ["INTERNVIDEO3_LATENT_BACKEND"] = "triton"
-    sys.path.insert(0, sys.argv[1])
     import torch
-    from kernels.latent_attention import absorbed_attention_torch, absorbed_attention_triton, latent_attention_decode
+    from internvideo3.kernels.latent_attention import (
+        absorbed_attention_torch, absorbed_attention_triton, latent_attention_decode,
+    )
 
     CASES = [
         (1, 4, 1, 32, 16, 1, "float32", None, None),
@@ -88,7 +88,7 @@ def interpreter_results():
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
-        [sys.executable, "-c", INTERPRETER_SCRIPT, str(REPO_ROOT)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", INTERPRETER_SCRIPT], capture_output=True, text=True, env=env, timeout=300
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -143,7 +143,7 @@ def test_torch_path_equals_naive_expanded_attention():
 def test_dispatcher_uses_torch_on_cpu(monkeypatch):
     """CPU tensors go to the torch path (also when asked for "auto"); the env var and argument are validated, and
     forcing Triton on CPU outside the interpreter fails with a clear error, never silently."""
-    import kernels.latent_attention as latent
+    import internvideo3.kernels.latent_attention as latent
 
     g = torch.Generator().manual_seed(2)
     q_lat, q_pe = torch.randn(2, 4, 1, 32, generator=g), torch.randn(2, 4, 1, 16, generator=g)
@@ -180,7 +180,7 @@ def test_compiled_static_cache_generation_matches_eager():
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from convert.small_checkpoint import small_model
+    from internvideo3.convert.small_checkpoint import small_model
 
     model = small_model(seed=0).float().eval()
     pad = model.config.text_config.pad_token_id or 151643

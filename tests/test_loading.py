@@ -5,7 +5,7 @@ tensors exist, `qk_latent_layernorm: true` without norm weights, a `kv_lora_rank
 per-layer widths. The weights decide; every tensor loads, none is reported missing or unexpected, and the logits equal
 those of a clean config. Keys that do not fit the M²LA layout fail loudly, naming the keys.
 
-Checkpoints are written by `convert.export.save_model_folder` from `convert.small_checkpoint.small_model` with a
+Checkpoints are written by `internvideo3.convert.export.save_model_folder` from `.small_checkpoint.small_model` with a
 512-token vocabulary (these tests never tokenize) and per-layer latent ranks, so each folder is a few hundred KB.
 """
 
@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from convert.export import save_model_folder
-from convert.small_checkpoint import small_model
+from internvideo3.convert.export import save_model_folder
+from internvideo3.convert.small_checkpoint import small_model
 from modeling_internvideo3 import InternVideo3ForConditionalGeneration
 
 VOCAB = 512

@@ -7,7 +7,7 @@ import torch
 
 import modeling_internvideo3 as modeling
 from configuration_internvideo3 import InternVideo3Config
-from convert.small_checkpoint import small_model
+from internvideo3.convert.small_checkpoint import small_model
 from modeling_internvideo3 import InternVideo3ForConditionalGeneration, InternVideo3LatentCache
 
 VISION_START, VISION_END, VIDEO_PAD, PAD = 151652, 151653, 151656, 151643

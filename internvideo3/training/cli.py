@@ -25,15 +25,11 @@ KINDS = {"sft": "train_loss", "gspo": "reward", "distill": "reverse_kl"}
 
 
 def checkout_small_checkpoint(repo_root: str | Path) -> Path:
-    """The small checkpoint of a source checkout (`<repo_root>/checkpoints/internvideo3-small`), (re)built by the
-    checkout's own `convert.small_checkpoint.ensure_small_checkpoint` in a child process started in `repo_root`, so
-    the repository's tools are used without installing them or editing this process's import path."""
-    import subprocess
+    """The small checkpoint of a source checkout (`<repo_root>/checkpoints/internvideo3-small`), built once and
+    rebuilt when its remote code differs from the installed one (`internvideo3.convert.small_checkpoint`)."""
+    from internvideo3.convert.small_checkpoint import ensure_small_checkpoint
 
-    path = Path(repo_root) / "checkpoints" / "internvideo3-small"
-    code = f"from convert.small_checkpoint import ensure_small_checkpoint; ensure_small_checkpoint({str(path)!r})"
-    subprocess.run([sys.executable, "-c", code], cwd=str(repo_root), check=True)
-    return path
+    return ensure_small_checkpoint(Path(repo_root) / "checkpoints" / "internvideo3-small")
 
 
 def build_parser(kind: str, default_model: str | None, default_data: str | None) -> argparse.ArgumentParser:

@@ -1,0 +1,57 @@
+"""After the README install the tools run as console scripts from any directory, and the install puts no generic
+top-level module name into site-packages (issue 14; rule 10). Probed in fresh processes started outside the
+repository, as a user's shell would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, SCRIPTS_DIR
+
+PROBE = r"""
+import importlib.util, json
+names = ["convert", "kernels", "tests", "internvideo3.convert.gqa_to_m2la", "internvideo3.kernels.latent_attention",
+         "configuration_internvideo3", "modeling_internvideo3", "processing_internvideo3"]
+found = {name: importlib.util.find_spec(name) is not None for name in names}
+from internvideo3.convert.export import REMOTE_CODE_FILES, TOKENIZER_DIR
+found["tokenizer"] = (TOKENIZER_DIR / "tokenizer.json").is_file()
+found["remote_code"] = sorted(name for name, path in REMOTE_CODE_FILES.items() if path.is_file())
+print(json.dumps(found))
+"""
+
+
+def run_outside(command: list[str], tmp_path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_only_project_names_are_importable_outside_the_repository(tmp_path):
+    result = run_outside([sys.executable, "-c", PROBE], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not found.pop("convert") and not found.pop("kernels") and not found.pop("tests")
+    assert found.pop("remote_code") == ["configuration_internvideo3.py", "latent_attention.py",
+                                        "modeling_internvideo3.py", "processing_internvideo3.py"]
+    assert all(found.values()), found
+
+
+@pytest.mark.parametrize("script", ["internvideo3-convert", "internvideo3-small-checkpoint"])
+def test_tool_console_scripts_run_from_any_directory(script, tmp_path):
+    result = run_outside([str(SCRIPTS_DIR / script), "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"usage: {script} ") and "--out" in result.stdout
+
+
+def test_export_console_script_flattens_the_kernel_from_any_directory(small_checkpoint, tmp_path):
+    result = run_outside([str(SCRIPTS_DIR / "internvideo3-export"), "--src", str(small_checkpoint), "--out", "hub"],
+                         tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "exported hub"
+    folder = tmp_path / "hub"
+    assert (folder / "latent_attention.py").read_bytes() == (REPO_ROOT / "kernels" / "latent_attention.py").read_bytes()
+    assert (folder / "modeling_internvideo3.py").read_bytes() == (REPO_ROOT / "modeling_internvideo3.py").read_bytes()
+    assert not any(p.is_dir() for p in folder.iterdir()), "remote code must be flat"
