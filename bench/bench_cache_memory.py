@@ -17,36 +17,20 @@ peak RSS, its RSS during decode and that RSS after `malloc_trim` (freed prefill 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from configuration_internvideo3 import InternVideo3TextConfig  # noqa: E402
-from modeling_internvideo3 import CACHE_NAME, InternVideo3LatentCache, InternVideo3TextForCausalLM  # noqa: E402
+from _common import current_rss_mib, qwen3vl_text_model
+from configuration_internvideo3 import InternVideo3TextConfig
+from modeling_internvideo3 import CACHE_NAME, InternVideo3LatentCache, InternVideo3TextForCausalLM
 
 CONTEXTS = [8_192, 32_768, 131_072, 262_144]
-
-
-def qwen3vl_text_model(layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, mrope):
-    from transformers import Qwen3VLTextConfig
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
-
-    config = Qwen3VLTextConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, rope_theta=5_000_000.0,
-        rope_scaling={"rope_type": "default", "mrope_section": mrope, "mrope_interleaved": True},
-    )
-    return Qwen3VLTextModel(config)
 
 
 def m2la_text_model(layers, hidden, heads, head_dim, rank, intermediate, vocab, mrope, expand_budget_bytes=256 << 20):
@@ -70,7 +54,7 @@ def cache_nbytes(cache) -> int:
 @torch.no_grad()
 def bench_bytes(tokens: int = 256) -> None:
     ids = torch.randint(0, 1000, (1, tokens))
-    qwen = qwen3vl_text_model(1, 4096, 32, 8, 128, 12288, 1000).to(torch.bfloat16).eval()
+    qwen = qwen3vl_text_model(1, 4096, 32, 8, 128, 12288, 1000, [24, 20, 20]).to(torch.bfloat16).eval()
     out = qwen(input_ids=ids, use_cache=True)
     gqa_layer = cache_nbytes(out[CACHE_NAME]) / tokens
     del qwen, out
@@ -89,20 +73,6 @@ def bench_bytes(tokens: int = 256) -> None:
 
 
 REDUCED = dict(hidden=1024, heads=32, head_dim=32, intermediate=2816, vocab=1000, mrope=[6, 5, 5])
-
-
-def current_rss_mib(trim: bool = False) -> float:
-    """Resident set size now (Linux /proc), MiB. With `trim`, first hand freed heap pages back to the OS
-    (glibc `malloc_trim`): without it RSS after prefill still holds the freed prefill transients (measured: ~160 MiB
-    of M²LA's head-grouped K/V expansion at 8 layers), so the trimmed value is what decode really keeps resident."""
-    if trim:
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc: report untrimmed
-            pass
-    with open("/proc/self/status") as status:
-        kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return kib / 1024
 
 
 def run_one(kind: str, context: int, layers: int, steps: int = 32, chunk: int = 4096, expand_budget_mib: int = 256) -> dict:

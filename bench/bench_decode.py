@@ -22,24 +22,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cache_memory import REDUCED, REPO_ROOT, m2la_text_model, qwen3vl_text_model  # noqa: E402
+from _common import qwen3vl_text_model
+from bench_cache_memory import REDUCED, m2la_text_model
+from modeling_internvideo3 import CACHE_NAME, InternVideo3LatentCache
 
-sys.path.insert(0, str(REPO_ROOT))
-from kernels.latent_attention import (  # noqa: E402
+from internvideo3.kernels.latent_attention import (
     absorbed_attention_torch,
     absorbed_attention_triton,
     latent_attention_decode,
     select_backend,
 )
-from modeling_internvideo3 import CACHE_NAME, InternVideo3LatentCache  # noqa: E402
 
 WIDTHS_8B = dict(heads=32, rank=896, rope=128, kv_heads=8, head_dim=128)
 

@@ -59,7 +59,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from _common import REPO_ROOT, module_from_file, proc_status_mib
+
 VIDEOS = Path(os.environ.get("INTERNVIDEO3_TEST_VIDEOS", REPO_ROOT.parent / "shared" / "data" / "videos"))
 LONG_SECONDS = 164
 RSS_FRAMES = 768
@@ -111,6 +112,15 @@ def make_clips(workdir: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------------------------
 # workers: one process per implementation, JSON lines on stdin/stdout
 # ---------------------------------------------------------------------------------------------------------------
+def processing_module(module_dir: str | None):
+    """`processing_internvideo3` of `module_dir` (an older version written by `--before`), else the installed one."""
+    if module_dir:
+        return module_from_file("processing_internvideo3", Path(module_dir) / "processing_internvideo3.py")
+    import processing_internvideo3  # noqa: PLC0415
+
+    return processing_internvideo3
+
+
 def _digest(pixels) -> float:
     return float(pixels.double().sum())
 
@@ -120,11 +130,9 @@ def worker(kind: str, module_dir: str | None, threads: int) -> None:
 
     torch.set_num_threads(threads)
     if kind == "ours":
-        sys.path.insert(0, module_dir or str(REPO_ROOT))
         from transformers import AutoTokenizer  # noqa: PLC0415
 
-        import processing_internvideo3 as P  # noqa: PLC0415
-
+        P = processing_module(module_dir)
         processor = P.InternVideo3Processor(AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
 
         def run(request):
@@ -209,7 +217,6 @@ class Worker:
 # ---------------------------------------------------------------------------------------------------------------
 def transformers_size(num_frames: int, height: int, width: int, target: tuple[int, int]) -> dict:
     """`size` for transformers' whole-clip rule that yields `target` (h, w) for this clip (SPEC §7 formulas)."""
-    sys.path.insert(0, str(REPO_ROOT))
     from processing_internvideo3 import smart_resize_video  # noqa: PLC0415
 
     volume = num_frames * height * width
@@ -226,7 +233,6 @@ def transformers_size(num_frames: int, height: int, width: int, target: tuple[in
 
 def clip_geometry(path: Path) -> tuple[int, int, int, tuple[int, int]]:
     """(sampled frames before padding, height, width, our resized (h, w)) with our processor's defaults."""
-    sys.path.insert(0, str(REPO_ROOT))
     from transformers import AutoTokenizer  # noqa: PLC0415
 
     from processing_internvideo3 import FACTOR, InternVideo3Processor, load_video  # noqa: PLC0415
@@ -249,14 +255,11 @@ def rss_child(module_dir: str | None, path: str, threads: int) -> None:
     import torch  # noqa: PLC0415
 
     torch.set_num_threads(threads)
-    sys.path.insert(0, module_dir or str(REPO_ROOT))
     from transformers import AutoTokenizer  # noqa: PLC0415
 
-    import processing_internvideo3 as P  # noqa: PLC0415
-
+    P = processing_module(module_dir)
     processor = P.InternVideo3Processor(AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
-    with open("/proc/self/status") as f:
-        before = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+    before = int(proc_status_mib("VmRSS")["VmRSS"] * 2**20)
     start = time.perf_counter()
     out = processor(videos=[path], nframes=RSS_FRAMES)
     seconds = time.perf_counter() - start

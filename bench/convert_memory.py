@@ -16,69 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
+from _common import REPO_ROOT, proc_status_mib, reset_peak_rss, write_qwen3_source
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-QWEN3_8B_TEXT = dict(hidden_size=4096, intermediate_size=12288, num_attention_heads=32, num_key_value_heads=8,
-                     head_dim=128, vocab_size=151936, rms_norm_eps=1e-6, rope_theta=5_000_000.0)
-
-
-def memory_mib() -> dict:
-    """Current and peak resident set of this process, MiB: VmHWM (peak), VmRSS, RssAnon (heap), RssFile (mapped)."""
-    status = Path("/proc/self/status").read_text()
-    return {k: int(re.search(rf"{k}:\s+(\d+)", status).group(1)) / 1024 for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
-
-
-def reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux `clear_refs` value 5)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def build_source(folder: Path, layers: int, seed: int = 0) -> int:
-    """Write a random bf16 Qwen3 checkpoint (config.json, one shard per layer + index). Returns its size in bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    c = QWEN3_8B_TEXT
-    D, H, G, d, F, V = (c[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-                                       "intermediate_size", "vocab_size"))
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)  # noqa: E731
-    ones = lambda n: (1 + 0.1 * torch.randn(n, generator=g)).to(torch.bfloat16)  # noqa: E731
-    shards = [{"model.embed_tokens.weight": rand(V, D)}]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        shards.append({
-            p + "self_attn.q_proj.weight": rand(H * d, D), p + "self_attn.k_proj.weight": rand(G * d, D),
-            p + "self_attn.v_proj.weight": rand(G * d, D), p + "self_attn.o_proj.weight": rand(D, H * d),
-            p + "self_attn.q_norm.weight": ones(d), p + "self_attn.k_norm.weight": ones(d),
-            p + "mlp.gate_proj.weight": rand(F, D), p + "mlp.up_proj.weight": rand(F, D),
-            p + "mlp.down_proj.weight": rand(D, F), p + "input_layernorm.weight": ones(D),
-            p + "post_attention_layernorm.weight": ones(D),
-        })
-    shards.append({"model.norm.weight": ones(D), "lm_head.weight": rand(V, D)})
-    weight_map, total = {}, 0
-    for n, tensors in enumerate(shards):
-        name = f"model-{n + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(tensors, str(folder / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in tensors})
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                     "weight_map": weight_map}))
-    config = dict(c, model_type="qwen3", architectures=["Qwen3ForCausalLM"], num_hidden_layers=layers,
-                  max_position_embeddings=40960, tie_word_embeddings=False, hidden_act="silu", dtype="bfloat16",
-                  attention_bias=False)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return total
-
+MEMORY_FIELDS = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
 
 # Converter recipes compared (issue 13): today's default, the recipe before issue 13, and a cache budget split.
 RECIPES = {
@@ -91,24 +37,24 @@ RECIPES = {
 def child(src: str, out: str, result: str, recipe: str = "default") -> None:
     """Convert `src` into `out` with the options of `recipe`, recording each layer's peak RSS; write JSON to
     `result`."""
-    from convert.export import TOKENIZER_DIR
-    from convert.gqa_to_m2la import ConvertOptions, convert
+    from internvideo3.convert.export import TOKENIZER_DIR
+    from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert
 
-    rows, start = [], memory_mib()
-    reset_peak()
+    rows, start = [], proc_status_mib(*MEMORY_FIELDS)
+    reset_peak_rss()
     last = [time.perf_counter()]
 
     def hook(i):
-        m = memory_mib()
+        m = proc_status_mib(*MEMORY_FIELDS)
         rows.append(dict(layer=i, peak_mib=m["VmHWM"], rss_mib=m["VmRSS"], anon_mib=m["RssAnon"],
                          file_mib=m["RssFile"], seconds=time.perf_counter() - last[0]))
-        reset_peak()
+        reset_peak_rss()
         last[0] = time.perf_counter()
 
     # the source is Qwen3-shaped (vocabulary 151,936) and has no tokenizer files: the real Qwen3 tokenizer fits it
     report = convert(src, out, ConvertOptions(progress=False, overwrite=True, tokenizer=str(TOKENIZER_DIR),
                                               **RECIPES[recipe]), layer_hook=hook)
-    tail = memory_mib()  # embeddings, final norm, lm_head copied, shards and index written
+    tail = proc_status_mib(*MEMORY_FIELDS)  # embeddings, final norm, lm_head copied, shards and index written
     Path(result).write_text(json.dumps(dict(
         start_mib=start["VmRSS"], layers=rows, tail_peak_mib=tail["VmHWM"], tail_seconds=time.perf_counter() - last[0],
         total_seconds=report["seconds"], calibration_tokens=report["calibration_tokens"],
@@ -130,7 +76,7 @@ def main(argv=None) -> None:
     command = "python bench/convert_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     work = Path(args.work or tempfile.mkdtemp(prefix="convert_memory-"))
     t0 = time.perf_counter()
-    size = build_source(work / "source", args.layers)
+    size = write_qwen3_source(work / "source", args.layers)
     print(f"source: {args.layers} layers at 4096 width, {size / 2**30:.2f} GiB bf16, built in "
           f"{time.perf_counter() - t0:.0f} s")
     recipes = args.recipes.split(",")

@@ -23,25 +23,11 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from _common import REPO_ROOT, module_from_file, qwen3_source_model
 
-from convert.calibration import stdlib_docstrings, train_tokenizer  # noqa: E402
-from convert.gqa_to_m2la import ConvertOptions, convert, load_m2la  # noqa: E402
-from convert.quality import evaluate, heal, split_documents, token_rows  # noqa: E402
-
-
-def make_source(args, vocab_size: int, eos: int):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    config = Qwen3Config(
-        vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=3 * args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, head_dim=args.head_dim,
-        max_position_embeddings=4096, rope_theta=10000.0, tie_word_embeddings=False, rms_norm_eps=1e-6,
-        eos_token_id=eos, pad_token_id=eos, bos_token_id=None,
-    )
-    torch.manual_seed(0)
-    return Qwen3ForCausalLM(config)
+from internvideo3.convert.calibration import stdlib_docstrings, train_tokenizer
+from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert, load_m2la
+from internvideo3.convert.quality import evaluate, heal, split_documents, token_rows
 
 
 def train(model, data: torch.Tensor, minutes: float, batch: int, lr: float) -> int:
@@ -123,7 +109,7 @@ def main(argv=None):
         model = AutoModelForCausalLM.from_pretrained(str(work / "source"), dtype=torch.float32).eval()
         steps = json.loads(source_info.read_text())["steps"]
     else:
-        model = make_source(args, len(tokenizer), tokenizer.eos_token_id)
+        model = qwen3_source_model(args, len(tokenizer), tokenizer.eos_token_id)
         steps = train(model, train_rows, args.train_minutes, args.batch, args.lr)
         model.save_pretrained(work / "source")
         tokenizer.save_pretrained(work / "source")
@@ -160,8 +146,7 @@ def main(argv=None):
 
     healing = None
     if args.heal_steps > 0:
-        sys.path.insert(0, str(REPO_ROOT / "examples"))
-        from heal_converted import main as heal_main
+        heal_main = module_from_file("heal_converted", REPO_ROOT / "examples" / "heal_converted.py").main
 
         heal_argv = ["--source", str(work / "source"), "--converted", str(work / f"m2la-r{args.heal_rank}"),
                      "--steps", str(args.heal_steps), "--batch", str(args.batch), "--seq-len", str(args.seq_len),
@@ -192,7 +177,7 @@ TODAY = dict(rope_selection="uniform", q_norm="fit", qk_norm="lstsq")  # the con
 def study_cases(args) -> list[tuple[str, str, int, int, dict]]:
     """(lever, label, r, d_r, options) of the issue-13 ablations at the GQA budget, half and a quarter of it. Options
     not named are the converter's defaults (RoPE selection qk, q_norm exact, k_norm auto)."""
-    from convert.gqa_to_m2la import split_cache_values
+    from internvideo3.convert.gqa_to_m2la import split_cache_values
 
     G, d = args.kv_heads, args.head_dim
     gqa = 2 * G * d

@@ -27,13 +27,12 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from _common import qwen3_source_model
+from convert_quality import train
 
-from bench.convert_quality import make_source, train, train_tokenizer  # noqa: E402
-from convert.calibration import stdlib_docstrings  # noqa: E402
-from convert.gqa_to_m2la import ConvertOptions, convert, load_m2la  # noqa: E402
-from convert.quality import _Rows, evaluate, split_documents, token_rows  # noqa: E402
+from internvideo3.convert.calibration import stdlib_docstrings, train_tokenizer
+from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert, load_m2la
+from internvideo3.convert.quality import _Rows, evaluate, split_documents, token_rows
 
 
 def perplexity_callback(held: torch.Tensor, every: int, curve: dict):
@@ -123,7 +122,7 @@ def main(argv=None):
         source_folder = work / "source"
         tokenizer = train_tokenizer(train_docs, 4096)
         defaults = argparse.Namespace(hidden=192, layers=4, heads=8, kv_heads=4, head_dim=32)
-        source = make_source(defaults, len(tokenizer), tokenizer.eos_token_id)
+        source = qwen3_source_model(defaults, len(tokenizer), tokenizer.eos_token_id)
         train(source, token_rows(tokenizer, train_docs, args.seq_len), args.train_minutes, args.batch, 3e-3)
         source.save_pretrained(source_folder)
         tokenizer.save_pretrained(source_folder)
