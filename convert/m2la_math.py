@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 import torch
-from transformers.models.llama.modeling_llama import rotate_half  # the rotate-half layout of every source
 
 QK_NORM_TREATMENTS = ("lstsq", "lstsq-input", "scale", "none")
 
@@ -54,6 +53,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 
 def rope_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE (transformers' Qwen/Llama layout: dims i and i + d/2 are the plane of frequency i)."""
+    # imported here: transformers' modeling import takes seconds, and a CLI error must not wait for it
+    from transformers.models.llama.modeling_llama import rotate_half  # the rotate-half layout of every source
+
     return x * cos + rotate_half(x) * sin
 
 
@@ -110,10 +112,6 @@ class SourceAttention:
     def group_of_head(self) -> torch.Tensor:
         """[H] long: the KV head each query head reads (transformers' repeat_kv order)."""
         return torch.arange(self.num_heads) // (self.num_heads // self.num_kv_heads)
-
-    @property
-    def has_bias(self) -> bool:
-        return any(b is not None for b in (self.bq, self.bk, self.bv))
 
     def to(self, dtype: torch.dtype) -> "SourceAttention":
         """A copy with every tensor cast to `dtype`."""
@@ -453,11 +451,6 @@ def build_m2la_layer(
 # ----------------------------------------------------------------------------------------------------------------------
 # Reference attentions (tests and the per-layer output error)
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def source_attention(src: SourceAttention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The source GQA attention (with QK-norm if any). x [B, S, D], cos/sin [B, S, d] rotate-half -> [B, S, D]."""
-    return rorope_attention(src, x, cos, sin, U=None)
 
 
 def rorope_attention(src: SourceAttention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
