@@ -530,10 +530,15 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
                               tokenizer_dir: Path, fps: float, max_frames: int) -> list[CalibrationBatch]:
     """One batch per video: the InternVideo3 processor's prompt (a video and `VIDEO_PROMPT`), the source vision tower
     (loaded alone, fp32, freed afterwards) injected at the `<|video_pad|>` positions, and Qwen3-VL's 3-D MRoPE
-    positions (`InternVideo3Model.get_rope_index`)."""
+    positions (`InternVideo3Model.get_rope_index`).
+
+    Raises:
+        ConversionError: a video that cannot be opened or decoded (named, with the processor's reason).
+    """
     from types import SimpleNamespace
 
     import modeling_internvideo3 as modeling
+    from processing_internvideo3 import VideoLoadError
 
     from .export import load_processor
 
@@ -545,7 +550,10 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
     vision.eval()
     rotary, batches = _rotary(arch), []
     for path in videos:
-        inputs = video_prompt_inputs(processor, path, fps, max_frames)
+        try:
+            inputs = video_prompt_inputs(processor, path, fps, max_frames)
+        except VideoLoadError as error:
+            raise ConversionError(f"--calibration: {error}") from error
         ids, grid = inputs["input_ids"], inputs["video_grid_thw"]
         with torch.no_grad():
             features = vision(inputs["pixel_values_videos"].float(), grid)

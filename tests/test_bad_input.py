@@ -395,6 +395,19 @@ def test_converter_names_a_truncated_source_file(llama_source, tmp_path, capsys,
     assert not (tmp_path / "out").exists()
 
 
+def test_converter_names_a_corrupt_calibration_video(tmp_path, capsys):
+    """Before: a calibration video that does not decode ended the CLI in a VideoLoadError traceback."""
+    from tests.test_convert import make_source
+
+    make_source("qwen3_vl", tmp_path / "vl")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8)))
+    line = cli_error(capsys, "--src", str(tmp_path / "vl"), "--out", str(tmp_path / "out"), *FAST_CLI,
+                     "--calibration", str(broken))
+    assert line.startswith("error: --calibration: cannot open video") and "broken.mp4" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Converter: the tokenizer that travels must fit the model
 # ----------------------------------------------------------------------------------------------------------------------
