@@ -654,26 +654,31 @@ def calibration_batches(arch: SourceArch, reader: TensorReader, config, src: Pat
     return batches
 
 
-def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = None, layer_hook=None) -> dict:
-    """Convert `src` into an M²LA folder `out` (atomically). Returns a report: per-layer stats, timings, config.
+@dataclass
+class TargetLayout:
+    """The converted model's layout, decided from the source and the options before any work (SPEC §3, §9).
 
-    `layer_hook(i)` (tests) is called after each layer is converted.
+    ranks: kv_lora_rank per layer; d_n / d_r / d_v: nope, RoPE and value head widths; with_bias: `q_proj` and
+    `kv_a_proj_with_mqa` get biases (source biases or an affine k_norm fit); exact_q_norm: Qwen3's q_norm stays a
+    module; qk_norm: the k_norm treatment ("auto" until `resolve_qk_norm` sees the calibration size)."""
+
+    ranks: list
+    d_n: int
+    d_r: int
+    d_v: int
+    with_bias: bool
+    exact_q_norm: bool
+    qk_norm: str
+    dtype: torch.dtype
+
+
+def plan_layout(arch: SourceArch, o: ConvertOptions) -> TargetLayout:
+    """Check the options against the source and choose the target layout.
 
     Raises:
-        ConversionError: unsupported architecture, impossible ranks or widths, missing files or tensors.
-        FileExistsError: `out` exists and `options.overwrite` is False. OutputInUseError (a FileExistsError):
-            another live run is writing `out`; nothing of it is touched.
-        FileNotFoundError: a calibration file is missing.
+        ConversionError: a value out of range, an odd or too wide RoPE key, a rank list of the wrong length, a rank
+            above (G·d − d_r) + G·d, or an unknown choice; each names its flag.
     """
-    from tqdm.auto import tqdm
-
-    o = options or ConvertOptions()
-    src, out = Path(src), Path(out)
-    arch = read_source_arch(src)
-    reader = TensorReader(src)
-    check_source_keys(arch, reader)
-    check_output_free(out, o.overwrite)  # atomic_folder holds the output's lock and checks again
-
     check_options(o)
     G, d = arch.num_kv_heads, arch.head_dim
     if o.cache_values is not None:
@@ -682,8 +687,6 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     else:
         d_r = o.rope_dim or d
         ranks = list(o.kv_lora_rank_list) if o.kv_lora_rank_list else [o.kv_lora_rank] * arch.num_layers
-    d_n = d if o.qk_nope_head_dim is None else o.qk_nope_head_dim
-    d_v = o.v_head_dim or d
     if d_r % 2 or not 2 <= d_r <= G * d:
         raise ConversionError(f"--rope-dim {d_r} must be even and in 2..{G * d} (G·head_dim: every key component "
                               f"rotated) for G={G} KV heads of {d}")
@@ -702,23 +705,147 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
         raise ConversionError(f"--rope-selection must be one of {ROPE_SELECTIONS}")
     if o.q_norm not in Q_NORM_MODES:
         raise ConversionError(f"--q-norm must be one of {Q_NORM_MODES}")
-    exact_q_norm = arch.qk_norm and o.q_norm == "exact"
+    return TargetLayout(
+        ranks=ranks, d_n=d if o.qk_nope_head_dim is None else o.qk_nope_head_dim, d_r=d_r, d_v=o.v_head_dim or d,
+        with_bias=arch.attention_bias or (arch.qk_norm and o.qk_norm in ("auto", "lstsq", "lstsq-input")),
+        exact_q_norm=arch.qk_norm and o.q_norm == "exact", qk_norm=o.qk_norm,
+        dtype=DTYPES[o.dtype] if o.dtype else arch.dtype,
+    )
+
+
+def resolve_qk_norm(qk_norm: str, tokens: int, hidden_size: int) -> str:
+    """`--qk-norm auto`: the input-wide fit with at least INPUT_FIT_TOKENS_PER_DIM calibration tokens per input dim
+    (D + 1), else the per-head fit; other choices unchanged."""
+    if qk_norm != "auto":
+        return qk_norm
+    return "lstsq-input" if tokens >= INPUT_FIT_TOKENS_PER_DIM * (hidden_size + 1) else "lstsq"
+
+
+def attention_inputs(arch: SourceArch, reader: TensorReader, i: int, batches: list[CalibrationBatch]) -> list:
+    """Layer i's attention input per calibration batch: the input RMSNorm of the residual stream, [b, S, D] fp32."""
+    norm = reader.get(f"{arch.prefix}layers.{i}.input_layernorm.weight").float()
+    return [rms_norm(b.hidden, norm, arch.rms_norm_eps) for b in batches]
+
+
+def convert_attention(arch: SourceArch, src_attn: SourceAttention, xs: list, rank: int, layout: TargetLayout,
+                      o: ConvertOptions):
+    """One layer's M²LA weights (`m2la_math.M2LAWeights`) from its source attention and calibration inputs xs, by
+    the method's steps (README "Method", SPEC §9): 1. QK-norm linearised (k_norm fitted, q_norm exact or fitted),
+    2. MLA rewrite + RoRoPE basis per frequency plane, 3. the RoPE key's components, then the joint [K_nope; V] PCA
+    to `rank`. All in float64 on the inputs' second moment Σ [D+1, D+1]."""
+    G, d = arch.num_kv_heads, arch.head_dim
+    x_flat = torch.cat([x.reshape(-1, arch.hidden_size) for x in xs]).double()
+    x_aug = torch.cat([x_flat, torch.ones(x_flat.shape[0], 1, dtype=torch.float64)], dim=1)
+    sigma = x_aug.T @ x_aug / x_aug.shape[0]  # [D+1, D+1]
+    del x_aug
+    lin = linearize_qk_norm(src_attn, x_flat if arch.qk_norm else None, layout.qk_norm)
+    del x_flat
+    plane_cov = key_plane_covariance(lin.k, sigma, G, d)
+    U = rorope_basis(plane_cov, enabled=o.rorope)
+    components = select_rope_components(U, plane_cov, layout.d_r, o.rope_selection,
+                                        lin.q.view(-1, d, sigma.shape[0]), sigma, src_attn.group_of_head)
+    return build_m2la_layer(src_attn, lin, sigma, U, rank, layout.d_n, layout.d_r, layout.d_v, balance=o.balance,
+                            with_bias=layout.with_bias, rope_components=components, exact_q_norm=layout.exact_q_norm)
+
+
+def write_layer(writer: ShardWriter, reader: TensorReader, arch: SourceArch, i: int, w, dtype: torch.dtype) -> set:
+    """Queue layer i's converted attention tensors and its other tensors (norms, MLP) unchanged, in `dtype`.
+    Returns the source keys of the layer (all handled)."""
+    lp, a = f"{arch.prefix}layers.{i}.", f"{arch.prefix}layers.{i}.self_attn."
+    for name, tensor in (("q_proj.weight", w.q_proj_weight), ("q_proj.bias", w.q_proj_bias),
+                         ("q_norm.weight", w.q_norm_weight), ("kv_a_proj_with_mqa.weight", w.kv_a_weight),
+                         ("kv_a_proj_with_mqa.bias", w.kv_a_bias), ("kv_b_proj.weight", w.kv_b_weight),
+                         ("o_proj.weight", w.o_proj_weight)):
+        if tensor is not None:
+            writer.add(a + name, tensor.to(dtype))
+    layer_keys = set()
+    for key in reader.keys():
+        if key.startswith(lp):
+            layer_keys.add(key)
+            if "rotary_emb" not in key and not any(key.startswith(a + s + ".") for s in ATTENTION_SOURCE_KEYS):
+                writer.add(key, reader.get(key).to(dtype))
+    return layer_keys
+
+
+def advance_calibration(arch: SourceArch, reader: TensorReader, i: int, batches: list[CalibrationBatch], xs: list,
+                        src_attn: SourceAttention, converted=None) -> float | None:
+    """Run the calibration batches through source layer i (its attention on xs, then residual, MLP, DeepStack) so
+    they enter layer i + 1. With `converted` (the converted attention, `m2la_attention`), returns its relative
+    squared output error against the source attention on each batch's first `measure_rows` rows, else None."""
+    lp = f"{arch.prefix}layers.{i}."
+    src32 = src_attn.to(torch.float32)
+    mlp = source_mlp(reader, lp) if i + 1 < arch.num_layers else None
+    post_norm = reader.get(lp + "post_attention_layernorm.weight").float()
+    err, ref = 0.0, 0.0
+    with torch.no_grad():
+        for b, x in zip(batches, xs):
+            attn_src = rorope_attention(src32, x, b.cos, b.sin, U=None)
+            if converted is not None:
+                n = b.measure_rows
+                err += float((converted(x[:n], b.cos[:n], b.sin[:n]) - attn_src[:n]).pow(2).sum())
+                ref += float(attn_src[:n].pow(2).sum())
+            if mlp is not None:
+                b.advance(attn_src, post_norm, mlp, arch.rms_norm_eps, i)
+    return err / max(ref, 1e-30) if converted is not None else None
+
+
+def finish_folder(tmp: Path, src: Path, arch: SourceArch, config, layout: TargetLayout, rope_planes: list,
+                  tokenizer: Path | None, report: dict) -> None:
+    """Everything after the tensors: processor or tokenizer files, the flat remote code, `conversion_report.json`,
+    and `config.json` last (a folder without it never loads), then the `INCOMPLETE` note goes."""
+    write_processor(src, tmp, arch.is_vl, tokenizer)
+    write_remote_code(tmp)
+    (tmp / "conversion_report.json").write_text(json.dumps(
+        {k: v for k, v in report.items() if k != "config"}, indent=2) + "\n")
+    d = arch.head_dim
+    text_config = config.text_config if arch.is_vl else config
+    text_config.q_norm = layout.exact_q_norm
+    if layout.d_r != d or any(planes != list(range(d // 2)) for planes in rope_planes):
+        text_config.rope_frequency_planes = rope_planes  # else the released layout: config stays as it was
+    text_config.validate_m2la()
+    report["config"] = config.to_dict()
+    config.save_pretrained(tmp)
+    (tmp / "INCOMPLETE").unlink()
+
+
+def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = None, layer_hook=None) -> dict:
+    """Convert `src` into an M²LA folder `out` (atomically). Returns a report: per-layer stats, timings, config.
+
+    The steps: read and check the source (`read_source_arch`, `TensorReader`, `check_source_keys`) and the options
+    (`plan_layout`, `check_tokenizer`) before anything is written; calibration inputs of layer 0
+    (`calibration_batches`); then per layer, streamed: the method's steps 1-3 (`convert_attention`), its tensors
+    queued for the shards (`write_layer`), the calibration batches advanced through the source layer with the
+    converted attention's error measured (`advance_calibration`); last the unchanged tensors and the folder's other
+    files (`finish_folder`). `layer_hook(i)` (tests) is called after each layer is converted.
+
+    Raises:
+        ConversionError: unsupported architecture, impossible ranks or widths, missing files or tensors.
+        FileExistsError: `out` exists and `options.overwrite` is False. OutputInUseError (a FileExistsError):
+            another live run is writing `out`; nothing of it is touched.
+        FileNotFoundError: a calibration file is missing.
+    """
+    from tqdm.auto import tqdm
+
+    o = options or ConvertOptions()
+    src, out = Path(src), Path(out)
+    arch = read_source_arch(src)
+    reader = TensorReader(src)
+    check_source_keys(arch, reader)
+    check_output_free(out, o.overwrite)  # atomic_folder holds the output's lock and checks again
+
+    layout = plan_layout(arch, o)
     tokenizer = check_tokenizer(src, arch, o)
-    out_dtype = DTYPES[o.dtype] if o.dtype else arch.dtype
-    with_bias = arch.attention_bias or (arch.qk_norm and o.qk_norm in ("auto", "lstsq", "lstsq-input"))
-    config = build_target_config(arch, ranks, d_n, d_r, d_v, with_bias, out_dtype)
+    config = build_target_config(arch, layout.ranks, layout.d_n, layout.d_r, layout.d_v, layout.with_bias,
+                                 layout.dtype)
     batches = calibration_batches(arch, reader, config, src, o)
     tokens = sum(b.hidden.shape[0] * b.hidden.shape[1] for b in batches)
-    qk_norm = o.qk_norm
-    if qk_norm == "auto":
-        qk_norm = "lstsq-input" if tokens >= INPUT_FIT_TOKENS_PER_DIM * (arch.hidden_size + 1) else "lstsq"
+    layout.qk_norm = resolve_qk_norm(o.qk_norm, tokens, arch.hidden_size)
 
     report = {"layers": [], "config": config.to_dict(), "src": str(src), "out": str(out), "calibration_tokens": tokens,
-              "qk_norm": qk_norm if arch.qk_norm else None, "q_norm": o.q_norm if arch.qk_norm else None,
+              "qk_norm": layout.qk_norm if arch.qk_norm else None, "q_norm": o.q_norm if arch.qk_norm else None,
               "rope_selection": o.rope_selection,
               "calibration_visual_tokens": sum(int(b.visual_mask.sum()) for b in batches if b.visual_mask is not None)}
     start = time.perf_counter()
-    p = arch.prefix
     try:
         with atomic_folder(out, overwrite=o.overwrite) as tmp:
             (tmp / "INCOMPLETE").write_text(
@@ -728,56 +855,17 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
             layer_keys, rope_planes = set(), []
             for i in tqdm(range(arch.num_layers), desc="converting layers", unit="layer", disable=not o.progress):
                 t0 = time.perf_counter()
-                lp, a = f"{p}layers.{i}.", f"{p}layers.{i}.self_attn."
                 src_attn = load_source_attention(arch, reader, i)
-                norm = reader.get(lp + "input_layernorm.weight").float()
-                xs = [rms_norm(b.hidden, norm, arch.rms_norm_eps) for b in batches]  # attention inputs [b, S, D]
-                x_flat = torch.cat([x.reshape(-1, arch.hidden_size) for x in xs]).double()
-                x_aug = torch.cat([x_flat, torch.ones(x_flat.shape[0], 1, dtype=torch.float64)], dim=1)
-                sigma = x_aug.T @ x_aug / x_aug.shape[0]  # [D+1, D+1]
-                del x_aug
-                lin = linearize_qk_norm(src_attn, x_flat if arch.qk_norm else None, qk_norm)
-                del x_flat
-                plane_cov = key_plane_covariance(lin.k, sigma, G, d)
-                U = rorope_basis(plane_cov, enabled=o.rorope)
-                components = select_rope_components(U, plane_cov, d_r, o.rope_selection,
-                                                    lin.q.view(-1, d, sigma.shape[0]), sigma, src_attn.group_of_head)
-                w = build_m2la_layer(src_attn, lin, sigma, U, ranks[i], d_n, d_r, d_v, balance=o.balance,
-                                     with_bias=with_bias, rope_components=components, exact_q_norm=exact_q_norm)
+                xs = attention_inputs(arch, reader, i, batches)
+                w = convert_attention(arch, src_attn, xs, layout.ranks[i], layout, o)
                 rope_planes.append(w.rope_planes)
-                del sigma, lin
-                for name, tensor in (("q_proj.weight", w.q_proj_weight), ("q_proj.bias", w.q_proj_bias),
-                                     ("q_norm.weight", w.q_norm_weight),
-                                     ("kv_a_proj_with_mqa.weight", w.kv_a_weight),
-                                     ("kv_a_proj_with_mqa.bias", w.kv_a_bias), ("kv_b_proj.weight", w.kv_b_weight),
-                                     ("o_proj.weight", w.o_proj_weight)):
-                    if tensor is not None:
-                        writer.add(a + name, tensor.to(out_dtype))
-                for key in reader.keys():
-                    if key.startswith(lp):
-                        layer_keys.add(key)
-                        if "rotary_emb" not in key and not any(key.startswith(a + s + ".") for s in ATTENTION_SOURCE_KEYS):
-                            writer.add(key, reader.get(key).to(out_dtype))
-
-                # Propagate the calibration batches through the source layer; measure the converted attention.
+                layer_keys |= write_layer(writer, reader, arch, i, w, layout.dtype)
                 stats = dict(w.stats, layer=i)
-                src32 = src_attn.to(torch.float32)
-                converted = m2la_attention(arch, w, ranks[i], d_n, d_v) if o.measure else None
-                mlp = source_mlp(reader, lp) if i + 1 < arch.num_layers else None
-                post_norm = reader.get(lp + "post_attention_layernorm.weight").float()
-                err, ref = 0.0, 0.0
-                with torch.no_grad():
-                    for b, x in zip(batches, xs):
-                        attn_src = rorope_attention(src32, x, b.cos, b.sin, U=None)
-                        if converted is not None:
-                            n = b.measure_rows
-                            err += float((converted(x[:n], b.cos[:n], b.sin[:n]) - attn_src[:n]).pow(2).sum())
-                            ref += float(attn_src[:n].pow(2).sum())
-                        if mlp is not None:
-                            b.advance(attn_src, post_norm, mlp, arch.rms_norm_eps, i)
-                if converted is not None:
-                    stats["attn_out_rel_error"] = err / max(ref, 1e-30)
-                del w, src_attn, src32, converted, mlp, xs, attn_src
+                converted = m2la_attention(arch, w, layout.ranks[i], layout.d_n, layout.d_v) if o.measure else None
+                error = advance_calibration(arch, reader, i, batches, xs, src_attn, converted)
+                if error is not None:
+                    stats["attn_out_rel_error"] = error
+                del w, src_attn, converted, xs
                 stats["seconds"] = time.perf_counter() - t0
                 report["layers"].append(stats)
                 if layer_hook is not None:
@@ -785,20 +873,9 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
             del batches
             for key in reader.keys():  # embeddings, final norm, lm_head, vision tower: unchanged
                 if key not in layer_keys and "rotary_emb.inv_freq" not in key:
-                    writer.add(key, reader.get(key).to(out_dtype))
+                    writer.add(key, reader.get(key).to(layout.dtype))
             writer.finish()
-            write_processor(src, tmp, arch.is_vl, tokenizer)
-            write_remote_code(tmp)
-            (tmp / "conversion_report.json").write_text(json.dumps(
-                {k: v for k, v in report.items() if k != "config"}, indent=2) + "\n")
-            text_config = config.text_config if arch.is_vl else config
-            text_config.q_norm = exact_q_norm
-            if d_r != d or any(planes != list(range(d // 2)) for planes in rope_planes):
-                text_config.rope_frequency_planes = rope_planes  # else the released layout: config stays as it was
-            text_config.validate_m2la()
-            report["config"] = config.to_dict()
-            config.save_pretrained(tmp)  # config.json last: a folder without it never loads
-            (tmp / "INCOMPLETE").unlink()
+            finish_folder(tmp, src, arch, config, layout, rope_planes, tokenizer, report)
     except BaseException:
         print(f"conversion interrupted: nothing was written to {out} (no loadable folder exists)", file=sys.stderr)
         raise
