@@ -1,6 +1,6 @@
 """Agent turns with the latent cache reused (`LatentCacheChat`) vs a full re-prefill of the conversation every turn.
 
-    python -m convert.small_checkpoint --out checkpoints/internvideo3-small   # once (or any checkpoint: --model)
+    internvideo3-small-checkpoint --out checkpoints/internvideo3-small   # once (or any checkpoint: --model)
     python bench/bench_agent_cache.py --video tests/data/videos/pole_vault.mp4 --turns 4
 
 The conversation is the agent's (system prompt, tool schemas, a coarse view of the whole video, the question); each
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args(argv)
     if not (Path(args.model) / "config.json").is_file():
-        raise SystemExit(f"error: --model {args.model!r} has no config.json (python -m convert.small_checkpoint --out ...)")
+        raise SystemExit(f"error: --model {args.model!r} has no config.json (internvideo3-small-checkpoint --out ...)")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=getattr(torch, args.dtype))

@@ -4,8 +4,9 @@ at several ranks and with each method step switched off, measure perplexity, log
     python bench/convert_quality.py --out /tmp/RESULTS_convert.md     # ≈ 9 min on a shared 2-core CPU
     python bench/convert_quality.py --train-minutes 1 --heal-steps 0   # quick look (prints only)
 
-Text: the documentation strings of ~90 Python standard-library modules (`convert.calibration.stdlib_docstrings`),
-split by module into train and held-out (`convert.quality.split_documents`). A byte-level BPE tokenizer with
+Text: the documentation strings of ~90 Python standard-library modules
+(`internvideo3.convert.calibration.stdlib_docstrings`), split by module into train and held-out
+(`internvideo3.convert.quality.split_documents`). A byte-level BPE tokenizer with
 `--vocab` tokens is trained on the train split (the `tokenizers` library), so the source folder is a complete
 checkpoint (weights, config, tokenizer) that the CLI and `examples/heal_converted.py` take as they are. Random
 weights have no low-rank structure, which is why the model is trained first (SPEC §9.7).

@@ -6,8 +6,8 @@
 
 A thin wrapper of the `internvideo3-agent` console script (`internvideo3/agent/cli.py`). Without `--model` it uses the
 small randomly initialised checkpoint `examples/generate_video.py` uses (`checkpoints/internvideo3-small/`, built or
-rebuilt by `internvideo3.convert.small_checkpoint.ensure_small_checkpoint`), so the answer is random text while the transcript, the
-tool plumbing and the cache accounting are real. Prints the transcript, then `answer: <text>`, `steps: <n>`,
+rebuilt by `internvideo3.convert.small_checkpoint.ensure_small_checkpoint`), so the answer is random text while the
+transcript, the tool plumbing and the cache accounting are real. Prints the transcript, then `answer: <text>`, `steps: <n>`,
 `prefill tokens saved: <n>` and the cache bytes.
 """
 

@@ -448,8 +448,9 @@ def test_converter_tokenizer_must_fit_the_model(llama_source, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------------------------
 def test_concurrent_conversions_into_one_out_never_destroy_each_other(llama_source, tmp_path):
     """This process converts into `out`; while it is at layer 0, a second real process runs the CLI (the console
-    script, from another directory) into the same `out` (with and without --overwrite). Before: the second run deleted the first one's temporary folder as a
-    "leftover". Now it exits with one `error:` line and touches nothing; the first run finishes and loads."""
+    script, from another directory) into the same `out` (with and without --overwrite). Before: the second run
+    deleted the first one's temporary folder as a "leftover". Now it exits with one `error:` line and touches
+    nothing; the first run finishes and loads."""
     from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert
 
     out = tmp_path / "out"
