@@ -296,6 +296,8 @@ class InternVideo3VisionConfig(PretrainedConfig):
         self.deepstack_visual_indexes = list(deepstack_visual_indexes)
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
+        # Qwen3-VL's 2-D rotary is fixed (SPEC §6; 4.57 hard-codes it); transformers >= 5's vision tower reads it here.
+        self.rope_parameters = {"rope_type": "axial", "rope_theta": 10000.0}
         if hidden_size % num_heads:
             raise ValueError(f"vision hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         if (hidden_size // num_heads) % 4:
