@@ -185,10 +185,6 @@ class InternVideo3TextConfig(PretrainedConfig):
             return int(self.kv_lora_rank_list[layer_idx])
         return int(self.kv_lora_rank)
 
-    def cache_values_per_token(self) -> int:
-        """Values the latent cache holds per token, summed over layers: Σ_l (r_l + qk_rope_head_dim) (SPEC §4)."""
-        return sum(self.layer_kv_lora_rank(i) + self.qk_rope_head_dim for i in range(self.num_hidden_layers))
-
     def gqa_cache_values_per_token(self) -> int:
         """Values a GQA cache of the source model holds per token over all layers: L · 2 · kv_heads · head_dim."""
         return self.num_hidden_layers * 2 * self.source_num_key_value_heads * self.head_dim
