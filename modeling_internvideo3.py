@@ -1304,6 +1304,39 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
                 )
         return model_inputs
 
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """transformers' expansion (beam search, `num_return_sequences`: every batch row `expand_size` times), except
+        that pixel rows and grids, which are not batch-first, repeat each sample's own images/videos with it.
+
+        A sample's grids are read off its placeholder runs: a grid of t temporal patches spans t runs (each frame
+        group is its own `<|vision_start|>…<|vision_end|>` segment, as in `get_rope_index`).
+        """
+        visual = {}
+        for pixels_key, grid_key, token in (
+            ("pixel_values", "image_grid_thw", "image_token_id"),
+            ("pixel_values_videos", "video_grid_thw", "video_token_id"),
+        ):
+            if expand_size == 1 or model_kwargs.get(pixels_key) is None or model_kwargs.get(grid_key) is None:
+                continue
+            pixels, grid = model_kwargs.pop(pixels_key), model_kwargs.pop(grid_key)
+            embeds, token_id = model_kwargs.get("inputs_embeds"), getattr(self.config, token)
+            mask = self.model._placeholder_mask(input_ids if embeds is None else None, embeds, token_id)
+            runs = (mask & ~F.pad(mask[:, :-1], (1, 0), value=False)).sum(1).tolist()  # [B] placeholder runs
+            grids_per_sample, row = [], 0
+            for n in runs:
+                first = row
+                while n > 0 and row < len(grid):
+                    n, row = n - int(grid[row, 0]), row + 1
+                grids_per_sample.append(row - first)
+            grids = grid.split(grids_per_sample)
+            visual[grid_key] = torch.cat([g.repeat(expand_size, 1) for g in grids])
+            patches = pixels.split([int(g.prod(-1).sum()) for g in grids])
+            visual[pixels_key] = torch.cat([p.repeat(expand_size, 1) for p in patches])
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        return input_ids, {**model_kwargs, **visual}
+
 
 class InternVideo3ForConditionalGeneration(InternVideo3CausalLMBase):
     """InternVideo3 with its (untied) LM head: video/image/text in, next-token logits out; `generate()` ready.
