@@ -697,6 +697,23 @@ _ATTENTION_KEY_SUFFIXES = (
 _ATTENTION_KEY_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.(.+)$")
 
 
+def _hub_lookup_errors() -> tuple[type[BaseException], ...]:
+    """The failures of a Hub header lookup that only mean "cannot look": offline (mode or network), gated, private or
+    missing repo/revision/file, not a safetensors repo. Anything else (a bug, a bad argument) propagates. Names are
+    looked up, not imported, as they moved between huggingface_hub 0.x and 1.x (requests -> httpx)."""
+    import huggingface_hub.errors as hub_errors
+
+    names = ("OfflineModeIsEnabled", "RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError",
+             "EntryNotFoundError", "NotASafetensorsRepoError", "LocalEntryNotFoundError")  # fmt: skip
+    errors = [getattr(hub_errors, name) for name in names if hasattr(hub_errors, name)]
+    for module, name in (("requests", "ConnectionError"), ("requests", "Timeout"), ("httpx", "TransportError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors) + (ConnectionError, TimeoutError)
+
+
 def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, list[int]]:
     """{tensor name: shape} of a safetensors checkpoint, from its headers only (no weights are read).
 
@@ -749,23 +766,6 @@ def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, l
                       stacklevel=3)
         return {}
     return {name: list(info.shape) for file in metadata.files_metadata.values() for name, info in file.tensors.items()}
-
-
-def _hub_lookup_errors() -> tuple[type[BaseException], ...]:
-    """The failures of a Hub header lookup that only mean "cannot look": offline (mode or network), gated, private or
-    missing repo/revision/file, not a safetensors repo. Anything else (a bug, a bad argument) propagates. Names are
-    looked up, not imported, as they moved between huggingface_hub 0.x and 1.x (requests -> httpx)."""
-    import huggingface_hub.errors as hub_errors
-
-    names = ("OfflineModeIsEnabled", "RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError",
-             "EntryNotFoundError", "NotASafetensorsRepoError", "LocalEntryNotFoundError")  # fmt: skip
-    errors = [getattr(hub_errors, name) for name in names if hasattr(hub_errors, name)]
-    for module, name in (("requests", "ConnectionError"), ("requests", "Timeout"), ("httpx", "TransportError")):
-        try:
-            errors.append(getattr(__import__(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors) + (ConnectionError, TimeoutError)
 
 
 def adapt_text_config_to_checkpoint(text_config: InternVideo3TextConfig, shapes: dict) -> None:
@@ -868,6 +868,14 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def text_position_ids(attention_mask, batch, query_len, past_len, device) -> torch.Tensor:
+    """1-D positions [B, S] for text: count of real tokens before each one (left padding skips pads)."""
+    if attention_mask is not None and attention_mask.ndim == 2:
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.clamp(min=0)[:, -query_len:].to(device)
+    return (torch.arange(past_len, past_len + query_len, device=device))[None].expand(batch, -1)
+
+
 class InternVideo3TextModel(InternVideo3PreTrainedModel):
     """Token embedding + M²LA decoder layers + final RMSNorm, with DeepStack injection after the first layers.
 
@@ -962,14 +970,6 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
             attentions=tuple(all_attentions) if all_attentions is not None else None,
         )
-
-
-def text_position_ids(attention_mask, batch, query_len, past_len, device) -> torch.Tensor:
-    """1-D positions [B, S] for text: count of real tokens before each one (left padding skips pads)."""
-    if attention_mask is not None and attention_mask.ndim == 2:
-        positions = attention_mask.long().cumsum(-1) - 1
-        return positions.clamp(min=0)[:, -query_len:].to(device)
-    return (torch.arange(past_len, past_len + query_len, device=device))[None].expand(batch, -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
