@@ -185,10 +185,6 @@ class InternVideo3TextConfig(PretrainedConfig):
             return int(self.kv_lora_rank_list[layer_idx])
         return int(self.kv_lora_rank)
 
-    def cache_values_per_token(self) -> int:
-        """Values the latent cache holds per token, summed over layers: Σ_l (r_l + qk_rope_head_dim) (SPEC §4)."""
-        return sum(self.layer_kv_lora_rank(i) + self.qk_rope_head_dim for i in range(self.num_hidden_layers))
-
     def gqa_cache_values_per_token(self) -> int:
         """Values a GQA cache of the source model holds per token over all layers: L · 2 · kv_heads · head_dim."""
         return self.num_hidden_layers * 2 * self.source_num_key_value_heads * self.head_dim
@@ -296,6 +292,8 @@ class InternVideo3VisionConfig(PretrainedConfig):
         self.deepstack_visual_indexes = list(deepstack_visual_indexes)
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
+        # Qwen3-VL's 2-D rotary is fixed (SPEC §6; 4.57 hard-codes it); transformers >= 5's vision tower reads it here.
+        self.rope_parameters = {"rope_type": "axial", "rope_theta": 10000.0}
         if hidden_size % num_heads:
             raise ValueError(f"vision hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
         if (hidden_size // num_heads) % 4:

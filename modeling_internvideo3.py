@@ -2,9 +2,9 @@
 """InternVideo3: the Qwen3-VL vision tower + a text decoder whose attention is M²LA (multimodal multi-head latent
 attention), with a latent KV cache and absorbed decode.
 
-The file reads top to bottom as the architecture (SPEC §1): outputs -> rotary helpers -> vision tower (patch embed,
-2-D rotary, blocks, merger, DeepStack mergers) -> text blocks (MRoPE, RMSNorm, M²LA attention, MLP, decoder layer)
--> latent cache -> `PreTrainedModel` base -> vision model -> text model -> multimodal model -> causal-LM heads.
+The file reads top to bottom as the architecture (SPEC §1): outputs -> rotary helpers -> vision tower
+(transformers' Qwen3-VL one) -> attention functions and mask -> text blocks (MRoPE, RMSNorm, M²LA attention, MLP,
+decoder layer) -> latent cache -> `PreTrainedModel` base -> text model -> multimodal model -> causal-LM heads.
 
 Shape letters used everywhere: B batch, S query length, T cached + current length, H heads, r `kv_lora_rank`,
 d_r `qk_rope_head_dim`, d_n `qk_nope_head_dim`, d_v `v_head_dim`, D hidden size, N vision patches.
@@ -71,9 +71,23 @@ _TIED_WEIGHTS_AS_DICT = hasattr(PreTrainedModel, "get_expanded_tied_weights_keys
 # Static latent cache: 5.x's StaticLayer sizes values by their own width (d_r); 4.57's gives values the keys' width.
 _STATIC_LAYER_SIZES_VALUES = "value_states" in inspect.signature(StaticLayer.lazy_initialization).parameters
 
-# `get_image_features` / `get_video_features`: 5.x returns an output object (pooled embeddings + DeepStack features,
-# `return_dict=False` for a tuple), 4.57 a tuple (per-item embeddings, DeepStack features). We follow Qwen3-VL.
+# Vision tower (transformers' own `Qwen3VLVisionModel`): 5.x returns `BaseModelOutputWithDeepstackFeatures` (patch
+# states, merged embeddings, DeepStack features), 4.57 the tuple (merged embeddings, DeepStack features), which
+# `InternVideo3VisionModel` wraps in an output of the same fields (4.57 returns no patch states: `last_hidden_state`
+# is None there).
+# `get_image_features` / `get_video_features` follow the installed Qwen3-VL: 5.x an output object (per-item pooled
+# embeddings + DeepStack features, `return_dict=False` for a tuple), 4.57 a tuple (per-item embeddings, DeepStack).
 _VISION_FEATURES_AS_OUTPUT = hasattr(modeling_qwen3_vl, "BaseModelOutputWithDeepstackFeatures")
+if _VISION_FEATURES_AS_OUTPUT:
+    InternVideo3VisionOutput = modeling_qwen3_vl.BaseModelOutputWithDeepstackFeatures
+else:
+
+    @dataclass
+    class InternVideo3VisionOutput(BaseModelOutputWithPooling):
+        """5.x's `BaseModelOutputWithDeepstackFeatures`: `deepstack_features` one [N/4, D_text] per DeepStack layer."""
+
+        deepstack_features: list[torch.FloatTensor] | None = None
+
 
 try:  # 4.5x and 5.x: the layer wrapper that gradient checkpointing hooks into
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -121,18 +135,6 @@ class InternVideo3CausalLMOutputWithPast(CausalLMOutputWithPast):
     rope_deltas: torch.LongTensor | None = None
 
 
-@dataclass
-class InternVideo3VisionOutput(BaseModelOutputWithPooling):
-    """Vision tower output, laid out as Qwen3-VL's on transformers 5.x (SPEC §6).
-
-    last_hidden_state: [N, D_v] patch states before the merger. pooler_output: merged embeddings [N/4, D_text]
-    (a tuple of one tensor per image/video from `get_*_features`). deepstack_features: one [N/4, D_text] per
-    `deepstack_visual_indexes` entry (from `get_*_features`: each a tuple per image/video).
-    """
-
-    deepstack_features: list[torch.FloatTensor] | None = None
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Rotary helpers
 # ----------------------------------------------------------------------------------------------------------------------
@@ -163,107 +165,38 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Vision tower (Qwen3-VL, unchanged: SPEC §6)
+# Vision tower (transformers' Qwen3-VL, unchanged: SPEC §6)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class InternVideo3VisionPatchEmbed(nn.Module):
-    """Conv3d(C -> D_v, kernel = stride = (temporal_patch, patch, patch)): rows of C·T·P·P pixels -> [N, D_v]."""
+class InternVideo3VisionModel(modeling_qwen3_vl.Qwen3VLVisionModel):
+    """transformers' Qwen3-VL vision tower built from an `InternVideo3VisionConfig` (SPEC §6): Conv3d patch embed,
+    learned 48×48 positions bilinearly resampled to each grid, 2-D rotary, ViT blocks attending within each frame group,
+    2×2 merger and DeepStack mergers, with Qwen3-VL's key names (`model.visual.*` in the full model).
 
-    def __init__(self, config: InternVideo3VisionConfig):
-        super().__init__()
-        self.in_channels = config.in_channels
-        self.temporal_patch_size = config.temporal_patch_size
-        self.patch_size = config.patch_size
-        kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
-        self.proj = nn.Conv3d(config.in_channels, config.hidden_size, kernel_size=kernel, stride=kernel, bias=True)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = pixel_values.view(-1, self.in_channels, self.temporal_patch_size, self.patch_size, self.patch_size)
-        return self.proj(x.to(self.proj.weight.dtype)).flatten(1)  # [N, D_v]
-
-
-class InternVideo3VisionMLP(nn.Module):
-    def __init__(self, config: InternVideo3VisionConfig):
-        super().__init__()
-        self.linear_fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
-        self.linear_fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
-        self.act_fn = ACT2FN[config.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_fc2(self.act_fn(self.linear_fc1(x)))
-
-
-class InternVideo3VisionPatchMerger(nn.Module):
-    """2×2 patch merger: LayerNorm, view 4 patches as one row of 4·D_v, MLP with exact GELU -> D_text (SPEC §6).
-
-    `use_postshuffle_norm=True` (the DeepStack mergers) normalises after the 4-patch view instead of before.
+    forward(pixel_values [N, C·T·P·P] float, grid_thw [n, 3] long) -> `InternVideo3VisionOutput`: `last_hidden_state`
+    [N, D_v] patch states before the merger (None on transformers 4.57), `pooler_output` merged embeddings
+    [N/4, D_text], `deepstack_features` one [N/4, D_text] per `deepstack_visual_indexes` entry.
     """
 
-    def __init__(self, config: InternVideo3VisionConfig, use_postshuffle_norm: bool = False):
-        super().__init__()
-        self.hidden_size = config.hidden_size * config.spatial_merge_size**2
-        self.use_postshuffle_norm = use_postshuffle_norm
-        self.norm = nn.LayerNorm(self.hidden_size if use_postshuffle_norm else config.hidden_size, eps=1e-6)
-        self.linear_fc1 = nn.Linear(self.hidden_size, self.hidden_size)
-        self.act_fn = nn.GELU()
-        self.linear_fc2 = nn.Linear(self.hidden_size, config.out_hidden_size)
+    config_class = InternVideo3VisionConfig
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_postshuffle_norm:
-            x = self.norm(x.view(-1, self.hidden_size))
-        else:
-            x = self.norm(x).view(-1, self.hidden_size)
-        return self.linear_fc2(self.act_fn(self.linear_fc1(x)))  # [N/4, D_text]
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers looks for its attention interface in this file's source; the blocks are Qwen3-VL's, which read
+        # `config._attn_implementation` at every call.
+        return True
 
-
-class InternVideo3VisionAttention(nn.Module):
-    """Non-causal attention within each temporal patch (cu_seqlens segments), fused qkv, 2-D rotary (SPEC §6)."""
-
-    def __init__(self, config: InternVideo3VisionConfig):
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_heads
-        self.head_dim = config.hidden_size // config.num_heads
-        self.scaling = self.head_dim**-0.5
-        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
-        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor, cu_seqlens: list[int], cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        N = x.shape[0]
-        q, k, v = self.qkv(x).view(N, 3, self.num_heads, self.head_dim).unbind(1)  # each [N, H, d]
-        dtype = q.dtype
-        # Rotary in fp32 as Qwen3-VL does, so bf16 runs match it.
-        q = (q.float() * cos[:, None] + rotate_half(q.float()) * sin[:, None]).to(dtype)
-        k = (k.float() * cos[:, None] + rotate_half(k.float()) * sin[:, None]).to(dtype)
-        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, H, N, d]
-        attention = VISION_ATTENTION_FUNCTIONS.get(self.config._attn_implementation, sdpa_attention)
-        outputs = []
-        for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:]):
-            outputs.append(
-                attention(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], None, self.scaling, False)
-            )
-        out = torch.cat(outputs, dim=1)  # [1, N, H, d]
-        return self.proj(out.reshape(N, -1))
-
-
-class InternVideo3VisionBlock(GradientCheckpointingLayer):
-    """Pre-LN ViT block: x + attn(LN(x)), then x + MLP(LN(x))."""
-
-    def __init__(self, config: InternVideo3VisionConfig):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=1e-6)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=1e-6)
-        self.attn = InternVideo3VisionAttention(config)
-        self.mlp = InternVideo3VisionMLP(config)
-
-    def forward(self, x: torch.Tensor, cu_seqlens: list[int], cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cu_seqlens, cos, sin)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> InternVideo3VisionOutput:
+        out = super().forward(pixel_values, grid_thw, **kwargs)
+        if _VISION_FEATURES_AS_OUTPUT:
+            return out
+        merged, deepstack = out
+        return InternVideo3VisionOutput(pooler_output=merged, deepstack_features=list(deepstack))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Attention functions (one table; eager and SDPA)
+# Attention functions (one table; eager and SDPA) and the causal + padding mask
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -311,7 +244,66 @@ def sdpa_attention(query, key, value, attention_mask, scaling, is_causal, dropou
 
 
 ATTENTION_FUNCTIONS: dict[str, Callable] = {"eager": eager_attention, "sdpa": sdpa_attention}
-VISION_ATTENTION_FUNCTIONS = ATTENTION_FUNCTIONS
+
+
+class AttentionMaskSpec:
+    """Causal + padding mask of one forward, built lazily per query block so no [S, T] mask of the whole prompt is
+    ever materialised (a 256K-token prefill would need 64 G entries).
+
+    Args:
+        attention_mask: None, [B, T] of 0/1 (T = past_len + S; left padding), or an already-built 4-D mask
+            [B, 1, S, T] (bool, or additive float where 0 = attend), e.g. from generate() with a static cache.
+        query_len: S, past_len: tokens already in the cache.
+
+    Raises:
+        ValueError: a 2-D mask whose length is not past_len + S.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor | None, query_len: int, past_len: int):
+        self.query_len, self.past_len = query_len, past_len
+        self.total = past_len + query_len
+        self.full = None
+        self.padding = None
+        if attention_mask is not None and attention_mask.ndim == 4:
+            mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
+            self.full = mask[..., : self.total] if mask.shape[-1] > self.total else mask
+        elif attention_mask is not None:
+            if attention_mask.shape[-1] != self.total:
+                raise ValueError(
+                    f"attention_mask has {attention_mask.shape[-1]} columns, expected past {past_len} + new {query_len}"
+                )
+            if not bool(attention_mask.all()):
+                self.padding = attention_mask.bool()
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """No padding and no prebuilt mask: causality alone decides, so SDPA's memory-efficient kernels apply."""
+        return self.full is None and self.padding is None
+
+    def block(self, start: int, end: int, device, sdpa: bool = False) -> tuple[torch.Tensor | None, bool, int]:
+        """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible).
+
+        With `sdpa=True` and plain causality, a block that does not start at key 0 gets torch's lower-right causal
+        bias instead of a materialised mask, which SDPA runs without an [S, K] score matrix.
+        """
+        keys = self.past_len + end  # later keys are causally invisible: callers slice them away
+        if sdpa and self.is_plain_causal and end - start > 1 and self.past_len + start > 0 and causal_lower_right:
+            return causal_lower_right(end - start, keys), False, keys
+        if self.full is not None:
+            mask = self.full[:, :, start:end, :keys]
+            return mask | ~mask.any(-1, keepdim=True), False, keys
+        if self.padding is None:
+            if end - start == 1:
+                return None, False, keys
+            if self.past_len == 0 and start == 0:
+                return None, True, keys  # square causal block: SDPA's is_causal
+        key_pos = torch.arange(keys, device=device)
+        query_pos = torch.arange(self.past_len + start, self.past_len + end, device=device)
+        mask = (key_pos[None, :] <= query_pos[:, None])[None, None]  # [1, 1, q, K]
+        if self.padding is not None:
+            mask = mask & self.padding[:, None, None, :keys].to(device)
+        # Left-padding queries see no key: let them see all so no NaN appears; their outputs are never used.
+        return mask | ~mask.any(-1, keepdim=True), False, keys
 
 
 def check_output_attentions(config: PretrainedConfig, output_attentions: bool | None) -> bool:
@@ -705,6 +697,23 @@ _ATTENTION_KEY_SUFFIXES = (
 _ATTENTION_KEY_PATTERN = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.(.+)$")
 
 
+def _hub_lookup_errors() -> tuple[type[BaseException], ...]:
+    """The failures of a Hub header lookup that only mean "cannot look": offline (mode or network), gated, private or
+    missing repo/revision/file, not a safetensors repo. Anything else (a bug, a bad argument) propagates. Names are
+    looked up, not imported, as they moved between huggingface_hub 0.x and 1.x (requests -> httpx)."""
+    import huggingface_hub.errors as hub_errors
+
+    names = ("OfflineModeIsEnabled", "RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError",
+             "EntryNotFoundError", "NotASafetensorsRepoError", "LocalEntryNotFoundError")  # fmt: skip
+    errors = [getattr(hub_errors, name) for name in names if hasattr(hub_errors, name)]
+    for module, name in (("requests", "ConnectionError"), ("requests", "Timeout"), ("httpx", "TransportError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors) + (ConnectionError, TimeoutError)
+
+
 def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, list[int]]:
     """{tensor name: shape} of a safetensors checkpoint, from its headers only (no weights are read).
 
@@ -759,23 +768,6 @@ def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, l
     return {name: list(info.shape) for file in metadata.files_metadata.values() for name, info in file.tensors.items()}
 
 
-def _hub_lookup_errors() -> tuple[type[BaseException], ...]:
-    """The failures of a Hub header lookup that only mean "cannot look": offline (mode or network), gated, private or
-    missing repo/revision/file, not a safetensors repo. Anything else (a bug, a bad argument) propagates. Names are
-    looked up, not imported, as they moved between huggingface_hub 0.x and 1.x (requests -> httpx)."""
-    import huggingface_hub.errors as hub_errors
-
-    names = ("OfflineModeIsEnabled", "RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError",
-             "EntryNotFoundError", "NotASafetensorsRepoError", "LocalEntryNotFoundError")  # fmt: skip
-    errors = [getattr(hub_errors, name) for name in names if hasattr(hub_errors, name)]
-    for module, name in (("requests", "ConnectionError"), ("requests", "Timeout"), ("httpx", "TransportError")):
-        try:
-            errors.append(getattr(__import__(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors) + (ConnectionError, TimeoutError)
-
-
 def adapt_text_config_to_checkpoint(text_config: InternVideo3TextConfig, shapes: dict) -> None:
     """Decide attention biases, the latent norm and per-layer ranks from checkpoint keys (SPEC §3 "verify").
 
@@ -825,7 +817,7 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["InternVideo3TextDecoderLayer", "InternVideo3VisionBlock"]
+    _no_split_modules = ["InternVideo3TextDecoderLayer", "Qwen3VLVisionBlock"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_flash_attn = False  # V (128) and Q/K (256) widths differ, and the absorbed path is our own
@@ -872,154 +864,16 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Vision model
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class InternVideo3VisionModel(InternVideo3PreTrainedModel):
-    """Qwen3-VL ViT: patch embed + interpolated learned positions + 2-D rotary + blocks + merger + DeepStack (SPEC §6).
-
-    forward(pixel_values [N, C·T·P·P] float, grid_thw [n, 3] long) -> `InternVideo3VisionOutput` with patch states
-    [N, D_v], merged embeddings `pooler_output` [N/4, D_text] and `len(deepstack_visual_indexes)` DeepStack features
-    [N/4, D_text].
-    """
-
-    config_class = InternVideo3VisionConfig
-    _no_split_modules = ["InternVideo3VisionBlock"]
-
-    def __init__(self, config: InternVideo3VisionConfig):
-        super().__init__(config)
-        self.spatial_merge_size = config.spatial_merge_size
-        self.patch_embed = InternVideo3VisionPatchEmbed(config)
-        self.pos_embed = nn.Embedding(config.num_position_embeddings, config.hidden_size)
-        self.num_grid_per_side = int(round(config.num_position_embeddings**0.5))
-        self.blocks = nn.ModuleList([InternVideo3VisionBlock(config) for _ in range(config.depth)])
-        self.merger = InternVideo3VisionPatchMerger(config, use_postshuffle_norm=False)
-        self.deepstack_visual_indexes = list(config.deepstack_visual_indexes)
-        self.deepstack_merger_list = nn.ModuleList(
-            [InternVideo3VisionPatchMerger(config, use_postshuffle_norm=True) for _ in self.deepstack_visual_indexes]
-        )
-        self.gradient_checkpointing = False
-        self.post_init()
-
-    def _merge_order(self, x: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
-        """[t·h·w, ...] in raster order -> merge-block order (t, h/2, w/2, 2, 2)."""
-        m = self.spatial_merge_size
-        return x.view(t, h // m, m, w // m, m, -1).permute(0, 1, 3, 2, 4, 5).reshape(t * h * w, -1)
-
-    def position_embeddings(self, grid_thw: list[list[int]], dtype) -> torch.Tensor:
-        """Learned 48×48 grid bilinearly resampled to each (h, w) with corner-aligned linspace(0, 47, n). [N, D_v]."""
-        side = self.num_grid_per_side
-        weight = self.pos_embed.weight.view(side, side, -1)
-        out = []
-        for t, h, w in grid_thw:
-            hs = torch.linspace(0, side - 1, h, device=weight.device)
-            ws = torch.linspace(0, side - 1, w, device=weight.device)
-            h0, w0 = hs.long(), ws.long()
-            h1, w1 = (h0 + 1).clamp(max=side - 1), (w0 + 1).clamp(max=side - 1)
-            dh, dw = (hs - h0)[:, None], (ws - w0)[None, :]
-            corners = ((h0, w0, (1 - dh) * (1 - dw)), (h0, w1, (1 - dh) * dw), (h1, w0, dh * (1 - dw)), (h1, w1, dh * dw))
-            grid = sum(weight[r][:, c] * wt.to(weight.dtype)[..., None] for r, c, wt in corners)  # [h, w, D_v]
-            out.append(self._merge_order(grid.to(dtype).reshape(1, h * w, -1).expand(t, -1, -1), t, h, w))
-        return torch.cat(out)
-
-    def rotary_embeddings(self, grid_thw: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """2-D rotary: 1/4 of head_dim frequencies per axis (theta 10000) from (row, col) -> cos, sin [N, head_dim]."""
-        head_dim = self.config.hidden_size // self.config.num_heads
-        dim = head_dim // 2
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
-        coords = []
-        for t, h, w in grid_thw:
-            rows = torch.arange(h, device=device)[:, None].expand(h, w)
-            cols = torch.arange(w, device=device)[None, :].expand(h, w)
-            rc = torch.stack((rows, cols), dim=-1).reshape(1, h * w, 2).expand(t, -1, -1)
-            coords.append(self._merge_order(rc, t, h, w))
-        coords = torch.cat(coords).float()  # [N, 2]
-        freqs = (coords[..., None] * inv_freq).flatten(1)  # [N, dim]: rows' frequencies then columns'
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
-
-    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> InternVideo3VisionOutput:
-        grid = [[int(v) for v in row] for row in grid_thw.tolist()]
-        x = self.patch_embed(pixel_values)
-        x = x + self.position_embeddings(grid, x.dtype)
-        cos, sin = self.rotary_embeddings(grid, x.device)
-        # Attention runs within each temporal patch: one segment of h·w patches per frame group.
-        cu_seqlens = [0]
-        for t, h, w in grid:
-            cu_seqlens.extend([h * w] * t)
-        cu_seqlens = torch.tensor(cu_seqlens).cumsum(0).tolist()
-        deepstack = []
-        for idx, block in enumerate(self.blocks):
-            x = block(x, cu_seqlens, cos, sin)
-            if idx in self.deepstack_visual_indexes:
-                deepstack.append(self.deepstack_merger_list[self.deepstack_visual_indexes.index(idx)](x))
-        return InternVideo3VisionOutput(last_hidden_state=x, pooler_output=self.merger(x), deepstack_features=deepstack)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # Text model
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class AttentionMaskSpec:
-    """Causal + padding mask of one forward, built lazily per query block so no [S, T] mask of the whole prompt is
-    ever materialised (a 256K-token prefill would need 64 G entries).
-
-    Args:
-        attention_mask: None, [B, T] of 0/1 (T = past_len + S; left padding), or an already-built 4-D mask
-            [B, 1, S, T] (bool, or additive float where 0 = attend), e.g. from generate() with a static cache.
-        query_len: S, past_len: tokens already in the cache.
-
-    Raises:
-        ValueError: a 2-D mask whose length is not past_len + S.
-    """
-
-    def __init__(self, attention_mask: torch.Tensor | None, query_len: int, past_len: int):
-        self.query_len, self.past_len = query_len, past_len
-        self.total = past_len + query_len
-        self.full = None
-        self.padding = None
-        if attention_mask is not None and attention_mask.ndim == 4:
-            mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-            self.full = mask[..., : self.total] if mask.shape[-1] > self.total else mask
-        elif attention_mask is not None:
-            if attention_mask.shape[-1] != self.total:
-                raise ValueError(
-                    f"attention_mask has {attention_mask.shape[-1]} columns, expected past {past_len} + new {query_len}"
-                )
-            if not bool(attention_mask.all()):
-                self.padding = attention_mask.bool()
-
-    @property
-    def is_plain_causal(self) -> bool:
-        """No padding and no prebuilt mask: causality alone decides, so SDPA's memory-efficient kernels apply."""
-        return self.full is None and self.padding is None
-
-    def block(self, start: int, end: int, device, sdpa: bool = False) -> tuple[torch.Tensor | None, bool, int]:
-        """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible).
-
-        With `sdpa=True` and plain causality, a block that does not start at key 0 gets torch's lower-right causal
-        bias instead of a materialised mask, which SDPA runs without an [S, K] score matrix.
-        """
-        keys = self.past_len + end  # later keys are causally invisible: callers slice them away
-        if sdpa and self.is_plain_causal and end - start > 1 and self.past_len + start > 0 and causal_lower_right:
-            return causal_lower_right(end - start, keys), False, keys
-        if self.full is not None:
-            mask = self.full[:, :, start:end, :keys]
-            return mask | ~mask.any(-1, keepdim=True), False, keys
-        if self.padding is None:
-            if end - start == 1:
-                return None, False, keys
-            if self.past_len == 0 and start == 0:
-                return None, True, keys  # square causal block: SDPA's is_causal
-        key_pos = torch.arange(keys, device=device)
-        query_pos = torch.arange(self.past_len + start, self.past_len + end, device=device)
-        mask = (key_pos[None, :] <= query_pos[:, None])[None, None]  # [1, 1, q, K]
-        if self.padding is not None:
-            mask = mask & self.padding[:, None, None, :keys].to(device)
-        # Left-padding queries see no key: let them see all so no NaN appears; their outputs are never used.
-        return mask | ~mask.any(-1, keepdim=True), False, keys
+def text_position_ids(attention_mask, batch, query_len, past_len, device) -> torch.Tensor:
+    """1-D positions [B, S] for text: count of real tokens before each one (left padding skips pads)."""
+    if attention_mask is not None and attention_mask.ndim == 2:
+        positions = attention_mask.long().cumsum(-1) - 1
+        return positions.clamp(min=0)[:, -query_len:].to(device)
+    return (torch.arange(past_len, past_len + query_len, device=device))[None].expand(batch, -1)
 
 
 class InternVideo3TextModel(InternVideo3PreTrainedModel):
@@ -1116,14 +970,6 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
             attentions=tuple(all_attentions) if all_attentions is not None else None,
         )
-
-
-def text_position_ids(attention_mask, batch, query_len, past_len, device) -> torch.Tensor:
-    """1-D positions [B, S] for text: count of real tokens before each one (left padding skips pads)."""
-    if attention_mask is not None and attention_mask.ndim == 2:
-        positions = attention_mask.long().cumsum(-1) - 1
-        return positions.clamp(min=0)[:, -query_len:].to(device)
-    return (torch.arange(past_len, past_len + query_len, device=device))[None].expand(batch, -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1457,6 +1303,39 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
                     stacklevel=2,
                 )
         return model_inputs
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """transformers' expansion (beam search, `num_return_sequences`: every batch row `expand_size` times), except
+        that pixel rows and grids, which are not batch-first, repeat each sample's own images/videos with it.
+
+        A sample's grids are read off its placeholder runs: a grid of t temporal patches spans t runs (each frame
+        group is its own `<|vision_start|>…<|vision_end|>` segment, as in `get_rope_index`).
+        """
+        visual = {}
+        for pixels_key, grid_key, token in (
+            ("pixel_values", "image_grid_thw", "image_token_id"),
+            ("pixel_values_videos", "video_grid_thw", "video_token_id"),
+        ):
+            if expand_size == 1 or model_kwargs.get(pixels_key) is None or model_kwargs.get(grid_key) is None:
+                continue
+            pixels, grid = model_kwargs.pop(pixels_key), model_kwargs.pop(grid_key)
+            embeds, token_id = model_kwargs.get("inputs_embeds"), getattr(self.config, token)
+            mask = self.model._placeholder_mask(input_ids if embeds is None else None, embeds, token_id)
+            runs = (mask & ~F.pad(mask[:, :-1], (1, 0), value=False)).sum(1).tolist()  # [B] placeholder runs
+            grids_per_sample, row = [], 0
+            for n in runs:
+                first = row
+                while n > 0 and row < len(grid):
+                    n, row = n - int(grid[row, 0]), row + 1
+                grids_per_sample.append(row - first)
+            grids = grid.split(grids_per_sample)
+            visual[grid_key] = torch.cat([g.repeat(expand_size, 1) for g in grids])
+            patches = pixels.split([int(g.prod(-1).sum()) for g in grids])
+            visual[pixels_key] = torch.cat([p.repeat(expand_size, 1) for p in patches])
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        return input_ids, {**model_kwargs, **visual}
 
 
 class InternVideo3ForConditionalGeneration(InternVideo3CausalLMBase):

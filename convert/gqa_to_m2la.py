@@ -537,13 +537,16 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
     """
     from types import SimpleNamespace
 
+    from accelerate import init_empty_weights
+
     import modeling_internvideo3 as modeling
     from processing_internvideo3 import VideoLoadError
 
     from .export import load_processor
 
     processor = load_processor(tokenizer_dir)
-    with torch.device("meta"):  # no random init of the tower: the source weights are assigned below
+    # No random init of the tower's weights (assigned below); buffers stay real: the rotary's inv_freq is not stored.
+    with init_empty_weights(include_buffers=False):
         vision = modeling.InternVideo3VisionModel(config.vision_config)
     state = {k[len("model.visual."):]: reader.get(k).float() for k in reader.keys() if k.startswith("model.visual.")}
     vision.load_state_dict(state, strict=True, assign=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -39,8 +41,14 @@ def text_batch():
 
 
 @pytest.fixture(scope="module")
-def model():
+def pristine_model():
     return small_model(seed=0).float().eval()
+
+
+@pytest.fixture
+def model(pristine_model):
+    """A copy per test: a test may change its dtype or attention implementation without reaching later tests."""
+    return copy.deepcopy(pristine_model)
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
@@ -106,7 +114,6 @@ def test_latent_cache_holds_latent_plus_rope_key_only(model):
         assert per_token_per_layer == text.kv_lora_rank + text.qk_rope_head_dim
         assert cache.bytes_per_token() == text.num_hidden_layers * (text.kv_lora_rank + text.qk_rope_head_dim) * element
         assert cache.values_per_token_per_layer() == [text.kv_lora_rank + text.qk_rope_head_dim] * text.num_hidden_layers
-    model.float()
 
 
 def test_cache_crop_reorder_and_select(model):
@@ -133,10 +140,23 @@ def test_greedy_generate_with_and_without_cache(model, make_batch):
     assert isinstance(out[modeling.CACHE_NAME], InternVideo3LatentCache), "generate() must use the latent cache by default"
 
 
-def test_beam_search_runs_on_latent_cache(model):
+def test_beam_search_on_latent_cache_matches_uncached_beam_search(model):
+    """transformers' beam search over the latent cache (beams expanded, reordered every step, absorbed decode,
+    rope_deltas per beam) keeps the beams and scores it keeps without a cache, where every step is one expanded forward
+    over the whole sequence; and each beam starts from its own sample's video (pixel rows are not batch-first)."""
+    batch = video_batch()
+    kwargs = dict(max_new_tokens=5, num_beams=3, num_return_sequences=3, do_sample=False, output_logits=True,
+                  output_scores=True, return_dict_in_generate=True)  # fmt: skip
     with torch.no_grad():
-        beams = model.generate(**video_batch(), max_new_tokens=3, num_beams=2, do_sample=False)
-    assert beams.shape == (2, video_batch()["input_ids"].shape[1] + 3)
+        cached = model.generate(**batch, **kwargs)
+        uncached = model.generate(**batch, use_cache=False, **kwargs)
+        prefill = model(**batch, use_cache=False).logits[:, -1]  # [2, vocab], no expansion
+    assert isinstance(cached[modeling.CACHE_NAME], InternVideo3LatentCache)
+    assert cached.sequences.shape == (6, batch["input_ids"].shape[1] + 5)
+    torch.testing.assert_close(cached.logits[0], prefill.repeat_interleave(3, dim=0), atol=1e-5, rtol=1e-5)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, atol=1e-5, rtol=1e-5)
+    assert len(set(map(tuple, cached.sequences[:3, -5:].tolist()))) == 3, "the beams must differ"
 
 
 def test_placeholder_feature_mismatch_names_both_counts(model):
@@ -193,11 +213,7 @@ def test_query_chunked_prefill_matches_one_block(model, make_batch):
         whole = model(**batch, use_cache=False).logits
         for layer in model.model.language_model.layers:
             layer.self_attn.query_chunk_size = 3
-        try:
-            chunked = model(**batch, use_cache=False).logits
-        finally:
-            for layer in model.model.language_model.layers:
-                layer.self_attn.query_chunk_size = model.config.text_config.attention_query_chunk_size
+        chunked = model(**batch, use_cache=False).logits
     torch.testing.assert_close(chunked[valid], whole[valid], atol=1e-5, rtol=1e-5)
 
 
@@ -215,21 +231,16 @@ def test_head_grouped_expansion_matches_one_expansion(model, make_batch, monkeyp
     )  # fmt: skip
     with torch.no_grad():
         whole = model(**batch, use_cache=False).logits
-        budget = layers[0].self_attn.expand_budget_bytes
         S = batch["input_ids"].shape[1]
         for layer in layers:  # room for one head's K/V of this prompt (fp32): every head is its own group
             layer.self_attn.expand_budget_bytes = S * (2 * 16 + 2 * 32) * 4
-        try:
-            grouped = model(**batch, use_cache=False).logits
-            cache = InternVideo3LatentCache(model.config)
-            first = {k: v for k, v in batch.items()}
-            first["input_ids"], first["attention_mask"] = batch["input_ids"][:, :-2], batch["attention_mask"][:, :-2]
-            model(**first, cache=cache, use_cache=True)
-            tail = model(input_ids=batch["input_ids"][:, -2:], attention_mask=batch["attention_mask"],
-                         cache=cache, use_cache=True).logits  # fmt: skip
-        finally:
-            for layer in layers:
-                layer.self_attn.expand_budget_bytes = budget
+        grouped = model(**batch, use_cache=False).logits
+        cache = InternVideo3LatentCache(model.config)
+        first = {k: v for k, v in batch.items()}
+        first["input_ids"], first["attention_mask"] = batch["input_ids"][:, :-2], batch["attention_mask"][:, :-2]
+        model(**first, cache=cache, use_cache=True)
+        tail = model(input_ids=batch["input_ids"][:, -2:], attention_mask=batch["attention_mask"],
+                     cache=cache, use_cache=True).logits  # fmt: skip
     heads = model.config.text_config.num_attention_heads
     assert groups[: len(layers)] == [heads] * len(layers) and set(groups[len(layers) :]) == {1}
     torch.testing.assert_close(grouped[valid], whole[valid], atol=1e-5, rtol=1e-5)
@@ -280,14 +291,9 @@ def test_prefill_in_pieces_through_the_cache(model, absorb):
     ids = torch.arange(300, 324).view(2, 12)
     with torch.no_grad():
         reference = model(input_ids=ids, use_cache=False).logits
-        saved = [layer.self_attn.absorb_max_query_len for layer in model.model.language_model.layers]
         for layer in model.model.language_model.layers:
             layer.self_attn.absorb_max_query_len = 64 if absorb else 0
-        try:
-            cache = InternVideo3LatentCache(model.config)
-            first = model(input_ids=ids[:, :7], cache=cache, use_cache=True).logits
-            second = model(input_ids=ids[:, 7:], cache=cache, use_cache=True).logits
-        finally:
-            for layer, value in zip(model.model.language_model.layers, saved):
-                layer.self_attn.absorb_max_query_len = value
+        cache = InternVideo3LatentCache(model.config)
+        first = model(input_ids=ids[:, :7], cache=cache, use_cache=True).logits
+        second = model(input_ids=ids[:, 7:], cache=cache, use_cache=True).logits
     torch.testing.assert_close(torch.cat([first, second], dim=1), reference, atol=1e-4, rtol=1e-4)
