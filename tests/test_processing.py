@@ -21,7 +21,7 @@ from processing_internvideo3 import (
     InternVideo3Processor,
     VideoLoadError,
     load_video,
-    smart_resize_frame,
+    smart_resize,
 )
 from tests.conftest import DEMO_VIDEO, TOKENIZER_DIR
 
@@ -108,7 +108,7 @@ def test_per_frame_budget_follows_qwen_vl_utils_rule(processor):
     n = frames.shape[0]
     assert n == 16 and meta.num_sampled_frames == 16
     cap = max(min(768 * 1024, 16 * 200 * 32 * 32 // 2 / n * 2), int(128 * 1024 * 1.05))
-    assert frames.shape[1:3] == smart_resize_frame(480, 640, 32, 128 * 1024, cap)
+    assert frames.shape[1:3] == smart_resize(480, 640, 32, 128 * 1024, cap)
     assert frames.shape[1] * frames.shape[2] <= cap
 
 
