@@ -667,15 +667,15 @@ def _decode_selected(
     """Second pass: decode sequentially and hand only the frames whose pts are wanted to `sink(slots, frame,
     num_slots)`, converted to RGB, with the display matrix applied, resized to `resize_to` (memory: the kept frames
     only). Frames without a pts (or every frame when `numbered`) take the next entry of `all_pts`. `shape`: the
-    displayed size of an earlier pass, kept. Decoding (on FFmpeg's threads) is driven from this thread; conversion,
-    resizing and the sink run in a second thread fed through a short queue (at most 8 decoded frames), so on two
-    cores they overlap decoding instead of following it (PyAV, torch and numpy release the GIL for the work).
+    displayed size of an earlier pass, kept. Decoding (on FFmpeg's threads) and RGB conversion run in this thread;
+    resizing and the sink run in a second thread fed through a short queue (at most 4 RGB frames at the decoded
+    size), so on two cores they overlap decoding instead of following it (the heavy steps release the GIL).
     Returns (delivered: bool per slot, seen pts, rotation, displayed (h, w), resize target)."""
     delivered = [False] * slots
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
     state = {"shape": shape, "target": None, "orientation": None, "error": None}
-    frames: queue.Queue = queue.Queue(maxsize=8)
+    frames: queue.Queue = queue.Queue(maxsize=4)
     consumer = threading.Thread(target=_convert_frames, args=(frames, state, sink, slots, resize_to, n_sampled))
     consumer.start()
     try:
@@ -698,7 +698,8 @@ def _decode_selected(
                             # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until the
                             # cyclic garbage collector runs (hundreds of MB over a long 1080p clip)
                             state["orientation"] = _rotation_of(frame, stream)
-                        frames.put((targets, frame))
+                        frames.put((targets, _orient(frame.to_ndarray(format="rgb24"), *state["orientation"])))
+                        del frame
                         for slot in targets:
                             delivered[slot] = True
                         remaining -= len(targets)
@@ -716,15 +717,14 @@ def _decode_selected(
 
 
 def _convert_frames(frames: queue.Queue, state: dict, sink, slots: int, resize_to, n_sampled: int) -> None:
-    """`_decode_selected`'s second thread: (targets, PyAV frame) items until None -> RGB, oriented, resized, to the
+    """`_decode_selected`'s second thread: (targets, RGB frame [H, W, 3] uint8) items until None -> resized, to the
     sink. An error is kept in `state["error"]` (raised by the decoding thread) and the queue drained, never blocked."""
     batch = None
     while (item := frames.get()) is not None:
         if state["error"] is not None:
             continue
         try:
-            targets, frame = item
-            array = _orient(frame.to_ndarray(format="rgb24"), *state["orientation"])
+            targets, array = item
             if state["shape"] is None:
                 state["shape"] = array.shape[:2]
             if batch is None:
