@@ -660,6 +660,20 @@ def _choose_frames(
     return chosen.astype(np.int64), targets, n, True, source_fps
 
 
+def _time_window(times: np.ndarray, video_start, video_end, what: str) -> np.ndarray:
+    """Indices of the frames whose time (seconds) lies in [video_start, video_end] (None: unbounded). Raises
+    VideoLoadError starting with `what` when none does."""
+    lo = -np.inf if video_start is None else float(video_start)
+    hi = np.inf if video_end is None else float(video_end)
+    window = np.nonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))[0]
+    if window.size == 0:
+        raise VideoLoadError(
+            f"{what}: no frame between video_start={video_start} and video_end={video_end} seconds "
+            f"(clip is {times[-1]:.3f} s)"
+        )
+    return window
+
+
 def _decode_selected(
     av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered,
     sink, shape=None,
@@ -668,14 +682,14 @@ def _decode_selected(
     num_slots)`, converted to RGB, with the display matrix applied, resized to `resize_to` (memory: the kept frames
     only). Frames without a pts (or every frame when `numbered`) take the next entry of `all_pts`. `shape`: the
     displayed size of an earlier pass, kept. Decoding (on FFmpeg's threads) and RGB conversion run in this thread;
-    resizing and the sink run in a second thread fed through a short queue (at most 4 RGB frames at the decoded
+    resizing and the sink run in a second thread fed through a short queue (at most 2 RGB frames at the decoded
     size), so on two cores they overlap decoding instead of following it (the heavy steps release the GIL).
     Returns (delivered: bool per slot, seen pts, rotation, displayed (h, w), resize target)."""
     delivered = [False] * slots
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
     state = {"shape": shape, "target": None, "orientation": None, "error": None}
-    frames: queue.Queue = queue.Queue(maxsize=4)
+    frames: queue.Queue = queue.Queue(maxsize=2)
     consumer = threading.Thread(target=_convert_frames, args=(frames, state, sink, slots, resize_to, n_sampled))
     consumer.start()
     try:
@@ -856,16 +870,7 @@ def load_video(
         first = all_pts[0]
         # exact rational -> float once, so CFR times equal transformers' idx / fps bit for bit
         times = np.array([(p - first) * time_base.numerator / time_base.denominator for p in all_pts])
-        window = np.arange(len(times))
-        if video_start is not None or video_end is not None:
-            lo = -np.inf if video_start is None else float(video_start)
-            hi = np.inf if video_end is None else float(video_end)
-            window = np.nonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))[0]
-            if window.size == 0:
-                raise VideoLoadError(
-                    f"cannot decode video {label!r}: no frame between video_start={video_start} and "
-                    f"video_end={video_end} seconds (clip is {times[-1]:.3f} s)"
-                )
+        window = _time_window(times, video_start, video_end, f"cannot decode video {label!r}")
         local, stamps, n, vfr, rate = _choose_frames(times[window], rate, settings)
         indices = window[local]
 
@@ -944,13 +949,7 @@ def _load_frames_in_memory(source, settings, source_fps, resize_to, video_start,
         raise VideoLoadError("cannot use video: it has zero frames")
     rate = float(source_fps) if source_fps else float(settings["fps"] or DEFAULT_FPS)
     times = np.arange(total) / rate
-    window = np.arange(total)
-    if video_start is not None or video_end is not None:
-        lo = -np.inf if video_start is None else float(video_start)
-        hi = np.inf if video_end is None else float(video_end)
-        window = np.nonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))[0]
-        if window.size == 0:
-            raise VideoLoadError(f"no frame between video_start={video_start} and video_end={video_end} seconds")
+    window = _time_window(times, video_start, video_end, "cannot use video")
     local, n = sample_frame_indices(
         int(window.size), rate, fps=settings["fps"], min_frames=settings["min_frames"],
         max_frames=settings["max_frames"], num_frames=settings["nframes"],

@@ -352,6 +352,7 @@ def main() -> None:
             w.ask(warmup=True, **requests[name])
 
     times = {(w.name, name): [] for w in workers for name in speed_clips}
+    run_loads: list[float] = []
     results = {}
     for run in range(args.runs):
         for name in speed_clips:
@@ -361,7 +362,8 @@ def main() -> None:
                 reply = w.ask(save=save, **requests[name])
                 times[(w.name, name)].append(reply["seconds"])
                 results[(w.name, name)] = reply
-        print(f"run {run + 1}/{args.runs} done, load {os.getloadavg()[0]:.2f}", flush=True)
+        run_loads.append(os.getloadavg()[0])
+        print(f"run {run + 1}/{args.runs} done, load {run_loads[-1]:.2f}", flush=True)
     for w in workers:
         w.close()
     (args.workdir / "times.json").write_text(json.dumps({f"{k[0]} | {k[1]}": v for k, v in times.items()}, indent=1))
@@ -384,6 +386,13 @@ def main() -> None:
             cells.append(f"{median:.3f} s" + ("" if w.name == "ours" else f" ({median / ours:.2f}x)"))
         print(f"| {name}, {2 * t} frames | {t * h * wd // 4:,} | " + " | ".join(cells) + " |")
     print("(median wall seconds; in brackets: that column's median / ours, > 1 means ours is faster)")
+    print(f"load average (1 min) after each run: {min(run_loads):.2f} to {max(run_loads):.2f}")
+    if not args.skip_anchors:
+        ratios = ", ".join(
+            f"{name} {statistics.median(times[('transformers + torchcodec', name)]) / statistics.median(times[('ours', name)]):.2f}x"
+            for name in speed_clips
+        )
+        print(f"ours vs transformers + torchcodec: {ratios} (issue 18 target: >= 1.5x on both clips)")
     if not args.skip_anchors:
         import torch  # noqa: PLC0415
 
