@@ -690,7 +690,7 @@ def _decode_selected(
     seen: list[int] = []
     state = {"shape": shape, "target": None, "orientation": None, "error": None}
     frames: queue.Queue = queue.Queue(maxsize=2)
-    consumer = threading.Thread(target=_convert_frames, args=(frames, state, sink, slots, resize_to, n_sampled))
+    consumer = threading.Thread(target=_resize_and_sink, args=(frames, state, sink, slots, resize_to, n_sampled))
     consumer.start()
     try:
         with _open(av, path, label) as container:
@@ -730,7 +730,7 @@ def _decode_selected(
     return delivered, seen, rotation, state["shape"], state["target"]
 
 
-def _convert_frames(frames: queue.Queue, state: dict, sink, slots: int, resize_to, n_sampled: int) -> None:
+def _resize_and_sink(frames: queue.Queue, state: dict, sink, slots: int, resize_to, n_sampled: int) -> None:
     """`_decode_selected`'s second thread: (targets, RGB frame [H, W, 3] uint8) items until None -> resized, to the
     sink. An error is kept in `state["error"]` (raised by the decoding thread) and the queue drained, never blocked."""
     batch = None
