@@ -33,15 +33,19 @@ Two video pixel budgets (SPEC §7); both produce multiples of 32 and both are se
 
 from __future__ import annotations
 
+import ctypes
 import math
+import mmap
 import numbers
 import os
+import queue
 import re
 import shutil
+import sys
 import tempfile
+import threading
 import warnings
-from bisect import bisect_right
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Sequence
 
@@ -50,7 +54,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import BatchFeature
+from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as _smart_resize_volume
 from transformers.processing_utils import ProcessorMixin
+from transformers.video_utils import VideoMetadata as _TransformersVideoMetadata
+
+# Size rules (SPEC §7) are transformers' own, imported from modules that need no torchvision. The one version
+# difference: 5.x moved the PIL image processor, and its `smart_resize`, to image_processing_pil_qwen2_vl (its
+# image_processing_qwen2_vl needs torchvision); 4.57's image_processing_qwen2_vl is the PIL/numpy one.
+try:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+except ImportError:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 __all__ = [
     "InternVideo3Processor",
@@ -61,11 +75,7 @@ __all__ = [
     "load_image",
     "sample_frame_indices",
     "smart_resize",
-    "smart_resize_frame",
-    "smart_resize_video",
     "resize_frames",
-    "normalize_frames",
-    "patchify",
     "group_timestamps",
     "CHAT_TEMPLATE",
 ]
@@ -333,111 +343,6 @@ block (Qwen3), unset emits nothing (Instruct); tools adds the Qwen3 <tools>/<too
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Resize rules (SPEC §7). Three formulas, each identical to the implementation it is named after.
-# ---------------------------------------------------------------------------------------------------------------
-def _check_aspect_ratio(height: int, width: int) -> None:
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {max(height, width) / min(height, width)}"
-        )
-
-
-def smart_resize(
-    height: int, width: int, factor: int = FACTOR, min_pixels: int = IMAGE_MIN_PIXELS, max_pixels: int = IMAGE_MAX_PIXELS
-) -> tuple[int, int]:
-    """Image target size: sides rounded to multiples of `factor` with `min_pixels <= h*w <= max_pixels`, aspect kept.
-
-    Identical to transformers' Qwen2-VL/Qwen3-VL image `smart_resize` (SPEC §7). Units: pixels.
-
-    Returns:
-        (height, width) in pixels, multiples of `factor`.
-    Raises:
-        ValueError: aspect ratio above 200.
-    """
-    _check_aspect_ratio(height, width)
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-def smart_resize_frame(
-    height: int, width: int, factor: int = FACTOR, min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = VIDEO_MAX_PIXELS
-) -> tuple[int, int]:
-    """Per-frame video target size (``video_budget="per_frame"``): identical to qwen-vl-utils' `smart_resize`.
-
-    Differs from :func:`smart_resize` only for frames with a side under `factor / 2` pixels (this one never rounds a
-    side to 0). Units: pixels.
-
-    Returns:
-        (height, width) in pixels, multiples of `factor`.
-    Raises:
-        ValueError: aspect ratio above 200, or `max_pixels < min_pixels`.
-    """
-    if max_pixels < min_pixels:
-        raise ValueError(f"max_pixels ({max_pixels}) must be >= min_pixels ({min_pixels})")
-    _check_aspect_ratio(height, width)
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = math.floor(height / beta / factor) * factor
-        w_bar = math.floor(width / beta / factor) * factor
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-def smart_resize_video(
-    num_frames: int,
-    height: int,
-    width: int,
-    temporal_factor: int = TEMPORAL_PATCH_SIZE,
-    factor: int = FACTOR,
-    min_pixels: int = VIDEO_SIZE["shortest_edge"],
-    max_pixels: int = VIDEO_SIZE["longest_edge"],
-) -> tuple[int, int]:
-    """Whole-clip video target size (``video_budget="total"``): transformers' `Qwen3VLVideoProcessor` rule.
-
-    `min_pixels <= T*h*w <= max_pixels` where `min_pixels`/`max_pixels` are transformers' `size["shortest_edge"]` /
-    `size["longest_edge"]` (a T×H×W volume, not edges). Identical to transformers 5.x (frames smaller than `factor`
-    are first scaled up; transformers 4.57 raises for them). `num_frames` is the sampled count before padding to a
-    multiple of `temporal_factor` (what transformers sees); values below `temporal_factor` are raised to it.
-
-    Returns:
-        (height, width) in pixels, multiples of `factor`.
-    Raises:
-        ValueError: aspect ratio above 200.
-    """
-    num_frames = max(num_frames, temporal_factor)
-    if height < factor or width < factor:
-        scale = max(factor / height, factor / width)
-        height, width = int(height * scale), int(width * scale)
-    _check_aspect_ratio(height, width)
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    t_bar = round(num_frames / temporal_factor) * temporal_factor
-    if t_bar * h_bar * w_bar > max_pixels:
-        beta = math.sqrt((num_frames * height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif t_bar * h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (num_frames * height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Frame sampling and timestamps (SPEC §7)
 # ---------------------------------------------------------------------------------------------------------------
 def sample_frame_indices(
@@ -495,46 +400,33 @@ def group_timestamps(timestamps: Sequence[float], temporal_patch_size: int = TEM
 
 
 @dataclass
-class VideoMetadata:
-    """What `load_video` knows about a clip. Readable as attributes or as a mapping (`meta["fps"]`).
+class VideoMetadata(_TransformersVideoMetadata):
+    """transformers' `VideoMetadata` (a mapping: `meta.fps` or `meta["fps"]`) with what `load_video` knows besides.
 
-    Fields: `source` (path/URL or None), `fps` (source frames per second), `total_num_frames` (frames in the clip,
-    or in the `video_start`..`video_end` window), `duration` (seconds, total_num_frames / fps), `width`/`height`
-    (displayed size in pixels, after rotation, before any resize), `frames_indices` (presentation-order indices of the
-    returned frames, padding repeats the last), `timestamps` (seconds from the clip's first frame, one per returned
-    frame), `num_sampled_frames` (count before padding to a multiple of 2), `rotation` (display-matrix rotation in
-    degrees counter-clockwise, already applied), `resized` (frames already resized by `load_video(resize_to=...)`),
-    `variable_frame_rate` (sampled uniformly in time rather than by index), `video_backend`.
+    transformers' fields: `total_num_frames` (frames in the clip, or in the `video_start`..`video_end` window), `fps`
+    (source frames per second), `width`/`height` (displayed size in pixels, after rotation, before any resize),
+    `duration` (seconds, total_num_frames / fps), `video_backend` ("pyav", or "frames" for in-memory input),
+    `frames_indices` (presentation-order indices of the returned frames; padding repeats the last). Added:
+    `timestamps` (seconds from the clip's first frame, one per returned frame: the frames' own presentation times,
+    where transformers derives frames_indices / fps), `num_sampled_frames` (count before padding to a multiple of 2),
+    `source` (path/URL or None), `rotation` (display-matrix rotation in degrees counter-clockwise, already applied),
+    `resized` (frames already resized by `load_video(resize_to=...)`), `variable_frame_rate` (sampled uniformly in
+    time rather than by index).
     """
 
-    total_num_frames: int
-    fps: float | None = None
-    width: int | None = None
-    height: int | None = None
-    duration: float | None = None
-    video_backend: str = "pyav"
-    frames_indices: list[int] = field(default_factory=list)
-    timestamps: list[float] = field(default_factory=list)
+    video_backend: str | None = "pyav"
+    timestamps: list[float] | None = None  # a field here, a property (frames_indices / fps) in transformers
     num_sampled_frames: int = 0
     source: str | None = None
     rotation: int = 0
     resized: bool = False
     variable_frame_rate: bool = False
 
-    def __getitem__(self, key):
-        return getattr(self, key)
-
-    def __contains__(self, key):
-        return hasattr(self, key)
-
-    def get(self, key, default=None):
-        return getattr(self, key, default)
-
-    def keys(self):
-        return asdict(self).keys()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def __post_init__(self):
+        if self.timestamps is None and self.fps and self.frames_indices is not None:
+            self.timestamps = [i / self.fps for i in self.frames_indices]
+        if self.duration is None and self.fps:
+            self.duration = self.total_num_frames / self.fps
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -624,15 +516,6 @@ def _rotation_of(frame, stream) -> tuple[float, np.ndarray | None]:
         tag = (getattr(stream, "metadata", None) or {}).get("rotate")
         rotation = -float(tag) if tag not in (None, "") else 0.0
     return float(rotation or 0.0), matrix
-
-
-def _resize_uint8(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """[H, W, 3] uint8 -> [h, w, 3] uint8 with the same kernel as `resize_frames` (torch backend)."""
-    if array.shape[:2] == tuple(size):
-        return array
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
-    out = F.interpolate(tensor, size=list(size), mode="bicubic", align_corners=False, antialias=True)
-    return out[0].permute(1, 2, 0).numpy()
 
 
 def _download(url: str, directory: str) -> str:
@@ -777,76 +660,117 @@ def _choose_frames(
     return chosen.astype(np.int64), targets, n, True, source_fps
 
 
+def _time_window(times: np.ndarray, video_start, video_end, what: str) -> np.ndarray:
+    """Indices of the frames whose time (seconds) lies in [video_start, video_end] (None: unbounded). Raises
+    VideoLoadError starting with `what` when none does."""
+    lo = -np.inf if video_start is None else float(video_start)
+    hi = np.inf if video_end is None else float(video_end)
+    window = np.nonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))[0]
+    if window.size == 0:
+        raise VideoLoadError(
+            f"{what}: no frame between video_start={video_start} and video_end={video_end} seconds "
+            f"(clip is {times[-1]:.3f} s)"
+        )
+    return window
+
+
 def _decode_selected(
     av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered,
-    sink=None, shape=None,
+    sink, shape=None,
 ):
-    """Second pass: decode sequentially, convert to RGB only the frames whose pts are wanted (memory: the kept frames
-    only), apply the display matrix, optionally resize each kept frame at once. Frames without a pts (or every frame
-    when `numbered`) take the next entry of `all_pts`. With `sink`, each kept frame goes to `sink(slots, frame,
-    slots_total)` instead of the returned list (which then holds True for delivered slots). `shape`: the displayed
-    size of an earlier pass, kept. Returns (frames list, seen pts, rotation, displayed (h, w), resize target)."""
-    out: list[np.ndarray | bool | None] = [None] * slots
+    """Second pass: decode sequentially and hand only the frames whose pts are wanted to `sink(slots, frame,
+    num_slots)`, converted to RGB, with the display matrix applied, resized to `resize_to` (memory: the kept frames
+    only). Frames without a pts (or every frame when `numbered`) take the next entry of `all_pts`. `shape`: the
+    displayed size of an earlier pass, kept. Decoding (on FFmpeg's threads) and RGB conversion run in this thread;
+    resizing and the sink run in a second thread fed through a short queue (at most 2 RGB frames at the decoded
+    size), so on two cores they overlap decoding instead of following it (the heavy steps release the GIL).
+    Returns (delivered: bool per slot, seen pts, rotation, displayed (h, w), resize target)."""
+    delivered = [False] * slots
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
-    rotation, target, batch, orientation = 0.0, None, None, None
-    with _open(av, path, label) as container:
-        stream = container.streams[stream_index]
-        stream.thread_type = "AUTO"  # frame + slice threads
+    state = {"shape": shape, "target": None, "orientation": None, "error": None}
+    frames: queue.Queue = queue.Queue(maxsize=2)
+    consumer = threading.Thread(target=_resize_and_sink, args=(frames, state, sink, slots, resize_to, n_sampled))
+    consumer.start()
+    try:
+        with _open(av, path, label) as container:
+            stream = container.streams[stream_index]
+            stream.thread_type = "AUTO"  # frame + slice threads
+            try:
+                for packet in container.demux(stream):
+                    for frame in packet.decode():
+                        pts = frame.pts
+                        if numbered or pts is None:
+                            pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
+                        if pts is None:
+                            continue
+                        seen.append(int(pts))
+                        targets = wanted.get(int(pts))
+                        if not targets or delivered[targets[0]]:
+                            continue
+                        if state["orientation"] is None:
+                            # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until the
+                            # cyclic garbage collector runs (hundreds of MB over a long 1080p clip)
+                            state["orientation"] = _rotation_of(frame, stream)
+                        frames.put((targets, _orient(frame.to_ndarray(format="rgb24"), *state["orientation"])))
+                        del frame
+                        for slot in targets:
+                            delivered[slot] = True
+                        remaining -= len(targets)
+                    if remaining <= 0 or state["error"] is not None:
+                        break
+            except _av_errors(av) as error:
+                raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
+    finally:
+        frames.put(None)
+        consumer.join()
+    if state["error"] is not None:
+        raise state["error"]
+    rotation = state["orientation"][0] if state["orientation"] else 0.0
+    return delivered, seen, rotation, state["shape"], state["target"]
+
+
+def _resize_and_sink(frames: queue.Queue, state: dict, sink, slots: int, resize_to, n_sampled: int) -> None:
+    """`_decode_selected`'s second thread: (targets, RGB frame [H, W, 3] uint8) items until None -> resized, to the
+    sink. An error is kept in `state["error"]` (raised by the decoding thread) and the queue drained, never blocked."""
+    batch = None
+    while (item := frames.get()) is not None:
+        if state["error"] is not None:
+            continue
         try:
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    pts = frame.pts
-                    if numbered or pts is None:
-                        pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
-                    if pts is None:
-                        continue
-                    seen.append(int(pts))
-                    targets = wanted.get(int(pts))
-                    if not targets or out[targets[0]] is not None:
-                        continue
-                    if orientation is None:
-                        # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until the cyclic
-                        # garbage collector runs (hundreds of MB over a long 1080p clip); the matrix is the stream's
-                        orientation = _rotation_of(frame, stream)
-                    rotation, matrix = orientation
-                    array = _orient(frame.to_ndarray(format="rgb24"), rotation, matrix)
-                    if shape is None:
-                        shape = array.shape[:2]
-                    if target is None and resize_to is not None:
-                        target = tuple(resize_to(n_sampled, *shape)) if callable(resize_to) else tuple(resize_to)
-                    if array.shape[:2] != shape:  # resolution change mid-stream: keep one size
-                        array = _resize_uint8(array, shape)
-                    if sink is not None:
-                        if batch is None:
-                            batch = _ResizeBatch(sink, target, slots)
-                        batch.add(targets, array)
-                    else:
-                        array = np.ascontiguousarray(_resize_uint8(array, target) if target is not None else array)
-                    for slot in targets:
-                        out[slot] = array if sink is None else True
-                    remaining -= len(targets)
-                if remaining <= 0:
-                    break
-            if batch is not None:
-                batch.flush()
-        except _av_errors(av) as error:
-            raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
-    return out, seen, rotation, shape, target
+            targets, array = item
+            if state["shape"] is None:
+                state["shape"] = array.shape[:2]
+            if batch is None:
+                target = resize_to(n_sampled, *state["shape"]) if callable(resize_to) else resize_to
+                state["target"] = None if target is None else tuple(target)
+                batch = _ResizeBatch(sink, state["target"] or state["shape"], slots, state["shape"])
+            batch.add(targets, array)
+        except BaseException as error:  # noqa: BLE001 - re-raised by the decoding thread
+            state["error"] = error
+    if batch is not None and state["error"] is None:
+        try:
+            batch.flush()
+        except BaseException as error:  # noqa: BLE001
+            state["error"] = error
 
 
 class _ResizeBatch:
-    """Kept frames resized `size` at a time (one `F.interpolate` call, the kernel of `_resize_uint8`, per batch
-    rather than per frame: fewer thread-pool barriers, which dominate on a busy machine), then handed to
-    `sink(slots, frame, num_slots)`. Holds at most `size` decoded frames."""
+    """Kept frames resized `size` at a time (one `resize_frames` call per batch rather than per frame: fewer
+    thread-pool barriers, which dominate on a busy machine), then handed to `sink(slots, frame, num_slots)`. A frame
+    whose size differs from `shape` (a resolution change mid-stream) is first resized to it. Holds at most `size`
+    decoded frames."""
 
-    def __init__(self, sink, target, num_slots: int, size: int = 4):
-        self.sink, self.target, self.num_slots, self.size = sink, target, num_slots, size
+    def __init__(self, sink, target, num_slots: int, shape, size: int = 4):
+        self.sink, self.target, self.num_slots, self.shape, self.size = sink, tuple(target), num_slots, tuple(shape), size
         self.buffer: np.ndarray | None = None
         self.slots: list[list[int]] = []
 
     def add(self, slots: list[int], array: np.ndarray) -> None:
-        if self.target is None or array.shape[:2] == tuple(self.target):
+        if array.shape[:2] != self.shape:
+            array = resize_frames(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None], self.shape)
+            array = array[0].permute(1, 2, 0).numpy()
+        if self.target == self.shape:
             self.sink(slots, np.ascontiguousarray(array), self.num_slots)
             return
         if self.buffer is None:
@@ -860,8 +784,7 @@ class _ResizeBatch:
         if not self.slots:
             return
         frames = torch.from_numpy(self.buffer[: len(self.slots)]).permute(0, 3, 1, 2)
-        resized = F.interpolate(frames, size=list(self.target), mode="bicubic", align_corners=False, antialias=True)
-        resized = resized.permute(0, 2, 3, 1).numpy()  # channels-last in memory: [n, h, w, 3] contiguous
+        resized = resize_frames(frames, self.target).permute(0, 2, 3, 1).numpy()  # [n, h, w, 3] contiguous
         for slots, frame in zip(self.slots, resized):
             self.sink(slots, frame, self.num_slots)
         self.slots = []
@@ -947,16 +870,7 @@ def load_video(
         first = all_pts[0]
         # exact rational -> float once, so CFR times equal transformers' idx / fps bit for bit
         times = np.array([(p - first) * time_base.numerator / time_base.denominator for p in all_pts])
-        window = np.arange(len(times))
-        if video_start is not None or video_end is not None:
-            lo = -np.inf if video_start is None else float(video_start)
-            hi = np.inf if video_end is None else float(video_end)
-            window = np.nonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))[0]
-            if window.size == 0:
-                raise VideoLoadError(
-                    f"cannot decode video {label!r}: no frame between video_start={video_start} and "
-                    f"video_end={video_end} seconds (clip is {times[-1]:.3f} s)"
-                )
+        window = _time_window(times, video_start, video_end, f"cannot decode video {label!r}")
         local, stamps, n, vfr, rate = _choose_frames(times[window], rate, settings)
         indices = window[local]
 
@@ -970,12 +884,12 @@ def load_video(
         )
         if not seen:
             raise VideoLoadError(f"cannot decode video {label!r}: no frame could be decoded")
-        if any(f is None for f in frames):
+        if not all(frames):
             # the decoder dropped some listed frames: take the nearest decoded ones (a third, rare pass)
             decoded = np.array(sorted(set(seen)))
             remap: dict[int, list[int]] = {}
             for slot, index in enumerate(indices.tolist()):
-                if frames[slot] is not None:
+                if frames[slot]:
                     continue
                 p = all_pts[index]
                 j = int(np.clip(np.searchsorted(decoded, p), 1, len(decoded) - 1)) if len(decoded) > 1 else 0
@@ -984,7 +898,7 @@ def load_video(
             again, _, rotation, shape, target = _decode_selected(
                 av, path, label, stream_index, remap, len(indices), resize_to, n, all_pts, numbered, sink, shape
             )
-            if any(f is None and g is None for f, g in zip(frames, again)):
+            if not all(f or g for f, g in zip(frames, again)):
                 raise VideoLoadError(f"cannot decode video {label!r}: sampled frames could not be decoded")
     finally:
         if tmpdir is not None:
@@ -997,7 +911,6 @@ def load_video(
         fps=rate,
         width=int(width),
         height=int(height),
-        duration=None,
         frames_indices=[int(i) for i in indices],
         timestamps=[float(t) for t in stamps],
         num_sampled_frames=n,
@@ -1006,8 +919,6 @@ def load_video(
         resized=target is not None,
         variable_frame_rate=vfr,
     )
-    if metadata.fps:
-        metadata.duration = metadata.total_num_frames / metadata.fps
     return video, metadata
 
 
@@ -1031,26 +942,6 @@ def _is_frame_collection(source) -> bool:
     return isinstance(source, (list, tuple)) and len(source) > 0
 
 
-def _frames_to_uint8_thwc(frames) -> np.ndarray:
-    array = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
-    if array.ndim != 4:
-        raise ValueError(f"a video array must be 4-D [T, H, W, C] or [T, C, H, W], got shape {tuple(array.shape)}")
-    if array.shape[1] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = array.transpose(0, 2, 3, 1)
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(array.astype(np.float32)), 0, 255).astype(np.uint8)
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    elif array.shape[-1] == 4:
-        array = _composite_on_white(array)
-    return array
-
-
-def _composite_on_white(array: np.ndarray) -> np.ndarray:
-    rgb, alpha = array[..., :3].astype(np.float32), array[..., 3:].astype(np.float32) / 255.0
-    return np.clip(np.rint(rgb * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
-
-
 def _load_frames_in_memory(source, settings, source_fps, resize_to, video_start, video_end):
     is_list = isinstance(source, (list, tuple))
     total = len(source) if is_list else int(source.shape[0])
@@ -1058,13 +949,7 @@ def _load_frames_in_memory(source, settings, source_fps, resize_to, video_start,
         raise VideoLoadError("cannot use video: it has zero frames")
     rate = float(source_fps) if source_fps else float(settings["fps"] or DEFAULT_FPS)
     times = np.arange(total) / rate
-    window = np.arange(total)
-    if video_start is not None or video_end is not None:
-        lo = -np.inf if video_start is None else float(video_start)
-        hi = np.inf if video_end is None else float(video_end)
-        window = np.nonzero((times >= lo - 1e-9) & (times <= hi + 1e-9))[0]
-        if window.size == 0:
-            raise VideoLoadError(f"no frame between video_start={video_start} and video_end={video_end} seconds")
+    window = _time_window(times, video_start, video_end, "cannot use video")
     local, n = sample_frame_indices(
         int(window.size), rate, fps=settings["fps"], min_frames=settings["min_frames"],
         max_frames=settings["max_frames"], num_frames=settings["nframes"],
@@ -1072,32 +957,63 @@ def _load_frames_in_memory(source, settings, source_fps, resize_to, video_start,
     )  # fmt: skip
     indices = window[local]
     if is_list:
-        picked = [_frame_to_array(source[i]) for i in indices.tolist()]
-        shape = picked[0].shape[:2]
-        video = np.stack([_resize_uint8(f, shape) for f in picked])
+        video = _as_frames([source[i] for i in indices.tolist()])
     else:
-        video = _frames_to_uint8_thwc(source[torch.from_numpy(indices) if isinstance(source, torch.Tensor) else indices])
-    height, width = video.shape[1:3]
-    resized = False
+        video = _as_frames(source[torch.from_numpy(indices) if isinstance(source, torch.Tensor) else indices])
+    if video.dtype != torch.uint8:  # load_video returns uint8: 0-255 floats rounded
+        video = video.to(torch.float32).round().clamp(0, 255).to(torch.uint8)
+    height, width = video.shape[-2:]
     if resize_to is not None:
-        target = tuple(resize_to(n, height, width)) if callable(resize_to) else tuple(resize_to)
-        video = np.stack([_resize_uint8(f, target) for f in video])
-        resized = True
+        video = resize_frames(video, resize_to(n, height, width) if callable(resize_to) else resize_to)
     metadata = VideoMetadata(
-        total_num_frames=int(window.size), fps=rate, width=int(width), height=int(height),
-        duration=int(window.size) / rate, video_backend="frames", frames_indices=[int(i) for i in indices],
-        timestamps=[float(times[i]) for i in indices], num_sampled_frames=n, resized=resized,
+        total_num_frames=int(window.size), fps=rate, width=int(width), height=int(height), video_backend="frames",
+        frames_indices=[int(i) for i in indices], timestamps=[float(times[i]) for i in indices],
+        num_sampled_frames=n, resized=resize_to is not None,
     )  # fmt: skip
-    return np.ascontiguousarray(video), metadata
+    return np.ascontiguousarray(video.permute(0, 2, 3, 1).numpy()), metadata
 
 
-def _frame_to_array(frame) -> np.ndarray:
+def _as_frames(video) -> torch.Tensor:
+    """An in-memory video -> tensor [T, 3, H, W], keeping the dtype (uint8, or float32/float64 0-255 values such as
+    qwen-vl-utils' frames; other dtypes become float32). Accepts an array/tensor [T, H, W, C] or [T, C, H, W] with C
+    in 1 (grey, repeated), 3, 4 (RGBA, composited on white), or a list of frames (paths/URLs, PIL images, arrays
+    [H, W, C], [C, H, W] or [H, W]); frames of a list are resized to the first one's size.
+
+    Raises:
+        ValueError: an array that is not 4-D.
+    """
+    if isinstance(video, (list, tuple)):
+        frames = [_as_frames(_frame_batch(frame)) for frame in video]
+        if len({f.dtype for f in frames}) > 1:
+            frames = [f.to(torch.float32) for f in frames]
+        return torch.cat([resize_frames(f, frames[0].shape[-2:]) for f in frames])
+    tensor = video if isinstance(video, torch.Tensor) else torch.from_numpy(np.asarray(video))
+    if tensor.ndim != 4:
+        raise ValueError(f"a video must be 4-D [T, H, W, C] or [T, C, H, W], got shape {tuple(tensor.shape)}")
+    if tensor.shape[1] not in (1, 3, 4) and tensor.shape[-1] in (1, 3, 4):
+        tensor = tensor.permute(0, 3, 1, 2)
+    if tensor.dtype not in (torch.uint8, torch.float32, torch.float64):
+        tensor = tensor.to(torch.float32)
+    if tensor.shape[1] == 1:
+        tensor = tensor.expand(-1, 3, -1, -1)
+    elif tensor.shape[1] == 4:  # composited on white, as `_to_rgb` does for PIL images
+        rgb, alpha = tensor[:, :3].to(torch.float32), tensor[:, 3:].to(torch.float32) / 255.0
+        tensor = (rgb * alpha + 255.0 * (1.0 - alpha)).round().clamp(0, 255).to(torch.uint8)
+    return tensor
+
+
+def _frame_batch(frame):
+    """One frame (path/URL, PIL image, array/tensor [H, W, C], [C, H, W] or [H, W]) -> a one-frame 4-D batch."""
     if isinstance(frame, (str, os.PathLike)):
         frame = load_image(frame)
     if isinstance(frame, Image.Image):
-        return np.asarray(_to_rgb(frame))
-    array = frame.detach().cpu().numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
-    return _frames_to_uint8_thwc(array[None])[0]
+        frame = np.array(_to_rgb(frame))
+    tensor = frame if isinstance(frame, torch.Tensor) else torch.from_numpy(np.asarray(frame))
+    if tensor.ndim == 2:
+        tensor = tensor[None]
+    if tensor.ndim != 3:
+        raise ValueError(f"an image or video frame must be 2-D or 3-D, got shape {tuple(tensor.shape)}")
+    return tensor[None]
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -1165,59 +1081,29 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int], backend: str = "t
     return F.interpolate(frames, size=[height, width], mode="bicubic", align_corners=False, antialias=True)
 
 
-def normalize_frames(
-    frames: torch.Tensor, mean: Sequence[float] = IMAGE_MEAN, std: Sequence[float] = IMAGE_STD, rescale: float = 1 / 255
-) -> torch.Tensor:
-    """(x * rescale - mean) / std for frames [T, C, H, W] (values 0-255) -> float32, written as transformers' fused form
-    (x - mean/rescale) / (std/rescale) so the result is bit-identical to `Qwen3VLVideoProcessor` (SPEC §7)."""
-    m = torch.tensor(mean, dtype=torch.float32) * (1.0 / rescale)
-    s = torch.tensor(std, dtype=torch.float32) * (1.0 / rescale)
-    return (frames.to(torch.float32) - m[:, None, None]) / s[:, None, None]
-
-
-def patchify(
-    frames: torch.Tensor,
-    patch_size: int = PATCH_SIZE,
-    merge_size: int = MERGE_SIZE,
-    temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
-) -> tuple[torch.Tensor, list[int]]:
-    """Frames [T, C, H, W] -> rows [grid_t*grid_h*grid_w, C*temporal_patch_size*patch_size²] and [grid_t, grid_h, grid_w].
-
-    Rows are ordered (grid_t, grid_h/merge, grid_w/merge, merge, merge) so each 2×2 merge block is contiguous, and
-    each row is flattened (C, T, P, P) (SPEC §6): 3·2·16·16 = 1536 values. A frame count that is not a multiple of
-    `temporal_patch_size` is padded by repeating the last frame (an image is one frame repeated).
-    """
-    if pad := -frames.shape[0] % temporal_patch_size:
-        frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
-    t, c, h, w = frames.shape
-    if h % (patch_size * merge_size) or w % (patch_size * merge_size):
-        raise ValueError(f"frame size {h}x{w} is not a multiple of {patch_size * merge_size}")
-    gt, gh, gw = t // temporal_patch_size, h // patch_size, w // patch_size
-    x = frames.reshape(gt, temporal_patch_size, c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size)
-    # (gt, tp, c, gh/m, m, p, gw/m, m, p) -> (gt, gh/m, gw/m, m, m, c, tp, p, p)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(gt * gh * gw, c * temporal_patch_size * patch_size * patch_size), [gt, gh, gw]
-
-
 class _PatchWriter:
-    """Streams frames into `pixel_values_videos` rows; the preallocated float32 output is the only float copy.
+    """Frames -> `pixel_values_videos` / `pixel_values` rows (SPEC §6, §7); the preallocated float32 output is the
+    only float copy.
 
-    Each complete temporal group of `temporal_patch_size` frames is gathered, still uint8, into patch order (C, T, P, P
-    rows, SPEC §6) in a one-group staging buffer; then `(x - mean/rescale) / (std/rescale)` writes it into its output
-    rows, the division running on rows still in cache. These are the float32 operations of `normalize_frames`
-    followed by `patchify` (IEEE float32 subtraction and division, correctly rounded in numpy as in torch), so the rows
-    are bit-identical to them and to transformers' `Qwen3VLVideoProcessor`. numpy, not torch: per-group torch calls
-    each cross a thread-pool barrier, which on a busy machine costs more than the work (measured in
-    bench/bench_preprocess.py); decoding runs on FFmpeg's threads meanwhile. Memory: the output plus one group of
-    frames at the target size, so a long clip never exists as a whole in uint8 or in float.
+    Rows are [grid_t*grid_h*grid_w, C*tp*P*P] (tp = temporal_patch_size, P = patch_size: 3·2·16·16 = 1536 values),
+    ordered (grid_t, grid_h/merge, grid_w/merge, merge, merge) so each 2×2 merge block is contiguous, each row flattened
+    (C, tp, P, P); a frame count that is not a multiple of tp is padded by the caller (an image is one frame written
+    tp times). Each complete temporal group is gathered, still uint8, into patch order in a one-group staging buffer;
+    then `(x - mean/rescale) / (std/rescale)` writes it into its output rows, the division running on rows still in
+    cache. These are transformers' float32 operations (its fused rescale+normalise, IEEE subtraction and division,
+    correctly rounded in numpy as in torch), so the rows are bit-identical to `Qwen3VLVideoProcessor` and the Qwen2-VL
+    image processor. numpy, not torch: per-group torch calls each cross a thread-pool barrier, which on a busy
+    machine costs more than the work (bench/bench_preprocess.py). Memory: the output plus one group of frames at
+    the target size, so a long clip never exists as a whole in uint8 or in float.
     """
 
     def __init__(self, mean, std, patch_size, merge_size, temporal_patch_size, rescale: float = 1 / 255):
-        # as normalize_frames computes them, for equal bits
+        # as transformers computes them (float32 mean / rescale), for equal bits
         self.mean = (torch.tensor(mean, dtype=torch.float32) * (1.0 / rescale)).numpy()[:, None]
         self.std = (torch.tensor(std, dtype=torch.float32) * (1.0 / rescale)).numpy()[:, None]
         self.p, self.m, self.tp = patch_size, merge_size, temporal_patch_size
         self.rows: torch.Tensor | None = None
+        self.prefault: threading.Thread | None = None
         self.stage: np.ndarray | None = None
         self.grid: list[int] = []
         self.pending: dict[int, dict[int, np.ndarray]] = {}
@@ -1235,7 +1121,8 @@ class _PatchWriter:
                 raise ValueError(f"{num_slots} frames is not a multiple of temporal_patch_size={self.tp}")
             self.grid = [num_slots // self.tp, h // self.p, w // self.p]
             self.rows = torch.empty(math.prod(self.grid), c * self.tp * self.p**2, dtype=torch.float32)
-            # uint8 stays uint8 up to the float pass; other dtypes become float32 first, as in normalize_frames
+            self.prefault = _prefault(self.rows)
+            # uint8 stays uint8 up to the float pass; other dtypes become float32 first, as transformers does
             dtype = np.uint8 if hwc.dtype == np.uint8 else np.float32
             gh, gw, m, p = self.grid[1], self.grid[2], self.m, self.p
             self.stage = np.empty((gh // m, gw // m, m, m, c, self.tp, p, p), dtype)
@@ -1263,7 +1150,29 @@ class _PatchWriter:
         frame position never received a frame."""
         if self.rows is None or self.pending or len(self.done) != self.grid[0]:
             raise ValueError("internal error: some video frames were never decoded")
+        if self.prefault is not None:
+            self.prefault.join()
         return self.rows, self.grid
+
+
+def _prefault(tensor: torch.Tensor, min_bytes: int = 1 << 26) -> threading.Thread | None:
+    """Fault in the pages of a fresh `tensor` (>= `min_bytes`) on another thread, leaving its contents alone (Linux
+    `madvise(MADV_POPULATE_WRITE)`, kernel >= 5.14; elsewhere nothing happens). Why: the first touch of a ~0.5 GB
+    `pixel_values_videos` costs 0.2-0.3 s of page faults (bench/RESULTS.md), which would otherwise fall on the
+    thread writing the rows; here they overlap decoding. Returns the thread (join before relying on it) or None."""
+    size = tensor.numel() * tensor.element_size()
+    if size < min_bytes or not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    start = -(-tensor.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor
+    end = (tensor.data_ptr() + size) // mmap.PAGESIZE * mmap.PAGESIZE
+    thread = threading.Thread(target=madvise, args=(start, end - start, 23), daemon=True)  # 23: MADV_POPULATE_WRITE
+    thread.start()
+    return thread
 
 
 def _check_not_empty(video, index: int):
@@ -1277,40 +1186,6 @@ def _check_not_empty(video, index: int):
     if len(shape) == 4 and 0 in shape:
         raise VideoLoadError(f"video {index} has {'zero frames' if shape[0] == 0 else 'empty frames'}: shape {shape}")
     return video
-
-
-def _video_to_tchw(video) -> torch.Tensor:
-    """An in-memory video (array/tensor [T,H,W,C] or [T,C,H,W], list of frames) -> tensor [T, 3, H, W] keeping the
-    dtype (uint8 stays uint8, float frames such as qwen-vl-utils' 0-255 floats stay float)."""
-    if isinstance(video, (list, tuple)):
-        frames = [_frame_to_array(f) for f in video]
-        return torch.from_numpy(np.stack([_resize_uint8(f, frames[0].shape[:2]) for f in frames])).permute(0, 3, 1, 2)
-    tensor = video if isinstance(video, torch.Tensor) else torch.from_numpy(np.asarray(video))
-    if tensor.ndim != 4:
-        raise ValueError(f"a video must be 4-D [T, H, W, C] or [T, C, H, W], got shape {tuple(tensor.shape)}")
-    if tensor.shape[1] not in (1, 3, 4) and tensor.shape[-1] in (1, 3, 4):
-        tensor = tensor.permute(0, 3, 1, 2)
-    if tensor.shape[1] == 1:
-        tensor = tensor.expand(-1, 3, -1, -1)
-    elif tensor.shape[1] == 4:
-        tensor = torch.from_numpy(_composite_on_white(tensor.permute(0, 2, 3, 1).numpy())).permute(0, 3, 1, 2)
-    if tensor.dtype not in (torch.uint8, torch.float32, torch.float64):
-        tensor = tensor.float()
-    return tensor
-
-
-def _image_to_tensor(image) -> torch.Tensor:
-    """An image (PIL, path/URL, array/tensor [H,W,C] or [C,H,W]) -> tensor [3, H, W] (uint8 unless given floats)."""
-    if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
-    if isinstance(image, Image.Image):
-        return torch.from_numpy(np.asarray(_to_rgb(image)).copy()).permute(2, 0, 1)
-    tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image))
-    if tensor.ndim == 2:
-        tensor = tensor[None]
-    if tensor.ndim != 3:
-        raise ValueError(f"an image must be 2-D or 3-D, got shape {tuple(tensor.shape)}")
-    return _video_to_tchw(tensor[None])[0]
 
 
 def _metadata_timestamps(meta, num_frames: int, default_fps: float) -> list[float]:
@@ -1471,18 +1346,22 @@ class InternVideo3Processor(ProcessorMixin):
         factor = self.patch_size * self.merge_size
         if s.get("resized_height") and s.get("resized_width"):
             # qwen-vl-utils: an explicit size is only rounded to the factor
-            return smart_resize_frame(s["resized_height"], s["resized_width"], factor, 4 * factor**2, 16384 * factor**2)
+            return smart_resize(s["resized_height"], s["resized_width"], factor, 4 * factor**2, 16384 * factor**2)
         if s["video_budget"] == "total":
-            return smart_resize_video(
-                num_frames, height, width, self.temporal_patch_size, factor,
+            if height < factor or width < factor:  # scaled up first, as transformers 5.x does (4.57 raises)
+                scale = max(factor / height, factor / width)
+                height, width = int(height * scale), int(width * scale)
+            return _smart_resize_volume(
+                max(num_frames, self.temporal_patch_size), height, width, self.temporal_patch_size, factor,
                 s["size"]["shortest_edge"], s["size"]["longest_edge"],
             )  # fmt: skip
         nframes = num_frames + (-num_frames % self.temporal_patch_size)
-        # qwen-vl-utils fetch_video: each frame gets at most its share of total_pixels (2 frames share a patch)
+        # qwen-vl-utils fetch_video: each frame gets at most its share of total_pixels (2 frames share a patch), with
+        # its per-frame rule, which is the image rule (identical for every frame with both sides >= factor / 2)
         max_pixels = max(
             min(s["max_pixels"], s["total_pixels"] / nframes * self.temporal_patch_size), int(s["min_pixels"] * 1.05)
         )
-        return smart_resize_frame(height, width, factor, s["min_pixels"], max_pixels)
+        return smart_resize(height, width, factor, s["min_pixels"], max_pixels)
 
     def image_target_size(self, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
         """Resized (height, width) in pixels for an image (transformers' Qwen2-VL/Qwen3-VL rule)."""
@@ -1501,10 +1380,10 @@ class InternVideo3Processor(ProcessorMixin):
         return smart_resize(height, width, factor, min_pixels, max_pixels)
 
     # ---- vision inputs -------------------------------------------------------------------------------------
-    def load_video(self, source, frame_sink=None, **settings) -> tuple[np.ndarray | None, VideoMetadata]:
+    def load_video(self, source, frame_sink=None, resize=True, **settings) -> tuple[np.ndarray | None, VideoMetadata]:
         """`load_video` with this processor's sampling defaults, frames resized during decoding to the budget size
-        (so a long video never holds full-resolution frames). Keys: see `VIDEO_SETTING_KEYS`; `frame_sink`: see
-        `load_video`."""
+        (so a long video never holds full-resolution frames; `resize=False` keeps the decoded size). Keys: see
+        `VIDEO_SETTING_KEYS`; `frame_sink`: see `load_video`."""
         s = self._video_settings(settings)
         return load_video(
             source,
@@ -1515,7 +1394,7 @@ class InternVideo3Processor(ProcessorMixin):
             video_start=s.get("video_start"),
             video_end=s.get("video_end"),
             source_fps=s.get("source_fps"),
-            resize_to=lambda n, h, w: self.video_target_size(n, h, w, s),
+            resize_to=(lambda n, h, w: self.video_target_size(n, h, w, s)) if resize else None,
             temporal_patch_size=self.temporal_patch_size,
             frame_sink=frame_sink,
         )
@@ -1523,47 +1402,37 @@ class InternVideo3Processor(ProcessorMixin):
     def _patch_writer(self) -> _PatchWriter:
         return _PatchWriter(self.image_mean, self.image_std, self.patch_size, self.merge_size, self.temporal_patch_size)
 
-    def _process_videos(self, videos: list, metadata: list, settings: list[dict], do_sample_frames):
+    def _process_videos(self, videos: list, metadata: list, settings: list[dict], do_sample_frames, do_resize=True):
         rows, grids, stamps = [], [], []
         factor = self.patch_size * self.merge_size
         for video, meta, s in zip(videos, metadata, settings):
             _check_not_empty(video, len(rows))
-            if isinstance(video, (str, os.PathLike)):
-                # a file: frames stream from the decoder, resized (torch kernel, whatever the backend, as before),
-                # straight into the output rows: one float pass, no uint8 or float copy of the whole clip
-                writer = self._patch_writer()
-                _, meta = self.load_video(video, frame_sink=writer, **s)
-                patches, grid = writer.result()
-                rows.append(patches)
-                grids.append(grid)
-                stamp = _metadata_timestamps(meta, grid[0] * self.temporal_patch_size, s.get("fps") or self.fps)
-                stamps.append(group_timestamps(stamp, self.temporal_patch_size))
-                continue
-            if isinstance(video, (str, os.PathLike)) or (
-                isinstance(video, (list, tuple)) and video and isinstance(video[0], (str, os.PathLike))
-            ):
-                video, meta = self.load_video(video, **s)
-            elif do_sample_frames:
-                source_fps = None
-                if meta is not None:
-                    source_fps = meta.get("fps") if isinstance(meta, dict) else getattr(meta, "fps", None)
-                video, meta = self.load_video(video, source_fps=source_fps or s.get("source_fps"), **s)
-            frames = _video_to_tchw(video)
-            num = frames.shape[0]
-            stamp = _metadata_timestamps(meta, num, s.get("fps") or self.fps)
-            sampled = num
-            if isinstance(meta, VideoMetadata) and meta.num_sampled_frames:
-                sampled = meta.num_sampled_frames
-            height, width = frames.shape[-2:]
-            already = isinstance(meta, VideoMetadata) and meta.resized and height % factor == 0 and width % factor == 0
-            if not already:
-                target = self.video_target_size(sampled, height, width, s)
-                frames = resize_frames(frames, target, self.video_resize_backend)
             writer = self._patch_writer()
-            slots = frames.shape[0] + (-frames.shape[0] % self.temporal_patch_size)
-            for i, frame in enumerate(frames):
-                writer([i] if i < frames.shape[0] - 1 else list(range(i, slots)), frame, slots)
-            patches, grid = writer.result()
+            if isinstance(video, (str, os.PathLike)):
+                # a file: frames stream from the decoder, resized (torch kernel, whatever the backend), straight into
+                # the output rows: one float pass, no uint8 or float copy of the whole clip
+                _, meta = self.load_video(video, frame_sink=writer, resize=do_resize is not False, **s)
+                patches, grid = writer.result()
+                stamp = _metadata_timestamps(meta, grid[0] * self.temporal_patch_size, s.get("fps") or self.fps)
+            else:
+                if isinstance(video, (list, tuple)) and video and isinstance(video[0], (str, os.PathLike)):
+                    video, meta = self.load_video(video, **s)  # frame image files
+                elif do_sample_frames:
+                    source_fps = meta.get("fps") if isinstance(meta, dict) else getattr(meta, "fps", None)
+                    video, meta = self.load_video(video, source_fps=source_fps or s.get("source_fps"), **s)
+                frames = _as_frames(video)
+                num = frames.shape[0]
+                stamp = _metadata_timestamps(meta, num, s.get("fps") or self.fps)
+                sampled = meta.num_sampled_frames if isinstance(meta, VideoMetadata) and meta.num_sampled_frames else num
+                height, width = frames.shape[-2:]
+                already = isinstance(meta, VideoMetadata) and meta.resized and height % factor == 0 == width % factor
+                if not already and do_resize is not False:
+                    target = self.video_target_size(sampled, height, width, s)
+                    frames = resize_frames(frames, target, self.video_resize_backend)
+                slots = num + (-num % self.temporal_patch_size)
+                for i, frame in enumerate(frames):
+                    writer([i] if i < num - 1 else list(range(i, slots)), frame, slots)
+                patches, grid = writer.result()
             rows.append(patches)
             grids.append(grid)
             stamps.append(group_timestamps(stamp, self.temporal_patch_size))
@@ -1571,15 +1440,17 @@ class InternVideo3Processor(ProcessorMixin):
         pixel_values = rows[0] if len(rows) == 1 else torch.cat(rows)
         return pixel_values, torch.tensor(grids, dtype=torch.long), stamps
 
-    def _process_images(self, images: list, settings: list[dict]):
+    def _process_images(self, images: list, settings: list[dict], do_resize=True):
         rows, grids = [], []
         for image, s in zip(images, settings):
-            tensor = _image_to_tensor(image)
-            target = self.image_target_size(*tensor.shape[-2:], s)
-            backend = self.image_resize_backend if tensor.dtype == torch.uint8 else "torch"
-            resized = resize_frames(tensor[None], target, backend)
-            pixels = normalize_frames(resized, self.image_mean, self.image_std)
-            patches, grid = patchify(pixels, self.patch_size, self.merge_size, self.temporal_patch_size)
+            tensor = _as_frames([image])
+            if do_resize is not False:
+                target = self.image_target_size(*tensor.shape[-2:], s)
+                backend = self.image_resize_backend if tensor.dtype == torch.uint8 else "torch"
+                tensor = resize_frames(tensor, target, backend)
+            writer = self._patch_writer()
+            writer(range(self.temporal_patch_size), tensor[0], self.temporal_patch_size)  # one frame, tp times
+            patches, grid = writer.result()
             rows.append(patches)
             grids.append(grid)
         return torch.cat(rows), torch.tensor(grids, dtype=torch.long)
@@ -1633,6 +1504,12 @@ class InternVideo3Processor(ProcessorMixin):
                 frame paths of one video in a list: `[[f0, f1, ...]]`.
             video_metadata: one per video (ours, transformers' `VideoMetadata`, or qwen-vl-utils' dict with `fps`,
                 `frames_indices`) for timestamps; without it in-memory frames are taken at `fps` frames per second.
+                The Qwen3-VL model card's qwen-vl-utils call works as is: `videos, video_metadata = zip(*videos)` of
+                `process_vision_info(..., return_video_kwargs=True, return_video_metadata=True)`, then
+                `processor(text=..., videos=..., video_metadata=..., do_resize=False, **video_kwargs)`.
+            do_sample_frames: True samples in-memory frames with the budget below; default: used as given.
+            do_resize: False keeps frames and images at their size (sides must be multiples of 32); default: resized
+                to the budget.
             fps, min_frames, max_frames, nframes/num_frames, video_start, video_end, video_budget, min_pixels,
                 max_pixels, total_pixels, size, resized_height, resized_width: video budget for this call (a `fps`
                 list gives one value per video).
@@ -1663,6 +1540,7 @@ class InternVideo3Processor(ProcessorMixin):
         image_settings: list[dict] | None = None,
         return_tensors="pt",
         do_sample_frames=None,
+        do_resize=None,
         **kwargs,
     ) -> BatchFeature:
         for key in ("text_kwargs", "videos_kwargs", "images_kwargs"):  # transformers-style grouped kwargs
@@ -1682,7 +1560,7 @@ class InternVideo3Processor(ProcessorMixin):
         if images is not None:
             images = _flatten_images(images)
             settings = image_settings or [dict(call_image) for _ in images]
-            data["pixel_values"], image_grids = self._process_images(images, settings)
+            data["pixel_values"], image_grids = self._process_images(images, settings, do_resize)
             data["image_grid_thw"] = image_grids
         if videos is not None:
             videos = _as_video_list(videos)
@@ -1696,7 +1574,7 @@ class InternVideo3Processor(ProcessorMixin):
                         s["fps"] = fps_value[i]
                     video_settings.append(s)
             data["pixel_values_videos"], video_grids, video_stamps = self._process_videos(
-                videos, metadata, video_settings, do_sample_frames
+                videos, metadata, video_settings, do_sample_frames, do_resize
             )
             data["video_grid_thw"] = video_grids
 

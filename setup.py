@@ -39,7 +39,7 @@ setup(
         "numpy>=1.24",
         "tqdm>=4.66",
         "filelock>=3.13,<5",
-        "qwen-vl-utils>=0.0.14",
+        # not qwen-vl-utils: it imports torchvision; its process_vision_info outputs are accepted as inputs
     ],
     extras_require={
         # PySceneDetect on its PyAV backend for the agent's segment() tool; the headless build needs no libGL.

@@ -18,14 +18,14 @@ for qwen-vl-utils).
 Equal tokens: ours uses its default budget (`video_budget="per_frame"`, qwen-vl-utils' rule); qwen-vl-utils lands
 on the same frame size by construction and is given our frame count as `nframes` (its fps rule rounds 289 frames
 down to 288); transformers' whole-clip `size` rule gets the `size={"shortest_edge",
-"longest_edge"}` that gives the same (h, w) (found here with our copy of its formula, `smart_resize_video`), and
+"longest_edge"}` that gives the same (h, w) (found here with its own `smart_resize`), and
 the driver checks every worker returns the same `video_grid_thw`. The pixels themselves are checked bit for bit
 against transformers on the same decoded frames by tests/test_fidelity.py; here the max |difference| of the full
 outputs is printed as well (different decoders: PyAV vs torchcodec's FFmpeg build may round colour conversion
 differently).
 
 Clips: `pole_vault.mp4` (real, 145 s, 3 fps, 398x224; 290 frames at fps 2, 20,880 tokens) from
-$INTERNVIDEO3_TEST_VIDEOS (default ../shared/data/videos), and a 164 s clip made here once (in --workdir) by
+$INTERNVIDEO3_TEST_VIDEOS (default tests/data/videos), and a 164 s clip made here once (in --workdir) by
 looping the same footage with PyAV and encoding H.264 (328 frames, 23,616 tokens). The memory clip: 768 frames of
 the same footage scaled to 1920x1080 and encoded H.264 at 30 fps; ours runs it with `nframes=768` (every frame) in a
 fresh process and reports peak RSS (`ru_maxrss`) above the process's RSS before the call, against the output bytes
@@ -61,7 +61,7 @@ from pathlib import Path
 
 from _common import REPO_ROOT, module_from_file, proc_status_mib
 
-VIDEOS = Path(os.environ.get("INTERNVIDEO3_TEST_VIDEOS", REPO_ROOT.parent / "shared" / "data" / "videos"))
+VIDEOS = Path(os.environ.get("INTERNVIDEO3_TEST_VIDEOS", REPO_ROOT / "tests" / "data" / "videos"))
 LONG_SECONDS = 164
 RSS_FRAMES = 768
 
@@ -217,7 +217,10 @@ class Worker:
 # ---------------------------------------------------------------------------------------------------------------
 def transformers_size(num_frames: int, height: int, width: int, target: tuple[int, int]) -> dict:
     """`size` for transformers' whole-clip rule that yields `target` (h, w) for this clip (SPEC §7 formulas)."""
-    from processing_internvideo3 import smart_resize_video  # noqa: PLC0415
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize  # noqa: PLC0415
+
+    def smart_resize_video(num_frames, height, width, min_pixels, max_pixels):
+        return smart_resize(num_frames, height, width, 2, 32, min_pixels, max_pixels)
 
     volume = num_frames * height * width
     for step in range(1, 4001):
@@ -353,6 +356,7 @@ def main() -> None:
             w.ask(warmup=True, **requests[name])
 
     times = {(w.name, name): [] for w in workers for name in speed_clips}
+    run_loads: list[float] = []
     results = {}
     for run in range(args.runs):
         for name in speed_clips:
@@ -362,7 +366,8 @@ def main() -> None:
                 reply = w.ask(save=save, **requests[name])
                 times[(w.name, name)].append(reply["seconds"])
                 results[(w.name, name)] = reply
-        print(f"run {run + 1}/{args.runs} done, load {os.getloadavg()[0]:.2f}", flush=True)
+        run_loads.append(os.getloadavg()[0])
+        print(f"run {run + 1}/{args.runs} done, load {run_loads[-1]:.2f}", flush=True)
     for w in workers:
         w.close()
     (args.workdir / "times.json").write_text(json.dumps({f"{k[0]} | {k[1]}": v for k, v in times.items()}, indent=1))
@@ -385,6 +390,13 @@ def main() -> None:
             cells.append(f"{median:.3f} s" + ("" if w.name == "ours" else f" ({median / ours:.2f}x)"))
         print(f"| {name}, {2 * t} frames | {t * h * wd // 4:,} | " + " | ".join(cells) + " |")
     print("(median wall seconds; in brackets: that column's median / ours, > 1 means ours is faster)")
+    print(f"load average (1 min) after each run: {min(run_loads):.2f} to {max(run_loads):.2f}")
+    if not args.skip_anchors:
+        ratios = ", ".join(
+            f"{name} {statistics.median(times[('transformers + torchcodec', name)]) / statistics.median(times[('ours', name)]):.2f}x"
+            for name in speed_clips
+        )
+        print(f"ours vs transformers + torchcodec: {ratios} (issue 18 target: >= 1.5x on both clips)")
     if not args.skip_anchors:
         import torch  # noqa: PLC0415
 

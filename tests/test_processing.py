@@ -21,7 +21,8 @@ from processing_internvideo3 import (
     InternVideo3Processor,
     VideoLoadError,
     load_video,
-    smart_resize_frame,
+    resize_frames,
+    smart_resize,
 )
 from tests.conftest import DEMO_VIDEO, TOKENIZER_DIR
 
@@ -108,7 +109,7 @@ def test_per_frame_budget_follows_qwen_vl_utils_rule(processor):
     n = frames.shape[0]
     assert n == 16 and meta.num_sampled_frames == 16
     cap = max(min(768 * 1024, 16 * 200 * 32 * 32 // 2 / n * 2), int(128 * 1024 * 1.05))
-    assert frames.shape[1:3] == smart_resize_frame(480, 640, 32, 128 * 1024, cap)
+    assert frames.shape[1:3] == smart_resize(480, 640, 32, 128 * 1024, cap)
     assert frames.shape[1] * frames.shape[2] <= cap
 
 
@@ -233,6 +234,49 @@ def test_qwen_vl_utils_style_inputs_equal_the_file_path(processor):
     stamps = [s for s, _ in STAMP.findall(processor.decode(with_fps["input_ids"][0]))]
     # frames at i/2 s, each group at the mean of its 2 frames, printed with "{:.1f}" as Qwen3-VL does
     assert stamps == [f"{t:.1f}" for t in (0.25, 1.25, 2.25, 3.25)]
+
+
+def test_qwen_vl_utils_metadata_outputs_give_the_tokens_of_the_file(processor):
+    """The Qwen3-VL model card's call: `images, videos, video_kwargs = process_vision_info(messages,
+    image_patch_size=16, return_video_kwargs=True, return_video_metadata=True)` (qwen-vl-utils 0.0.14), `videos,
+    video_metadata = zip(*videos)`, `processor(text, videos=..., video_metadata=..., do_resize=False,
+    **video_kwargs)`. Its outputs are built here as fetch_video makes them (qwen-vl-utils needs torchvision): frames
+    idx = round(linspace(0, total - 1, nframes)) decoded (our PyAV decode; torchcodec gives the same pixels, see
+    test_fidelity.py), resized to its per-frame budget by torchvision's v1 tensor `resize` (float32 bicubic
+    antialiased `interpolate`, clamped, rounded to uint8), `.float()`, metadata {fps, frames_indices,
+    total_num_frames, video_backend}, video_kwargs {"do_sample_frames": False} (checked against qwen-vl-utils 0.0.14
+    itself in its own environment: identical frames). Tokens and timestamps equal passing the file; pixels differ
+    by at most two uint8 levels, where torchvision's float resize rounds differently from the uint8 kernel that
+    transformers' video processor and ours use."""
+    max_pixels = 200 * 32 * 32  # an item budget below the 640x480 frames, so both paths resize
+    message = video_message(DEMO_VIDEO, max_pixels=max_pixels)
+    prompt = processor.apply_chat_template(message, add_generation_prompt=True)
+    from_file = processor(text=prompt, videos=[str(DEMO_VIDEO)], max_pixels=max_pixels)
+
+    frames, meta = load_video(DEMO_VIDEO, fps=2)  # native size, the frames qwen-vl-utils asks torchcodec for
+    total, fps = meta.total_num_frames, meta.fps
+    nframes = min(max(total / fps * 2, 4), min(768, total)) // 2 * 2  # smart_nframes (fps 2), even
+    idx = torch.linspace(0, total - 1, int(nframes)).round().long().tolist()
+    assert meta.frames_indices == idx
+    per_frame = max(min(768 * 32 * 32, 128000 * 32 * 32 * 0.9 / len(idx) * 2), int(128 * 32 * 32 * 1.05))
+    size = smart_resize(frames.shape[1], frames.shape[2], 32, 128 * 32 * 32, min(max_pixels, per_frame))
+    assert size != frames.shape[1:3]
+    video = resize_frames(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size).clamp(0, 255).round()
+    for frames_indices, backend in ((idx, "torchcodec"), (torch.tensor(idx), "torchvision")):
+        videos = [(video, {"fps": fps, "frames_indices": frames_indices, "total_num_frames": total, "video_backend": backend})]
+        video_kwargs = {"do_sample_frames": False}
+        videos, video_metadata = zip(*videos)
+        out = processor(
+            text=prompt, videos=list(videos), video_metadata=list(video_metadata), do_resize=False, return_tensors="pt",
+            **video_kwargs,
+        )  # fmt: skip
+        for key in ("input_ids", "attention_mask", "video_grid_thw"):
+            assert torch.equal(out[key], from_file[key]), key
+        difference = (out["pixel_values_videos"] - from_file["pixel_values_videos"]).abs()
+        assert float(difference.max()) <= 2 / 127.5 + 1e-6 and float((difference > 0).float().mean()) < 0.2
+    stamps = [s for s, _ in STAMP.findall(processor.decode(out["input_ids"][0]))]
+    times = [i / fps for i in idx]
+    assert stamps == [f"{(times[g] + times[g + 1]) / 2:.1f}" for g in range(0, len(times), 2)]
 
 
 def test_qwen_vl_utils_process_vision_info_when_installed(processor, tmp_path):
