@@ -28,7 +28,7 @@ Clips: `pole_vault.mp4` (real, 145 s, 3 fps, 398x224; 290 frames at fps 2, 20,88
 $INTERNVIDEO3_TEST_VIDEOS (default tests/data/videos), and a 164 s clip made here once (in --workdir) by
 looping the same footage with PyAV and encoding H.264 (328 frames, 23,616 tokens). The memory clip: 768 frames of
 the same footage scaled to 1920x1080 and encoded H.264 at 30 fps; ours runs it with `nframes=768` (every frame) in a
-fresh process and reports peak RSS (`ru_maxrss`) above the process's RSS before the call, against the output bytes
+fresh process and reports peak RSS (`VmHWM`) above the process's RSS before the call, against the output bytes
 and the size of one decoded 1080p RGB frame (6,220,800 bytes).
 
 `--before REF` adds our processor as of git REF (e.g. `main`) as a column and to the memory line: its
@@ -52,7 +52,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -266,7 +265,9 @@ def rss_child(module_dir: str | None, path: str, threads: int) -> None:
     start = time.perf_counter()
     out = processor(videos=[path], nframes=RSS_FRAMES)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork + exec, so it would report the driver's own peak
+    # (it holds the 1080p frames while it encodes the memory clip).
+    peak = int(proc_status_mib("VmHWM")["VmHWM"] * 2**20)
     pixels = out["pixel_values_videos"]
     print(json.dumps({
         "before": before, "peak": peak, "output": pixels.numel() * pixels.element_size(), "seconds": seconds,
