@@ -377,6 +377,30 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_checkpoint):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_min_pixels_flag_reaches_the_processor(tmp_path, small_checkpoint, videos_dir):
+    """A --max-pixels below the processor's default min_pixels (131,072) is refused with one error line naming
+    min_pixels; with --min-pixels the same call-level budget trains (items carry no pixel budget of their own)."""
+    clip = {"type": "video", "video": str(videos_dir / "hevc_128x128.mp4"), "fps": 2, "max_frames": 2}
+    row = {"messages": [{"role": "user", "content": [clip, {"type": "text", "text": "Describe the pattern."}]},
+                        {"role": "assistant", "content": "A synthetic colour test pattern."}]}  # fmt: skip
+    data = _write_jsonl(tmp_path / "sft.jsonl", [row])
+
+    def train(*flags, out):
+        command = [sys.executable, str(REPO_ROOT / "examples" / "train_sft.py"), "--model", str(small_checkpoint),
+                   "--data", str(data), "--max-steps", "1", "--batch-size", "1", "--no-gradient-checkpointing",
+                   "--output-dir", str(tmp_path / out), "--max-pixels", "16384", *flags]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+
+    refused = train(out="refused")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: min_pixels (131072) must be <= max_pixels (16384)"), last
+    assert "Traceback" not in refused.stderr
+    trained = train("--min-pixels", "4096", out="trained")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert trained.stdout.strip().splitlines()[-1].startswith("train_loss: first ")
+
+
 def test_accelerate_two_processes_sft_equal_weights(tmp_path, small_checkpoint, videos_dir):
     """`accelerate launch --num_processes 2` (CPU, gloo) runs the SFT example; both ranks end with equal weights,
     the saved folder loads through the Auto classes and the last line is the contract."""

@@ -51,6 +51,8 @@ def build_parser(kind: str, default_model: str | None, default_data: str | None)
     parser.add_argument("--fps", type=float, default=None, help="video frames per second (items may override)")
     parser.add_argument("--max-frames", type=int, default=None, help="frames per video at most")
     parser.add_argument("--max-pixels", type=int, default=None, help="pixels per frame at most")
+    parser.add_argument("--min-pixels", type=int, default=None,
+                        help="pixels per frame at least (pass it with a --max-pixels below the processor's 131072)")  # fmt: skip
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 mixed precision (default: on with CUDA, off on CPU)")  # fmt: skip
@@ -124,7 +126,8 @@ def _common_args(args, kind: str, scratch: Path) -> dict:
 
 
 def _video_kwargs(args) -> dict:
-    return {k: v for k, v in (("fps", args.fps), ("max_frames", args.max_frames), ("max_pixels", args.max_pixels)) if v is not None}
+    names = ("fps", "max_frames", "min_pixels", "max_pixels")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _with_video_defaults(dataset, column: str, video_kwargs: dict):
@@ -226,6 +229,8 @@ def main(kind: str, argv=None, default_model: str | Callable[[], str] | None = N
     placeholder = "<default>" if callable(default_model) else default_model
     parser = build_parser(kind, placeholder, default_data)
     args = parser.parse_args(argv)
+    if args.min_pixels is not None and args.max_pixels is not None and args.min_pixels > args.max_pixels:
+        parser.exit(2, f"error: --min-pixels ({args.min_pixels}) must be <= --max-pixels ({args.max_pixels})\n")
     if wants_default and callable(default_model):
         args.model = str(default_model())
     try:
