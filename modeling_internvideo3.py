@@ -809,6 +809,16 @@ def adapt_text_config_to_checkpoint(text_config: InternVideo3TextConfig, shapes:
     text_config.validate_m2la()
 
 
+def _loading_info_key(entry) -> str:
+    """The key of a `loading_info` entry: a name, or a (name, checkpoint shape, model shape) of a mismatched one."""
+    return entry if isinstance(entry, str) else entry[0]
+
+
+def _decides_m2la_layout(key: str) -> bool:
+    """Whether a weight key is one of the text decoder's attention tensors, whose shapes fix the M²LA layout."""
+    return _ATTENTION_KEY_PATTERN.search(key) is not None and "visual." not in key
+
+
 class InternVideo3PreTrainedModel(PreTrainedModel):
     """Base class: weight init, capabilities, and a `from_pretrained` that sizes attention from the checkpoint."""
 
@@ -836,10 +846,19 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, plus: attention biases, the latent norm and per-layer ranks come from the
-        checkpoint's keys (SPEC §3), and any missing or unexpected weight raises `ValueError` naming the keys.
+        checkpoint's keys (SPEC §3), and a missing, unexpected or mismatched key of the M²LA layout (any
+        `language_model.layers.{i}.self_attn.*` tensor: q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj, their biases
+        and norms) raises `ValueError` naming the keys.
+
+        Every other key is handled as transformers handles it for any model: a missing one (e.g. `lm_head.weight`, a
+        layernorm weight) is initialized by `_init_weights` and an unexpected one is dropped, both with
+        transformers' warning; a mismatched one fails in transformers unless `ignore_mismatched_sizes=True`, which
+        re-initializes it. All are reported in the `loading_info` dict (`missing_keys`, `unexpected_keys`,
+        `mismatched_keys`) returned with `output_loading_info=True`.
 
         Raises:
-            ValueError: missing or unexpected keys after loading, or inconsistent attention tensors.
+            ValueError: missing, unexpected or mismatched attention keys after loading, or attention tensors that
+                differ between layers or lack a projection (`adapt_text_config_to_checkpoint`).
         """
         config = kwargs.pop("config", None)
         hub_keys = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
@@ -856,10 +875,18 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, config=config, output_loading_info=True, **kwargs
         )
-        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        # Attention keys decide the layout (widths, ranks, biases): a model built with another layout than the weights
+        # would run with re-initialized attention, so those fail; the rest is transformers' own report.
+        problems = {
+            kind: sorted(name for name in map(_loading_info_key, info.get(kind) or []) if _decides_m2la_layout(name))
+            for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        }
         problems = {k: v for k, v in problems.items() if v}
         if problems:
-            raise ValueError(f"{cls.__name__}.from_pretrained({pretrained_model_name_or_path!r}): {problems}")
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained({pretrained_model_name_or_path!r}): M²LA attention tensors do not fit "
+                f"the layout (SPEC §3): {problems}"
+            )
         return (model, info) if want_info else model
 
 

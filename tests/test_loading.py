@@ -163,8 +163,6 @@ BAD_KEYS = {
         ATTENTION.format(0) + "q_norm.weight",
     ),
     "gqa_checkpoint": (_gqa, "kv_a_proj_with_mqa.weight"),
-    "non_attention_key_missing": (_drop("model.language_model.layers.1.mlp.up_proj.weight"), "layers.1.mlp.up_proj"),
-    "unknown_vision_key": (_add("model.visual.extra.weight", (3,)), "model.visual.extra.weight"),
     "kv_b_proj_missing_in_one_layer": (_drop(ATTENTION.format(2) + "kv_b_proj.weight"), "layers.2.self_attn.kv_b_proj"),
     "latent_norm_in_one_layer": (_add(ATTENTION.format(1) + "kv_a_layernorm.weight", (24,)), "layers.1.self_attn.kv_a_layernorm"),
     "bias_missing_in_layer_0": (_drop(ATTENTION.format(0) + "q_proj.bias"), "layers.0.self_attn.q_proj.bias"),
@@ -178,6 +176,84 @@ def test_unknown_or_missing_keys_raise_naming_the_keys(clean, tmp_path, edit, na
     with pytest.raises(ValueError) as error:
         InternVideo3ForConditionalGeneration.from_pretrained(bad)
     assert re.search(re.escape(named), str(error.value)), f"the error must name {named!r}: {error.value}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Keys outside the M²LA layout: transformers' handling (initialized, reported in loading_info), as for its own models
+# ----------------------------------------------------------------------------------------------------------------------
+
+NORM = "model.language_model.norm.weight"
+LAYER_NORM = "model.language_model.layers.1.post_attention_layernorm.weight"
+EMBED = "model.language_model.embed_tokens.weight"
+
+
+def load_folder(folder: Path, **kwargs):
+    """The card's loading call: the folder's own remote code through the Auto class, with the loading report."""
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, output_loading_info=True, **kwargs)
+    assert type(model).__module__.startswith("transformers_modules")
+    return model, info
+
+
+def assert_other_tensors_as_stored(model, folder: Path, skip: set[str]) -> None:
+    state = model.state_dict()
+    different = [k for k, v in stored_tensors(folder).items() if k not in skip and not torch.equal(state[k], v)]
+    assert not different, f"tensors not loaded as stored: {different[:5]}"
+
+
+def test_missing_head_and_norm_weights_are_initialized_and_reported(small_checkpoint, tmp_path):
+    """transformers initializes a missing `lm_head.weight` (normal, std `initializer_range`) and missing RMSNorm
+    weights (ones), warns, and lists them in `missing_keys`; so does our loader."""
+    dropped = {"lm_head.weight", NORM, LAYER_NORM}
+    folder = with_tensors(small_checkpoint, tmp_path / "missing", lambda t: [t.pop(k) for k in dropped])
+    model, info = load_folder(folder)
+    assert set(info["missing_keys"]) == dropped
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    state = model.state_dict()
+    assert torch.equal(state[NORM], torch.ones_like(state[NORM]))
+    assert torch.equal(state[LAYER_NORM], torch.ones_like(state[LAYER_NORM]))
+    std = model.config.get_text_config().initializer_range
+    assert abs(float(state["lm_head.weight"].std()) - std) < 0.1 * std
+    assert_other_tensors_as_stored(model, small_checkpoint, dropped)
+
+
+def test_unexpected_non_attention_key_is_reported(small_checkpoint, tmp_path):
+    folder = with_tensors(small_checkpoint, tmp_path / "extra", _add("model.visual.extra.weight", (3,)))
+    model, info = load_folder(folder)
+    assert set(info["unexpected_keys"]) == {"model.visual.extra.weight"}
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    assert_other_tensors_as_stored(model, small_checkpoint, set())
+
+
+def _narrow(key: str, rows: int | None = None, cols: int | None = None):
+    def edit(tensors):
+        tensors[key] = tensors[key][:rows, :cols].contiguous() if cols else tensors[key][:rows].contiguous()
+
+    return edit
+
+
+def test_mismatched_embedding_is_reinitialized_with_ignore_mismatched_sizes(small_checkpoint, tmp_path):
+    folder = with_tensors(small_checkpoint, tmp_path / "narrow", _narrow(EMBED, cols=32))
+    with pytest.raises(RuntimeError, match="mismatch"):  # transformers' own refusal without the flag
+        load_folder(folder)
+    model, info = load_folder(folder, ignore_mismatched_sizes=True)
+    # transformers 5.x lists (key, checkpoint shape, model shape), 4.57 the key
+    assert [entry if isinstance(entry, str) else entry[0] for entry in info["mismatched_keys"]] == [EMBED]
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.state_dict()[EMBED].shape == stored_tensors(small_checkpoint)[EMBED].shape
+    assert_other_tensors_as_stored(model, small_checkpoint, {EMBED})
+
+
+def test_mismatched_q_proj_fails_even_with_ignore_mismatched_sizes(small_checkpoint, tmp_path):
+    """q_proj's width is part of the M²LA layout (SPEC §3): re-initializing it would silently change the model."""
+    def edit(tensors):
+        for suffix in ("weight", "bias"):
+            _narrow(ATTENTION.format(1) + f"q_proj.{suffix}", rows=64)(tensors)
+
+    folder = with_tensors(small_checkpoint, tmp_path / "narrow_q", edit)
+    with pytest.raises(ValueError, match=re.escape(ATTENTION.format(1) + "q_proj.weight")):
+        load_folder(folder, ignore_mismatched_sizes=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
