@@ -15,8 +15,10 @@ relatively (flat), with a fallback for a source checkout.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -165,6 +167,44 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Weights read outside their module's forward (accelerate offload)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def onloaded(*modules: nn.Module | None):
+    """Context: the parameters of `modules` on their execution device while it lasts.
+
+    accelerate's cpu/disk offload (`device_map` with "cpu" or "disk" entries, `offload_folder`) keeps an offloaded
+    module's weights on the meta device and loads them only around that module's own forward; a weight read directly
+    (`kv_b_proj.weight`, `q_norm.weight` in the attention) would be a meta tensor. accelerate's `align_module_device`
+    loads them as its hook would. Modules without accelerate's hooks are untouched (accelerate is then not imported).
+    """
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            if module is not None and hasattr(module, "_hf_hook"):
+                from accelerate.utils import align_module_device
+
+                stack.enter_context(align_module_device(module))
+        yield
+
+
+def reads_weights_of(*names: str):
+    """Decorator of a forward that reads the weights of its submodules `names` without calling them: runs it inside
+    `onloaded` of those submodules (None entries, e.g. an absent `q_norm`, are skipped)."""
+
+    def decorate(forward):
+        @functools.wraps(forward)
+        def wrapped(self, *args, **kwargs):
+            with onloaded(*(getattr(self, name) for name in names)):
+                return forward(self, *args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Vision tower (transformers' Qwen3-VL, unchanged: SPEC §6)
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -187,6 +227,9 @@ class InternVideo3VisionModel(modeling_qwen3_vl.Qwen3VLVisionModel):
         # `config._attn_implementation` at every call.
         return True
 
+    # transformers 4.57's Qwen3-VL builds its position indices on `pos_embed.weight.device`: a meta tensor when the
+    # tower is offloaded ("disk"/"cpu" in a device_map), so that weight is loaded for the whole forward.
+    @reads_weights_of("pos_embed")
     def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> InternVideo3VisionOutput:
         out = super().forward(pixel_values, grid_thw, **kwargs)
         if _VISION_FEATURES_AS_OUTPUT:
@@ -281,16 +324,17 @@ class AttentionMaskSpec:
         return self.full is None and self.padding is None
 
     def block(self, start: int, end: int, device, sdpa: bool = False) -> tuple[torch.Tensor | None, bool, int]:
-        """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible).
+        """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible), on `device`.
 
-        With `sdpa=True` and plain causality, a block that does not start at key 0 gets torch's lower-right causal
+        `device` is the attending layer's: under a `device_map` the layers (and so their queries) sit on different
+        devices, and accelerate's hooks move tensors only, never this object, so every mask is moved here. With `sdpa=True` and plain causality, a block that does not start at key 0 gets torch's lower-right causal
         bias instead of a materialised mask, which SDPA runs without an [S, K] score matrix.
         """
         keys = self.past_len + end  # later keys are causally invisible: callers slice them away
         if sdpa and self.is_plain_causal and end - start > 1 and self.past_len + start > 0 and causal_lower_right:
             return causal_lower_right(end - start, keys), False, keys
         if self.full is not None:
-            mask = self.full[:, :, start:end, :keys]
+            mask = self.full[:, :, start:end, :keys].to(device)
             return mask | ~mask.any(-1, keepdim=True), False, keys
         if self.padding is None:
             if end - start == 1:
@@ -461,6 +505,7 @@ class InternVideo3TextAttention(nn.Module):
         w = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
         return w[:, : self.qk_nope_head_dim], w[:, self.qk_nope_head_dim :]
 
+    @reads_weights_of("kv_b_proj", "q_norm")  # W_UK / W_UV and the expansion weight; the kept q_norm weight
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -985,8 +1030,10 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
                 all_attentions.append(weights)
             if deepstack_visual_embeds is not None and idx < len(deepstack_visual_embeds):
                 # DeepStack (SPEC §6): add the idx-th visual feature set at visual positions after layer idx.
+                # Under a device_map each layer returns on its own device: move the features and positions there.
                 hidden_states = hidden_states.clone()
-                hidden_states[visual_pos_masks] += deepstack_visual_embeds[idx].to(hidden_states.dtype)
+                positions = visual_pos_masks.to(hidden_states.device)
+                hidden_states[positions] += deepstack_visual_embeds[idx].to(hidden_states.device, hidden_states.dtype)
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)
@@ -1131,7 +1178,9 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
                 f"{kind} placeholder tokens ({n_tokens}) and {kind} features ({n_features}) differ: the prompt must "
                 f"hold one <|{kind}_pad|> per merged patch"
             )
-        return inputs_embeds.masked_scatter(mask[..., None], features.to(inputs_embeds.dtype))
+        # The vision tower and the placeholder ids may sit on other devices than the embeddings (device_map).
+        mask, features = mask.to(inputs_embeds.device), features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask[..., None], features)
 
     @can_return_tuple
     def forward(

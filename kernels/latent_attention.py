@@ -210,6 +210,21 @@ def _default_num_splits(T: int, programs: int, device: torch.device, block_n: in
     return max(1, min(math.ceil(target / programs), math.ceil(T / (8 * block_n)), 256))
 
 
+def on_input_device(launch):
+    """Decorator: run a Triton launch `launch(q_lat, ...)` with q_lat's CUDA device current. Triton launches on the
+    current device, not the tensors' one, so a layer on cuda:1 under a `device_map` would otherwise fault."""
+
+    @functools.wraps(launch)
+    def wrapped(q_lat: torch.Tensor, *args, **kwargs):
+        if not q_lat.is_cuda:
+            return launch(q_lat, *args, **kwargs)
+        with torch.cuda.device(q_lat.device):
+            return launch(q_lat, *args, **kwargs)
+
+    return wrapped
+
+
+@on_input_device
 def absorbed_attention_triton(
     q_lat: torch.Tensor,
     q_pe: torch.Tensor,
