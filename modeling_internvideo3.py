@@ -179,12 +179,17 @@ def onloaded(*modules: nn.Module | None):
     module's weights on the meta device and loads them only around that module's own forward; a weight read directly
     (`kv_b_proj.weight`, `q_norm.weight` in the attention) would be a meta tensor. accelerate's `align_module_device`
     loads them as its hook would. Modules without accelerate's hooks are untouched (accelerate is then not imported).
+
+    Raises:
+        ImportError: hooked modules with an accelerate older than 1.1 (no `align_module_device`).
     """
     with contextlib.ExitStack() as stack:
         for module in modules:
             if module is not None and hasattr(module, "_hf_hook"):
-                from accelerate.utils import align_module_device
-
+                try:
+                    from accelerate.utils import align_module_device
+                except ImportError as error:
+                    raise ImportError("a device_map with offload needs accelerate >= 1.1 (align_module_device)") from error
                 stack.enter_context(align_module_device(module))
         yield
 
@@ -327,7 +332,9 @@ class AttentionMaskSpec:
         """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible), on `device`.
 
         `device` is the attending layer's: under a `device_map` the layers (and so their queries) sit on different
-        devices, and accelerate's hooks move tensors only, never this object, so every mask is moved here. With `sdpa=True` and plain causality, a block that does not start at key 0 gets torch's lower-right causal
+        devices, and accelerate's hooks move tensors only, never this object, so every mask is moved here.
+
+        With `sdpa=True` and plain causality, a block that does not start at key 0 gets torch's lower-right causal
         bias instead of a materialised mask, which SDPA runs without an [S, K] score matrix.
         """
         keys = self.past_len + end  # later keys are causally invisible: callers slice them away
@@ -1236,7 +1243,7 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
             if len(masks) == 1:
                 deepstack_visual_embeds = deepstacks[0]
             else:  # interleave image and video features in sequence order
-                is_image = masks[0][1][visual_pos_masks]
+                is_image = masks[0][1][visual_pos_masks].to(deepstacks[0][0].device)  # on the vision tower's device
                 deepstack_visual_embeds = []
                 for image_feat, video_feat in zip(*deepstacks):
                     joint = image_feat.new_zeros(is_image.shape[0], image_feat.shape[-1])
