@@ -28,7 +28,6 @@ from internvideo3.training import (  # noqa: E402
     InternVideo3SFTCollator,
     InternVideo3SFTTrainer,
     checkpointing,
-    extract_choice,
     format_reward,
     freeze,
     gspo_config,
@@ -99,16 +98,6 @@ class _Values(TrainerCallback):
 # ---------------------------------------------------------------------------------------------------------------
 # Rewards (hand-written cases)
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "text, letter",
-    [("B", "B"), ("(B)", "B"), ("B. a dog", "B"), ("B) a dog", "B"), ("The answer is B", "B"),
-     ("the answer is (c).", "C"), ("Answer: D", "D"), ("<think>dogs bark</think> B. dog", "B"),
-     ("I think it is a dog", None), ("", None)],
-)  # fmt: skip
-def test_extract_choice(text, letter):
-    assert extract_choice(text) == letter
-
-
 def test_temporal_iou_cases():
     assert temporal_iou((0.0, 1.0), (2.0, 3.0)) == 0.0  # no overlap
     assert temporal_iou((2.0, 3.0), (0.0, 4.0)) == pytest.approx(0.25)  # containment
