@@ -352,6 +352,89 @@ def test_distillation_reverse_kl_falls(small_checkpoint, processor, videos_dir, 
     assert sum(values.values[-2:]) / 2 < 0.9 * sum(values.values[:2]) / 2, values.values
 
 
+def _scoring_batch(processor, videos_dir, kinds):
+    """Two rows through our processor: a prompt with the given parts ("video", "image") and a 3-token completion;
+    returns the BatchFeature, the per-row videos as the rollout mixin keeps them, and TRL's image fields."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    texts, videos, images, per_row = [], [], [], []
+    for question in ("What is shown?", "Which pattern is it?"):
+        parts = [_clip(videos_dir) if k == "video" else {"type": "image", "image": image} for k in kinds]
+        messages = [{"role": "user", "content": [*parts, {"type": "text", "text": question}]},
+                    {"role": "assistant", "content": "a test"}]  # fmt: skip
+        texts.append(processor.apply_chat_template(messages, tokenize=False).rstrip())
+        row_videos = [processor.load_video(_clip(videos_dir)["video"], **BUDGET)] if "video" in kinds else []
+        videos += row_videos
+        images += [image] if "image" in kinds else []
+        per_row.append(len(row_videos))
+    batch = processor(text=texts, videos=[f for f, _ in videos] or None, video_metadata=[m for _, m in videos] or None,
+                      images=images or None, return_tensors="pt", padding=True)  # fmt: skip
+    rows = None
+    if "video" in kinds:
+        grids = list(torch.split(batch["video_grid_thw"], per_row))
+        pixels = list(torch.split(batch["pixel_values_videos"], [int(g.prod(-1).sum()) for g in grids]))
+        rows = list(zip(pixels, grids))
+    image_fields = {}
+    if "image" in kinds:
+        image_fields = dict(pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"], num_images=[1, 1])
+    return batch, rows, image_fields
+
+
+@pytest.mark.parametrize("kinds", [("video",), ("image",), ("image", "video")], ids=["video", "image", "mixed"])
+def test_gspo_scoring_sees_images_and_videos(small_checkpoint, processor, videos_dir, tmp_path, kinds):
+    """GSPO scores with TRL's own `_get_per_token_logps_and_entropies` (chunk by chunk): its per-token
+    log-probabilities equal a direct forward over the same rows, images and videos (main dropped the images)."""
+    trainer = _gspo_trainer(small_checkpoint, processor, videos_dir, tmp_path, _even_token_reward)
+    model = trainer.model.eval()
+    batch, rows, image_fields = _scoring_batch(processor, videos_dir, kinds)
+    keep = 3
+    with torch.no_grad():
+        trainer._row_videos = rows
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            model, batch["input_ids"], batch["attention_mask"], keep, batch_size=1, **image_fields
+        )
+        trainer._row_videos = None
+        direct = model(**{k: v for k, v in batch.items() if k != "mm_token_type_ids"}).logits
+    ids = batch["input_ids"]
+    expected = direct[:, -keep - 1 : -1].log_softmax(-1).gather(-1, ids[:, -keep:, None])[..., 0]
+    torch.testing.assert_close(logps, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kinds", [("video",), ("image",)], ids=["video", "image"])
+def test_distillation_from_a_transformers_qwen3_vl_teacher(small_checkpoint, processor, videos_dir, tmp_path, kinds):
+    """The teacher the README documents, transformers' `Qwen3VLForConditionalGeneration`: its hidden states in
+    TRL's distillation path equal a direct teacher forward on the same rows (with the `mm_token_type_ids` Qwen3-VL
+    needs), and two training steps run on video prompts."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from test_fidelity import oracle_config
+
+    torch.manual_seed(0)
+    teacher = Qwen3VLForConditionalGeneration(oracle_config()).float().eval()
+    student = _model(small_checkpoint)
+    trainer = _distill_trainer(student, teacher, processor, videos_dir, tmp_path, max_steps=2)
+    batch, rows, image_fields = _scoring_batch(processor, videos_dir, kinds)
+    image_fields.pop("num_images", None)
+    keep = 3
+    types = torch.zeros_like(batch["input_ids"])
+    types[batch["input_ids"] == teacher.config.image_token_id] = 1
+    types[batch["input_ids"] == teacher.config.video_token_id] = 2
+    inputs = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    with torch.no_grad():
+        trainer._row_videos = rows
+        hidden = trainer._get_last_hidden_state(teacher, batch["input_ids"], batch["attention_mask"], keep, **image_fields)
+        trainer._row_videos = None
+        direct = teacher.model(**inputs, mm_token_type_ids=types, use_cache=False).last_hidden_state
+    torch.testing.assert_close(hidden, direct[:, :-1][:, -keep:], rtol=1e-4, atol=1e-4)
+    if kinds == ("video",):
+        values = _Values("loss")
+        trainer.add_callback(values)
+        trainer.train()
+        assert len(values.values) == 2 and all(v == v for v in values.values)  # finite, one per step
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Examples / console scripts, and two processes
 # ---------------------------------------------------------------------------------------------------------------
