@@ -189,6 +189,34 @@ def test_packed_and_unpacked_batches_give_the_same_loss(small_checkpoint, proces
     assert abs(float(leaky) - float(loss_padded)) > 1e-4
 
 
+def test_packing_with_a_peft_lora_model(small_checkpoint, processor, videos_dir, tmp_path):
+    """SFT packing on a PEFT LoRA model (adapters on the language model's attention): the collator's MRoPE positions
+    come from the wrapped InternVideo3 model (main resolved `unwrap_model(model).model` to PEFT's LoraModel, which
+    has no `get_rope_index`), the packed loss equals the unpacked one and a step trains only the adapters."""
+    peft = pytest.importorskip("peft")
+    from trl import SFTConfig
+
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|o_proj)")
+    config = SFTConfig(str(tmp_path), per_device_train_batch_size=2, max_steps=1, packing=True, learning_rate=1e-2,
+                       **checkpointing(False), **QUIET)  # fmt: skip
+    trainer = InternVideo3SFTTrainer(_model(small_checkpoint), args=config, peft_config=lora,
+                                     train_dataset=_dataset(tmp_path, _sft_rows(videos_dir), "sft"),
+                                     processing_class=processor)  # fmt: skip
+    assert isinstance(trainer.model, peft.PeftModel)
+    rows = _sft_rows(videos_dir)
+    packed = trainer.data_collator(rows)
+    padded = InternVideo3SFTCollator(processor)(rows)
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model(**packed).loss, trainer.model(**padded).loss, rtol=1e-5, atol=1e-5)
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    adapters = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in frozen.items())
+    assert any(not torch.equal(after[n], p) for n, p in adapters.items())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # SFT
 # ---------------------------------------------------------------------------------------------------------------

@@ -110,7 +110,10 @@ class InternVideo3SFTTrainer(SFTTrainer):
         )
         args.packing = pack
         if getattr(collator, "pack", False) and collator.rope_index is None:
-            collator.rope_index = self.accelerator.unwrap_model(self.model).model.get_rope_index
+            # The InternVideo3 model under any wrapper (DDP / FSDP by accelerate, then a PEFT model).
+            model = self.accelerator.unwrap_model(self.model)
+            model = model.get_base_model() if hasattr(model, "get_base_model") else model
+            collator.rope_index = model.model.get_rope_index
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs.get("attention_mask")
