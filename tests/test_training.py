@@ -477,6 +477,26 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_checkpoint):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_error_during_training_keeps_its_traceback(tmp_path, small_checkpoint, videos_dir):
+    """Arguments and data that can be checked up front fail with one `error:` line (above); an error raised once
+    training has started (here: a clip that exists but does not decode, met at the first batch) keeps its traceback,
+    exits non-zero and leaves no output folder (main turned it into one line with no traceback)."""
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\\x00\\x00\\x00\\x18ftypmp42" + bytes(range(256)) * 8)
+    row = {"messages": [{"role": "user", "content": [{"type": "video", "video": str(broken), **BUDGET},
+                                                     {"type": "text", "text": "Describe it."}]},
+                        {"role": "assistant", "content": "Nothing."}]}  # fmt: skip
+    data = _write_jsonl(tmp_path / "sft.jsonl", [row])
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "train_sft.py"), "--model", str(small_checkpoint),
+         "--data", str(data), "--max-steps", "1", "--batch-size", "1", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert result.returncode not in (0, 2), result.stderr[-2000:]
+    assert "Traceback" in result.stderr and "broken.mp4" in result.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial-*"))
+
+
 def test_cli_min_pixels_flag_reaches_the_processor(tmp_path, small_checkpoint, videos_dir):
     """A --max-pixels below the processor's default min_pixels (131,072) is refused with one error line naming
     min_pixels; with --min-pixels the same call-level budget trains (items carry no pixel budget of their own)."""
