@@ -38,7 +38,8 @@ def _resolve_rope(rope_theta, rope_scaling, rope_parameters, mrope_section, mrop
         rope_type = "default"
     if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
         raise ValueError(
-            f"rope_type={rope_type!r} is not a RoPE type of this transformers (default, {', '.join(ROPE_INIT_FUNCTIONS)})"
+            f"rope_type={rope_type!r} is not a RoPE type of this transformers "
+            f"(default, {', '.join(ROPE_INIT_FUNCTIONS)})"
         )
     if float(merged.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ValueError(
