@@ -11,6 +11,7 @@ This file is shipped as Hub remote code: it imports only transformers at top lev
 from __future__ import annotations
 
 from transformers import PretrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 _DEFAULT_MROPE_SECTION = [24, 20, 20]
 
@@ -19,24 +20,40 @@ def _resolve_rope(rope_theta, rope_scaling, rope_parameters, mrope_section, mrop
     """Merge the 4.57 (`rope_theta` + `rope_scaling`) and 5.x (`rope_parameters`) spellings into one dict.
 
     Returns:
-        (rope_theta: float, mrope_section: list[int], mrope_interleaved: bool)
+        (rope_type: str, rope_theta: float, scaling: dict of the type's own parameters (factor, beta_fast, ...),
+        mrope_section: list[int], mrope_interleaved: bool)
 
     Raises:
-        ValueError: a RoPE type other than the default (no scaling is defined for M²LA), or a bad `mrope_section`.
+        ValueError: a `rope_type` that is neither "default" (also spelled "mrope") nor a key of transformers'
+            `ROPE_INIT_FUNCTIONS` (the types Qwen3-VL's text rotary takes), a `partial_rotary_factor` other than 1
+            (M²LA's RoPE width is `qk_rope_head_dim`), or a bad `mrope_section`.
     """
     merged = {}
     for source in (rope_scaling, rope_parameters):
         if isinstance(source, dict):
             merged.update(source)
-    rope_type = merged.get("rope_type", merged.get("type", "default"))
-    if rope_type not in ("default", "mrope"):
-        raise ValueError(f"InternVideo3 supports only default (M)RoPE, got rope_type={rope_type!r}")
-    theta = float(merged.get("rope_theta", rope_theta if rope_theta is not None else 5_000_000.0))
-    section = list(mrope_section if mrope_section is not None else merged.get("mrope_section", _DEFAULT_MROPE_SECTION))
-    interleaved = bool(merged.get("mrope_interleaved", True) if mrope_interleaved is None else mrope_interleaved)
+    rope_type = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
+    merged.pop("type", None)
+    if rope_type == "mrope":  # Qwen2-VL's name for plain (unscaled) MRoPE
+        rope_type = "default"
+    if rope_type != "default" and rope_type not in ROPE_INIT_FUNCTIONS:
+        raise ValueError(
+            f"rope_type={rope_type!r} is not a RoPE type of this transformers "
+            f"(default, {', '.join(ROPE_INIT_FUNCTIONS)})"
+        )
+    if float(merged.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError(
+            f"partial_rotary_factor={merged['partial_rotary_factor']}: M²LA rotates exactly qk_rope_head_dim channels "
+            "per head (set qk_rope_head_dim instead)"
+        )
+    theta = float(merged.pop("rope_theta", rope_theta if rope_theta is not None else 5_000_000.0))
+    section = merged.pop("mrope_section", None)
+    section = list(mrope_section if mrope_section is not None else section or _DEFAULT_MROPE_SECTION)
+    interleaved = merged.pop("mrope_interleaved", True)
+    interleaved = bool(interleaved if mrope_interleaved is None else mrope_interleaved)
     if len(section) != 3 or any(int(s) < 0 for s in section):
         raise ValueError(f"mrope_section must list 3 non-negative frequency counts (T, H, W), got {section}")
-    return theta, [int(s) for s in section], interleaved
+    return rope_type, theta, merged, [int(s) for s in section], interleaved
 
 
 class InternVideo3TextConfig(PretrainedConfig):
@@ -67,7 +84,13 @@ class InternVideo3TextConfig(PretrainedConfig):
             has inv_freq = theta^(-2j / qk_rope_head_dim).
         rope_interleave (`bool`, True): the q_pe/k_pe channels are stored pair-interleaved (SPEC §5.3).
         rope_theta (`float`, 5e6), mrope_section (`list[int]`, [24, 20, 20]), mrope_interleaved (`bool`, True).
-        rope_scaling / rope_parameters (`dict`, optional): alternative spellings of the RoPE fields.
+        rope_scaling / rope_parameters (`dict`, optional): the RoPE fields in transformers 4.57's / 5.x's spelling
+            (either is read on every release, merged into `rope_parameters`): `rope_type` "default" or any type
+            Qwen3-VL's text rotary takes (transformers' `ROPE_INIT_FUNCTIONS`: linear, dynamic, yarn, longrope,
+            llama3, ...) with that type's parameters (`factor`, `original_max_position_embeddings`, ...), applied to
+            the RoPE part of M²LA (width qk_rope_head_dim, or head_dim with `rope_frequency_planes`) exactly as
+            transformers applies it to Qwen3-VL of that head width: how the context is extended past
+            max_position_embeddings.
         attention_query_chunk_size (`int`, 4096): prefill attends in query blocks of this many tokens, so a long
             prompt never materialises an [S, T] mask or score matrix.
         attention_expand_budget_bytes (`int`, 268435456 = 256 MiB): prefill expands the latent to per-head K/V for
@@ -153,16 +176,18 @@ class InternVideo3TextConfig(PretrainedConfig):
             [[int(i) for i in planes] for planes in rope_frequency_planes] if rope_frequency_planes is not None else None
         )
         self.rope_interleave = bool(rope_interleave)
-        theta, section, interleaved = _resolve_rope(
+        rope_type, theta, scaling, section, interleaved = _resolve_rope(
             rope_theta, rope_scaling, rope_parameters, mrope_section, mrope_interleaved
         )
         self.rope_theta = theta
         self.mrope_section = section
         self.mrope_interleaved = interleaved
-        # transformers 5.x reads `rope_parameters`; 4.57 ignores it. Both see the same numbers.
+        # One dict in the 5.x spelling on every release (4.57 keeps it as a plain attribute and reads nothing else
+        # here); the rotary embedding hands it to transformers' RoPE init functions in the installed release's form.
         self.rope_parameters = {
-            "rope_type": "default",
+            "rope_type": rope_type,
             "rope_theta": theta,
+            **scaling,
             "mrope_section": section,
             "mrope_interleaved": interleaved,
         }

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import importlib.util
 import inspect
 import json
 import os
@@ -36,6 +37,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticCache, StaticLayer
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.models.qwen3_vl import modeling_qwen3_vl
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
@@ -95,6 +97,40 @@ try:  # 4.5x and 5.x: the layer wrapper that gradient checkpointing hooks into
     from transformers.modeling_layers import GradientCheckpointingLayer
 except ImportError:  # pragma: no cover - older than anything we support
     GradientCheckpointingLayer = nn.Module
+
+# RoPE init functions (`ROPE_INIT_FUNCTIONS`, SPEC §5.1): 5.x's read `config.rope_parameters` (rope_type, rope_theta,
+# factor, ...) and has no "default" entry (each model carries its own: Qwen3-VL's text rotary's
+# `compute_default_rope_parameters`); 4.57's read `config.rope_theta` + `config.rope_scaling` and list "default".
+_ROPE_READS_ROPE_SCALING = not hasattr(PretrainedConfig, "standardize_rope_params")
+_default_rope_parameters = getattr(
+    modeling_qwen3_vl.Qwen3VLTextRotaryEmbedding, "compute_default_rope_parameters", None
+) or ROPE_INIT_FUNCTIONS.get("default")
+
+
+def rope_init_config(config: PretrainedConfig, width: int) -> PretrainedConfig:
+    """The config transformers' RoPE init functions are given for a rotary of `width` channels: a shallow copy of
+    `config` with `head_dim = width` and its own copy of `rope_parameters` (the init functions standardise it in
+    place), also as `rope_scaling` where the installed release reads that.
+
+    Every init function of both releases takes the width from `head_dim`; `partial_rotary_factor` (the other way to
+    narrow it) moved from the config into `rope_parameters` between releases and goes through `int(head_dim·factor)`,
+    so setting the width itself is the one exact form on both.
+    """
+    rope_config = copy.copy(config)
+    rope_config.head_dim = width
+    rope_config.rope_parameters = copy.deepcopy(config.rope_parameters)
+    if _ROPE_READS_ROPE_SCALING:
+        rope_config.rope_scaling = rope_config.rope_parameters
+    return rope_config
+
+
+# Attention weights asked for under SDPA (which never materialises them): transformers warns once in its
+# `sdpa_attention_forward`'s words and hands out no weights: 5.x (output capturing) `attentions=()`, 4.57 None, whose
+# warning also names `head_mask` (gone in 5.x).
+if importlib.util.find_spec("transformers.utils.output_capturing") is not None:
+    _SDPA_ATTENTIONS, _SDPA_UNSUPPORTED = (), "`output_attentions=True`"
+else:
+    _SDPA_ATTENTIONS, _SDPA_UNSUPPORTED = None, "`output_attentions=True` or `head_mask`"
 
 # `InternVideo3LatentCache.crop` is inherited on purpose: each release's own `DynamicLayer.crop` defines the argument
 # (4.57: the length to keep, negative = drop that many; 5.x: a non-positive number of tokens to drop, 0 drops nothing),
@@ -358,20 +394,17 @@ class AttentionMaskSpec:
 
 
 def check_output_attentions(config: PretrainedConfig, output_attentions: bool | None) -> bool:
-    """Resolve `output_attentions` against the config, as transformers' models do.
-
-    Raises:
-        ValueError: attention weights were asked for but the attention implementation is not "eager" (SDPA and the
-            absorbed decode kernels never materialise the probabilities).
+    """Resolve `output_attentions` against the config, as transformers' models do. Only "eager" attention
+    materialises the probabilities; asked for under SDPA, transformers' own one-time warning is logged (the text of its
+    `sdpa_attention_forward`) and the text model returns transformers' empty `attentions` (5.x: (), 4.57: None), so
+    generic code that asks for attention weights keeps running.
     """
     if output_attentions is None:
         output_attentions = bool(getattr(config, "output_attentions", False))
-    implementation = config.get_text_config()._attn_implementation
-    if output_attentions and implementation != "eager":
-        raise ValueError(
-            f"output_attentions=True needs attn_implementation='eager' (this model uses {implementation!r}, which "
-            "never materialises attention weights): load with attn_implementation='eager' or call "
-            "model.set_attn_implementation('eager')"
+    if output_attentions and config.get_text_config()._attn_implementation != "eager":
+        logger.warning_once(
+            f"`sdpa` attention does not support {_SDPA_UNSUPPORTED}."
+            " Please set your attention to `eager` if you want any of these features."
         )
     return output_attentions
 
@@ -382,24 +415,50 @@ def check_output_attentions(config: PretrainedConfig, output_attentions: bool | 
 
 
 class InternVideo3TextRotaryEmbedding(nn.Module):
-    """Interleaved MRoPE (SPEC §5.1-5.2): position_ids [3, B, S] (T, H, W) -> cos, sin [B, S, d_r] in fp32.
+    """Interleaved MRoPE (SPEC §5.1-5.2) with transformers' RoPE scaling: forward(x, position_ids [3, B, S] (T, H, W)
+    or [B, S]) -> cos, sin [B, S, d_r] in fp32 (x gives only the device; `apply_rope` rotates in fp32).
 
-    inv_freq[j] = theta ** (-2j / d_r). Frequency slot j takes its angle from H if j % 3 == 1 and j < 3·section[1],
-    from W if j % 3 == 2 and j < 3·section[2], else from T. Text-only positions (equal rows) reduce to 1-D RoPE.
-    `inv_freq` is recomputed from the config (not a buffer), so meta-device loading never leaves it unset.
+    inv_freq and attention_scaling come from transformers' RoPE init function of `config.rope_parameters["rope_type"]`
+    (`ROPE_INIT_FUNCTIONS`: linear, dynamic, yarn, longrope, llama3, ...; "default" is theta ** (-2j / d_r)), applied
+    at the RoPE width d_r = qk_rope_head_dim (head_dim with `rope_frequency_planes`) through `rope_init_config`, so
+    the numbers equal transformers' Qwen3-VL text rotary of head_dim d_r for the same RoPE parameters; "dynamic" and
+    "longrope" update inv_freq per call through transformers' `dynamic_rope_update`. attention_scaling multiplies cos
+    and sin, as transformers does. Frequency slot j takes its angle from H if j % 3 == 1 and j < 3·section[1], from W
+    if j % 3 == 2 and j < 3·section[2], else from T. Text-only positions (equal rows) reduce to 1-D RoPE.
+
+    `inv_freq` / `original_inv_freq` are non-persistent buffers (transformers' names, which its weight init refills
+    after meta-device loading); they stay fp32 when the model is cast to another dtype.
     """
+
+    compute_default_rope_parameters = staticmethod(_default_rope_parameters)
 
     def __init__(self, config: InternVideo3TextConfig):
         super().__init__()
         # With `rope_frequency_planes` every layer picks its planes out of a RoPE of the source's width head_dim.
         planes = getattr(config, "rope_frequency_planes", None)
         self.dim = config.head_dim if planes is not None else config.qk_rope_head_dim
-        self.theta = config.rope_theta
         self.mrope_section = list(config.mrope_section)
         self.interleaved = config.mrope_interleaved
+        # What transformers' `dynamic_rope_update` and weight init read: config, rope_type, the cached lengths.
+        self.config = rope_init_config(config, self.dim)
+        self.rope_type = config.rope_parameters["rope_type"]
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_init_fn = (  # read by 4.57's `dynamic_rope_update`; 5.x's looks the type up itself
+            self.compute_default_rope_parameters if self.rope_type == "default" else ROPE_INIT_FUNCTIONS[self.rope_type]
+        )
+        inv_freq, self.attention_scaling = self.rope_init_fn(self.config, None)  # device: 4.57 requires it
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
 
-    def inv_freq(self, device) -> torch.Tensor:
-        return 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.float, device=device) / self.dim))
+    def _apply(self, fn, *args, **kwargs):
+        # Casting the model (`.to(torch.bfloat16)`, `.half()`) would round the frequencies, and with them every angle
+        # of a long context: the buffers follow the device only.
+        fp32 = {k: v for k, v in self._buffers.items() if v is not None and v.dtype == torch.float32}
+        super()._apply(fn, *args, **kwargs)
+        for name, value in fp32.items():
+            if self._buffers[name].dtype != torch.float32:
+                self._buffers[name] = value.to(self._buffers[name].device)
+        return self
 
     def axis_of_frequency(self, device) -> torch.Tensor:
         """[d_r / 2] long: which position axis (0 T, 1 H, 2 W) drives each frequency."""
@@ -415,15 +474,18 @@ class InternVideo3TextRotaryEmbedding(nn.Module):
         return axis
 
     @torch.no_grad()
-    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if position_ids.ndim == 2:
             position_ids = position_ids[None].expand(3, -1, -1)
         device = position_ids.device
-        freqs = position_ids[..., None].float() * self.inv_freq(device)  # [3, B, S, d_r/2]
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=device, dtype=torch.float)  # [3, B, S, d_r/2]
         axis = self.axis_of_frequency(device)
         freqs = torch.gather(freqs, 0, axis.view(1, 1, 1, -1).expand(1, *freqs.shape[1:]))[0]  # [B, S, d_r/2]
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        if self.attention_scaling == 1.0:
+            return emb.cos(), emb.sin()
+        return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
 
 class InternVideo3RMSNorm(nn.Module):
@@ -1003,13 +1065,14 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         """Runs the decoder. The cache may be passed as `cache` or `past_key_values` on every transformers release.
 
         Raises:
-            ValueError: neither/both of input_ids and inputs_embeds, both cache names, or attention weights asked for
-                without eager attention.
+            ValueError: neither/both of input_ids and inputs_embeds, or both cache names.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
         cache = cache_argument(cache, past_key_values)
         output_attentions = check_output_attentions(self.config, output_attentions)
+        # Only eager attention hands out probabilities (the request under SDPA was warned about just above).
+        layer_attentions = output_attentions and self.config._attn_implementation == "eager"
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -1024,15 +1087,15 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         if position_ids is None:
             position_ids = text_position_ids(attention_mask, B, S, past_len, inputs_embeds.device)
         mask = AttentionMaskSpec(attention_mask, S, past_len)
-        position_embeddings = self.rotary_emb(position_ids)
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states = inputs_embeds
         all_hidden = [] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
+        all_attentions = [] if layer_attentions else None
         for idx, layer in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
-            hidden_states, weights = layer(hidden_states, position_embeddings, mask, cache, output_attentions)
+            hidden_states, weights = layer(hidden_states, position_embeddings, mask, cache, layer_attentions)
             if all_attentions is not None:
                 all_attentions.append(weights)
             if deepstack_visual_embeds is not None and idx < len(deepstack_visual_embeds):
@@ -1049,7 +1112,7 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
             cache,
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-            attentions=tuple(all_attentions) if all_attentions is not None else None,
+            attentions=tuple(all_attentions) if layer_attentions else _SDPA_ATTENTIONS if output_attentions else None,
         )
 
 
@@ -1421,7 +1484,7 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
         return input_ids, {**model_kwargs, **visual}
 
 
-class InternVideo3ForConditionalGeneration(InternVideo3CausalLMBase):
+class InternVideo3ForConditionalGeneration(InternVideo3CausalLMBase, GenerationMixin):
     """InternVideo3 with its (untied) LM head: video/image/text in, next-token logits out; `generate()` ready.
 
     Checkpoint keys: `model.visual.*`, `model.language_model.*`, `lm_head.weight` (SPEC §3).
@@ -1496,7 +1559,7 @@ class InternVideo3ForConditionalGeneration(InternVideo3CausalLMBase):
         return out
 
 
-class InternVideo3TextForCausalLM(InternVideo3CausalLMBase):
+class InternVideo3TextForCausalLM(InternVideo3CausalLMBase, GenerationMixin):
     """Text-only M²LA causal LM (converted Qwen3 / Qwen2 / Llama sources, SPEC §9): keys `model.*`, `lm_head.weight`."""
 
     config_class = InternVideo3TextConfig

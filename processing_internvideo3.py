@@ -674,6 +674,12 @@ def _time_window(times: np.ndarray, video_start, video_end, what: str) -> np.nda
     return window
 
 
+# The decode pipeline's queue (RGB frames at the decoded size between the decoding and the resizing thread: 2 keep
+# both busy on two cores, issue 18's measurement) and how often the resizing thread checks that it should stop.
+_DECODE_QUEUE_FRAMES = 2
+_DECODE_QUEUE_POLL_S = 0.05
+
+
 def _decode_selected(
     av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered,
     sink, shape=None,
@@ -689,8 +695,13 @@ def _decode_selected(
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
     state = {"shape": shape, "target": None, "orientation": None, "error": None}
-    frames: queue.Queue = queue.Queue(maxsize=2)
-    consumer = threading.Thread(target=_resize_and_sink, args=(frames, state, sink, slots, resize_to, n_sampled))
+    frames: queue.Queue = queue.Queue(maxsize=_DECODE_QUEUE_FRAMES)
+    stop = threading.Event()
+    # daemon: even a thread this function failed to join can never keep the interpreter from exiting
+    consumer = threading.Thread(
+        target=_resize_and_sink, args=(frames, state, sink, slots, resize_to, n_sampled, stop),
+        name="internvideo3-resize", daemon=True,
+    )  # fmt: skip
     consumer.start()
     try:
         with _open(av, path, label) as container:
@@ -721,20 +732,43 @@ def _decode_selected(
                         break
             except _av_errors(av) as error:
                 raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
-    finally:
-        frames.put(None)
+        frames.put(None)  # the end: the second thread finishes the queued frames
         consumer.join()
+    except BaseException:
+        # An error or Ctrl-C here (also a second one while this cleans up) must not leave the thread waiting for
+        # frames forever: tell it to stop, then wait for it through further interrupts (it stops within one frame).
+        stop.set()
+        _join_through_interrupts(consumer)
+        raise
     if state["error"] is not None:
         raise state["error"]
     rotation = state["orientation"][0] if state["orientation"] else 0.0
     return delivered, seen, rotation, state["shape"], state["target"]
 
 
-def _resize_and_sink(frames: queue.Queue, state: dict, sink, slots: int, resize_to, n_sampled: int) -> None:
+def _join_through_interrupts(thread: threading.Thread) -> None:
+    """`thread.join()` that a KeyboardInterrupt does not cut short (the caller re-raises the first one)."""
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            continue
+
+
+def _resize_and_sink(
+    frames: queue.Queue, state: dict, sink, slots: int, resize_to, n_sampled: int, stop: threading.Event
+) -> None:
     """`_decode_selected`'s second thread: (targets, RGB frame [H, W, 3] uint8) items until None -> resized, to the
-    sink. An error is kept in `state["error"]` (raised by the decoding thread) and the queue drained, never blocked."""
+    sink. An error is kept in `state["error"]` (raised by the decoding thread) and the queue drained, never blocked.
+    Returns at once, without flushing, when `stop` is set (the decoding thread failed or was interrupted)."""
     batch = None
-    while (item := frames.get()) is not None:
+    while not stop.is_set():
+        try:
+            item = frames.get(timeout=_DECODE_QUEUE_POLL_S)
+        except queue.Empty:
+            continue
+        if item is None:
+            break
         if state["error"] is not None:
             continue
         try:
@@ -748,7 +782,7 @@ def _resize_and_sink(frames: queue.Queue, state: dict, sink, slots: int, resize_
             batch.add(targets, array)
         except BaseException as error:  # noqa: BLE001 - re-raised by the decoding thread
             state["error"] = error
-    if batch is not None and state["error"] is None:
+    if batch is not None and state["error"] is None and not stop.is_set():
         try:
             batch.flush()
         except BaseException as error:  # noqa: BLE001

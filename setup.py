@@ -53,6 +53,7 @@ setup(
             "triton>=3.1; platform_system == 'Linux'",
             "scenedetect-headless[pyav]>=0.7,<0.8",
             "trl>=1.16,<2",
+            "peft>=0.17,<1",  # LoRA training with packing (tests/test_training.py)
             "nbclient>=0.10",
             "ipykernel>=6.29",
             "matplotlib>=3.8",

@@ -426,14 +426,15 @@ def build_target_config(arch: SourceArch, ranks: list[int], d_n: int, d_r: int, 
 
 
 def _rotary(arch: SourceArch):
-    from types import SimpleNamespace
-
+    """The source's (M)RoPE of width head_dim as a function of positions [3, B, S] | [B, S] -> (cos, sin)."""
+    from configuration_internvideo3 import InternVideo3TextConfig
     from modeling_internvideo3 import InternVideo3TextRotaryEmbedding
 
-    return InternVideo3TextRotaryEmbedding(SimpleNamespace(
-        qk_rope_head_dim=arch.head_dim, rope_theta=arch.rope_theta, mrope_section=arch.mrope_section,
-        mrope_interleaved=arch.mrope_interleaved,
+    rotary = InternVideo3TextRotaryEmbedding(InternVideo3TextConfig(
+        head_dim=arch.head_dim, qk_rope_head_dim=arch.head_dim, rope_theta=arch.rope_theta,
+        mrope_section=arch.mrope_section, mrope_interleaved=arch.mrope_interleaved,
     ))
+    return lambda positions: rotary(positions, positions)  # the first argument gives only the device
 
 
 def load_source_attention(arch: SourceArch, reader: TensorReader, i: int) -> SourceAttention:

@@ -336,6 +336,51 @@ def test_cache_reuse_equals_full_prefill_and_counts_saved_tokens(model_and_proce
     assert chat.cache_bytes() == chat.cache.nbytes() > 0
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+@pytest.mark.parametrize("stage", ["prefill", "decode"])
+def test_interrupted_turn_leaves_the_cache_whole(model_and_processor, videos_dir, error, stage):
+    """An error or Ctrl-C raised inside a decoder layer part-way through a turn (mid-prefill, or while generate()
+    decodes) crops the cache back to the turn's start: every layer the same length, the next turn equal to a full
+    re-prefill, and a side chat (fork) still answers."""
+    model, processor = model_and_processor
+    video = str(videos_dir / "snow_dog.mp4")
+    chat = LatentCacheChat(model, processor)
+    messages = [{"role": "user", "content": [{"type": "video", "video": video, **TINY, "min_pixels": TINY["max_pixels"]},
+                                             {"type": "text", "text": "What happens?"}]}]  # fmt: skip
+    first = chat.respond(messages, max_new_tokens=3)
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And then, in detail?"}]
+    held = chat.cache_tokens()
+    layers = model.model.language_model.layers
+    calls = []
+
+    def fail_once(module, args, output):
+        # the prefill of the new text runs several tokens at once; generate() then feeds one token a step
+        tokens = args[0].shape[1]
+        if not calls and (tokens > 1 if stage == "prefill" else tokens == 1 and chat.cache.layers[0].get_seq_length() > held + 2):
+            calls.append(tokens)
+            raise error("stopped mid-turn")
+
+    hook = layers[len(layers) // 2].register_forward_hook(fail_once)
+    try:
+        with pytest.raises(error):
+            chat.respond(messages, max_new_tokens=4)
+    finally:
+        hook.remove()
+    assert calls, "the hook never fired"
+    lengths = {int(layer.get_seq_length()) for layer in chat.cache.layers}
+    assert lengths == {len(chat.cached_ids)} and len(chat.cached_ids) <= held
+    reply = chat.respond(messages, max_new_tokens=2)
+    full = processor.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        reference = model(**full, use_cache=False, logits_to_keep=1).logits[0, -1]
+    torch.testing.assert_close(reply.logits[0], reference, rtol=1e-4, atol=1e-4)
+    assert reply.reused_tokens > 0
+    side = chat.fork().respond([{"role": "user", "content": "Say hi."}], max_new_tokens=2)
+    assert side.new_tokens > 0
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------------------

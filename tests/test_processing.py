@@ -8,6 +8,7 @@ real MP4 whose track header carries a 90° display matrix, exactly what phones w
 from __future__ import annotations
 
 import json
+import queue
 import re
 import struct
 
@@ -331,3 +332,65 @@ def test_template_vision_items_and_labels(processor):
         "Video 1: <|vision_start|><|video_pad|><|vision_end|>Video 2: <|vision_start|><|video_pad|><|vision_end|>"
         "Compare.<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+class _InterruptingQueue(queue.Queue):
+    """The decode pipeline's queue, raising KeyboardInterrupt (a Ctrl-C in the decoding thread) at chosen puts:
+    `at` counts frame puts from 1; "end" is the final put(None)."""
+
+    made: list = []
+    plan: set = set()
+
+    def __init__(self, maxsize=0):
+        super().__init__(maxsize)
+        self.frames = 0
+        _InterruptingQueue.made.append(self)
+
+    def put(self, item, block=True, timeout=None):
+        if item is None and "end" in self.plan:
+            self.plan.discard("end")
+            raise KeyboardInterrupt
+        if item is not None:
+            self.frames += 1
+            if self.frames in self.plan:
+                self.plan.discard(self.frames)
+                raise KeyboardInterrupt
+        super().put(item, block, timeout)
+
+
+@pytest.mark.parametrize(
+    "plan, join_interrupts",
+    [({3}, 0), ({3}, 1), ({3, "end"}, 1), ({"end"}, 0), ({"end"}, 2)],
+    ids=["mid-decode", "mid-decode+join", "mid-decode+cleanup+join", "at-end", "at-end+join-twice"],
+)
+def test_interrupts_leave_no_decode_thread_alive(processor, monkeypatch, plan, join_interrupts):
+    """Ctrl-C at each stage of the decode pipeline (while frames flow, at the final hand-over, and again while the
+    pipeline cleans up) ends in KeyboardInterrupt with the resizing thread finished: none is left waiting for frames
+    (main: a second Ctrl-C in the cleanup left it blocked forever, and the process hung at exit)."""
+    import threading
+
+    before = set(threading.enumerate())
+    _InterruptingQueue.made, _InterruptingQueue.plan = [], set(plan)
+    monkeypatch.setattr(queue, "Queue", _InterruptingQueue)
+    real_join, joins = threading.Thread.join, [join_interrupts]
+
+    def interrupted_join(self, timeout=None):
+        if joins[0] > 0 and self not in before:
+            joins[0] -= 1
+            raise KeyboardInterrupt
+        return real_join(self, timeout)
+
+    monkeypatch.setattr(threading.Thread, "join", interrupted_join)
+    with pytest.raises(KeyboardInterrupt):
+        processor.load_video(str(DEMO_VIDEO), fps=4.0, max_frames=16, max_pixels=64 * 64, min_pixels=32 * 32)
+    monkeypatch.undo()
+    alive = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    for made in _InterruptingQueue.made:  # rescue a stuck thread so a failing run still ends
+        for _ in range(made.maxsize + 1):
+            try:
+                queue.Queue.put(made, None, block=False)
+            except queue.Full:
+                break
+    assert not alive, f"threads left running: {alive}"
+    frames, _ = processor.load_video(str(DEMO_VIDEO), fps=4.0, max_frames=16, max_pixels=64 * 64, min_pixels=32 * 32)
+    assert frames.shape[0] > 3  # the next call works

@@ -28,7 +28,6 @@ from internvideo3.training import (  # noqa: E402
     InternVideo3SFTCollator,
     InternVideo3SFTTrainer,
     checkpointing,
-    extract_choice,
     format_reward,
     freeze,
     gspo_config,
@@ -99,16 +98,6 @@ class _Values(TrainerCallback):
 # ---------------------------------------------------------------------------------------------------------------
 # Rewards (hand-written cases)
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "text, letter",
-    [("B", "B"), ("(B)", "B"), ("B. a dog", "B"), ("B) a dog", "B"), ("The answer is B", "B"),
-     ("the answer is (c).", "C"), ("Answer: D", "D"), ("<think>dogs bark</think> B. dog", "B"),
-     ("I think it is a dog", None), ("", None)],
-)  # fmt: skip
-def test_extract_choice(text, letter):
-    assert extract_choice(text) == letter
-
-
 def test_temporal_iou_cases():
     assert temporal_iou((0.0, 1.0), (2.0, 3.0)) == 0.0  # no overlap
     assert temporal_iou((2.0, 3.0), (0.0, 4.0)) == pytest.approx(0.25)  # containment
@@ -198,6 +187,34 @@ def test_packed_and_unpacked_batches_give_the_same_loss(small_checkpoint, proces
     with torch.no_grad():
         leaky = model(**{**packed, "attention_mask": None}).loss
     assert abs(float(leaky) - float(loss_padded)) > 1e-4
+
+
+def test_packing_with_a_peft_lora_model(small_checkpoint, processor, videos_dir, tmp_path):
+    """SFT packing on a PEFT LoRA model (adapters on the language model's attention): the collator's MRoPE positions
+    come from the wrapped InternVideo3 model (main resolved `unwrap_model(model).model` to PEFT's LoraModel, which
+    has no `get_rope_index`), the packed loss equals the unpacked one and a step trains only the adapters."""
+    peft = pytest.importorskip("peft")
+    from trl import SFTConfig
+
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|o_proj)")
+    config = SFTConfig(str(tmp_path), per_device_train_batch_size=2, max_steps=1, packing=True, learning_rate=1e-2,
+                       **checkpointing(False), **QUIET)  # fmt: skip
+    trainer = InternVideo3SFTTrainer(_model(small_checkpoint), args=config, peft_config=lora,
+                                     train_dataset=_dataset(tmp_path, _sft_rows(videos_dir), "sft"),
+                                     processing_class=processor)  # fmt: skip
+    assert isinstance(trainer.model, peft.PeftModel)
+    rows = _sft_rows(videos_dir)
+    packed = trainer.data_collator(rows)
+    padded = InternVideo3SFTCollator(processor)(rows)
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model(**packed).loss, trainer.model(**padded).loss, rtol=1e-5, atol=1e-5)
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    adapters = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in n for n in adapters)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in frozen.items())
+    assert any(not torch.equal(after[n], p) for n, p in adapters.items())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,6 +380,89 @@ def test_distillation_reverse_kl_falls(small_checkpoint, processor, videos_dir, 
     assert sum(values.values[-2:]) / 2 < 0.9 * sum(values.values[:2]) / 2, values.values
 
 
+def _scoring_batch(processor, videos_dir, kinds):
+    """Two rows through our processor: a prompt with the given parts ("video", "image") and a 3-token completion;
+    returns the BatchFeature, the per-row videos as the rollout mixin keeps them, and TRL's image fields."""
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    texts, videos, images, per_row = [], [], [], []
+    for question in ("What is shown?", "Which pattern is it?"):
+        parts = [_clip(videos_dir) if k == "video" else {"type": "image", "image": image} for k in kinds]
+        messages = [{"role": "user", "content": [*parts, {"type": "text", "text": question}]},
+                    {"role": "assistant", "content": "a test"}]  # fmt: skip
+        texts.append(processor.apply_chat_template(messages, tokenize=False).rstrip())
+        row_videos = [processor.load_video(_clip(videos_dir)["video"], **BUDGET)] if "video" in kinds else []
+        videos += row_videos
+        images += [image] if "image" in kinds else []
+        per_row.append(len(row_videos))
+    batch = processor(text=texts, videos=[f for f, _ in videos] or None, video_metadata=[m for _, m in videos] or None,
+                      images=images or None, return_tensors="pt", padding=True)  # fmt: skip
+    rows = None
+    if "video" in kinds:
+        grids = list(torch.split(batch["video_grid_thw"], per_row))
+        pixels = list(torch.split(batch["pixel_values_videos"], [int(g.prod(-1).sum()) for g in grids]))
+        rows = list(zip(pixels, grids))
+    image_fields = {}
+    if "image" in kinds:
+        image_fields = dict(pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"], num_images=[1, 1])
+    return batch, rows, image_fields
+
+
+@pytest.mark.parametrize("kinds", [("video",), ("image",), ("image", "video")], ids=["video", "image", "mixed"])
+def test_gspo_scoring_sees_images_and_videos(small_checkpoint, processor, videos_dir, tmp_path, kinds):
+    """GSPO scores with TRL's own `_get_per_token_logps_and_entropies` (chunk by chunk): its per-token
+    log-probabilities equal a direct forward over the same rows, images and videos (main dropped the images)."""
+    trainer = _gspo_trainer(small_checkpoint, processor, videos_dir, tmp_path, _even_token_reward)
+    model = trainer.model.eval()
+    batch, rows, image_fields = _scoring_batch(processor, videos_dir, kinds)
+    keep = 3
+    with torch.no_grad():
+        trainer._row_videos = rows
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            model, batch["input_ids"], batch["attention_mask"], keep, batch_size=1, **image_fields
+        )
+        trainer._row_videos = None
+        direct = model(**{k: v for k, v in batch.items() if k != "mm_token_type_ids"}).logits
+    ids = batch["input_ids"]
+    expected = direct[:, -keep - 1 : -1].log_softmax(-1).gather(-1, ids[:, -keep:, None])[..., 0]
+    torch.testing.assert_close(logps, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kinds", [("video",), ("image",)], ids=["video", "image"])
+def test_distillation_from_a_transformers_qwen3_vl_teacher(small_checkpoint, processor, videos_dir, tmp_path, kinds):
+    """The teacher the README documents, transformers' `Qwen3VLForConditionalGeneration`: its hidden states in
+    TRL's distillation path equal a direct teacher forward on the same rows (with the `mm_token_type_ids` Qwen3-VL
+    needs), and two training steps run on video prompts."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from test_fidelity import oracle_config
+
+    torch.manual_seed(0)
+    teacher = Qwen3VLForConditionalGeneration(oracle_config()).float().eval()
+    student = _model(small_checkpoint)
+    trainer = _distill_trainer(student, teacher, processor, videos_dir, tmp_path, max_steps=2)
+    batch, rows, image_fields = _scoring_batch(processor, videos_dir, kinds)
+    image_fields.pop("num_images", None)
+    keep = 3
+    types = torch.zeros_like(batch["input_ids"])
+    types[batch["input_ids"] == teacher.config.image_token_id] = 1
+    types[batch["input_ids"] == teacher.config.video_token_id] = 2
+    inputs = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}
+    with torch.no_grad():
+        trainer._row_videos = rows
+        hidden = trainer._get_last_hidden_state(teacher, batch["input_ids"], batch["attention_mask"], keep, **image_fields)
+        trainer._row_videos = None
+        direct = teacher.model(**inputs, mm_token_type_ids=types, use_cache=False).last_hidden_state
+    torch.testing.assert_close(hidden, direct[:, :-1][:, -keep:], rtol=1e-4, atol=1e-4)
+    if kinds == ("video",):
+        values = _Values("loss")
+        trainer.add_callback(values)
+        trainer.train()
+        assert len(values.values) == 2 and all(v == v for v in values.values)  # finite, one per step
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Examples / console scripts, and two processes
 # ---------------------------------------------------------------------------------------------------------------
@@ -375,6 +475,26 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, small_checkpoint):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: training data file not found")
     assert "Traceback" not in result.stderr
+
+
+def test_cli_error_during_training_keeps_its_traceback(tmp_path, small_checkpoint, videos_dir):
+    """Arguments and data that can be checked up front fail with one `error:` line (above); an error raised once
+    training has started (here: a clip that exists but does not decode, met at the first batch) keeps its traceback,
+    exits non-zero and leaves no output folder (main turned it into one line with no traceback)."""
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\\x00\\x00\\x00\\x18ftypmp42" + bytes(range(256)) * 8)
+    row = {"messages": [{"role": "user", "content": [{"type": "video", "video": str(broken), **BUDGET},
+                                                     {"type": "text", "text": "Describe it."}]},
+                        {"role": "assistant", "content": "Nothing."}]}  # fmt: skip
+    data = _write_jsonl(tmp_path / "sft.jsonl", [row])
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "train_sft.py"), "--model", str(small_checkpoint),
+         "--data", str(data), "--max-steps", "1", "--batch-size", "1", "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert result.returncode not in (0, 2), result.stderr[-2000:]
+    assert "Traceback" in result.stderr and "broken.mp4" in result.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial-*"))
 
 
 def test_cli_min_pixels_flag_reaches_the_processor(tmp_path, small_checkpoint, videos_dir):

@@ -235,7 +235,6 @@ class LatentCacheChat:
             ValueError, VideoLoadError, FileNotFoundError: from the processor for bad messages or videos.
         """
         start = time.perf_counter()
-        model, device = self.model, self.model.device
         inputs, keys = self._render(messages, tools)
         ids = inputs["input_ids"][0].tolist()
         if max_context_tokens is not None:
@@ -245,11 +244,28 @@ class LatentCacheChat:
                 )
             max_new_tokens = min(max_new_tokens, max_context_tokens - len(ids))
         keep = self._reusable_prefix(ids, inputs, keys)
-        cached = int(self.cache.get_seq_length())
-        if keep < cached:
-            # Strictly negative: "drop that many" on every transformers version (4.57 and 5.x read crop differently).
-            self.cache.crop(keep - cached)
+        self._truncate(keep)
         self.cached_ids = ids[:keep]
+        try:
+            return self._continue(inputs, keys, ids, keep, max_new_tokens, start, generation_kwargs)
+        except BaseException:
+            # A turn is all or nothing: an error or Ctrl-C mid-prefill or mid-decode leaves layers of different
+            # lengths; back to the prefix this turn started from, so the next turn and the side chats still work.
+            self._truncate(keep)
+            self.cached_ids = ids[:keep]
+            raise
+
+    def _truncate(self, length: int) -> None:
+        """Crop every cache layer to at most `length` tokens (layer by layer: after an interrupted forward the layers
+        may hold different lengths). `crop(-k)`, k > 0, drops the last k tokens on every transformers release."""
+        for layer in self.cache.layers:
+            drop = int(layer.get_seq_length()) - length
+            if drop > 0:
+                layer.crop(-drop)
+
+    def _continue(self, inputs, keys, ids, keep, max_new_tokens, start, generation_kwargs) -> Reply:
+        """`respond` after the cache holds `ids[:keep]`: prefill the rest of the prompt, then generate."""
+        model, device = self.model, self.model.device
 
         # 3-D MRoPE positions of the whole conversation; the suffix takes its slice (Qwen3-VL get_rope_index).
         full_ids = inputs["input_ids"].to(device)

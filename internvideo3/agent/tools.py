@@ -26,6 +26,7 @@ from typing import Callable
 
 from transformers.utils import get_json_schema
 
+from ..answers import final_answer, find_interval
 from . import media
 
 _JSON_TYPES = {
@@ -135,8 +136,6 @@ def _matches(value, json_type: str) -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 # The video tools
 # ----------------------------------------------------------------------------------------------------------------------
-_NUMBER = r"(-?\d+(?:\.\d+)?)"
-_SPAN = re.compile(_NUMBER + r"\s*(?:s|sec|seconds)?\s*(?:,|-|–|to)\s*" + _NUMBER)
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -264,10 +263,10 @@ class VideoTools:
             f'When does this happen in the video: "{query}"? Reply only with its start and end time in seconds as '
             f"[start_s, end_s].",
         )
-        match = _SPAN.search(answer)
-        if not match:
+        span = find_interval(final_answer(answer))
+        if span is None:
             raise ToolError(f"could not ground {query!r}: the model gave no [start_s, end_s] (it said {answer!r})")
-        start, end = sorted(float(v) for v in match.groups())
+        start, end = sorted(span)
         if end <= 0 or start >= self.duration:
             raise ToolError(f"could not ground {query!r}: [{start}, {end}] lies outside the video (0-{self.duration:.2f} s)")
         return f"[{max(start, 0.0):.1f}, {min(end, self.duration):.1f}]"

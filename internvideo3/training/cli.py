@@ -56,8 +56,8 @@ def build_parser(kind: str, default_model: str | None, default_data: str | None)
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 mixed precision (default: on with CUDA, off on CPU)")  # fmt: skip
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="weights as loaded (float32 + --bf16 is mixed precision)")  # fmt: skip
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="weights as loaded (default: the checkpoint's dtype; float32 + --bf16 is mixed precision)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     for part in ("vision-tower", "merger", "language-model"):
         parser.add_argument(f"--freeze-{part}", action="store_true", help=f"do not train the {part.replace('-', ' ')}")
@@ -147,9 +147,10 @@ def _with_video_defaults(dataset, column: str, video_kwargs: dict):
     return dataset.map(apply)
 
 
-def run(kind: str, args, callbacks=()) -> tuple[list[float], Path, bool]:
-    """Train per `args` (extra `transformers.TrainerCallback`s in `callbacks`); returns (per-step values of the
-    printed metric, the saved folder, whether this is the main process)."""
+def prepare(kind: str, args, callbacks=()):
+    """Everything before the first step: output folder, data, model, processor, trainer (extra
+    `transformers.TrainerCallback`s in `callbacks`). Bad arguments and data raise here (`ValueError`, `OSError`),
+    before any work that a traceback would need to explain. Returns the state `train` runs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoProcessor
 
@@ -167,9 +168,12 @@ def run(kind: str, args, callbacks=()) -> tuple[list[float], Path, bool]:
     # One name for all ranks of a launch (they share the launcher as parent), distinct across runs.
     run_id = os.getppid() if "LOCAL_RANK" in os.environ else os.getpid()
     scratch = out.parent / f"{out.name}.partial-{run_id}"
-    dtype = getattr(torch, args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype)
+    # "auto": the checkpoint's own dtype (config.dtype), as TRL's scripts load models.
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    # The call-level video budget is checked now, with the processor's defaults, not at the first batch.
+    processor._video_settings(_video_kwargs(args))
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype)
     freezing = dict(freeze_vision_tower=args.freeze_vision_tower, freeze_merger=args.freeze_merger,
                     freeze_language_model=args.freeze_language_model)  # fmt: skip
     common = _common_args(args, kind, scratch)
@@ -207,6 +211,14 @@ def run(kind: str, args, callbacks=()) -> tuple[list[float], Path, bool]:
         trainer = InternVideo3DistillationTrainer(model, teacher_model=teacher, args=config, train_dataset=dataset,
                                                   processing_class=processor, callbacks=[history.callback, *callbacks],
                                                   **freezing)  # fmt: skip
+    return trainer, processor, history, out, scratch
+
+
+def train(prepared) -> tuple[list[float], Path, bool]:
+    """Run what `prepare` built and save it; returns (per-step values of the printed metric, the saved folder,
+    whether this is the main process). Errors raised here keep their traceback and end the process (under
+    `accelerate launch` the launcher then stops every rank): the scratch folder is removed, nothing is renamed."""
+    trainer, processor, history, out, scratch = prepared
     try:
         trainer.train()
         trainer.save_model(str(scratch))
@@ -224,7 +236,8 @@ def run(kind: str, args, callbacks=()) -> tuple[list[float], Path, bool]:
 def main(kind: str, argv=None, default_model: str | Callable[[], str] | None = None, default_data: str | None = None,
          callbacks=()) -> None:  # fmt: skip
     """Entry point; `default_model` may be a function (called only when `--model` is omitted, e.g. to build the
-    small checkpoint). Exits 2 with one `error: ...` line on bad input."""
+    small checkpoint). Exits 2 with one `error: ...` line on bad arguments or data (found before training starts);
+    an error during training keeps its traceback."""
     wants_default = default_model is not None and "--model" not in (argv if argv is not None else sys.argv[1:])
     placeholder = "<default>" if callable(default_model) else default_model
     parser = build_parser(kind, placeholder, default_data)
@@ -234,9 +247,10 @@ def main(kind: str, argv=None, default_model: str | Callable[[], str] | None = N
     if wants_default and callable(default_model):
         args.model = str(default_model())
     try:
-        values, out, is_main = run(kind, args, callbacks)
-    except (FileNotFoundError, FileExistsError, ValueError, OSError) as error:
+        prepared = prepare(kind, args, callbacks)
+    except (FileNotFoundError, FileExistsError, ValueError, OSError) as error:  # arguments and data: one line
         parser.exit(2, f"error: {error}\n")
+    values, out, is_main = train(prepared)
     if not is_main:
         return
     if not values:

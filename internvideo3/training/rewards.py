@@ -4,24 +4,18 @@ Each `*_reward` has TRL's reward-function signature: `f(completions, answer, **k
 value per completion; `completions` are strings or chat messages (`[{"role": "assistant", "content": ...}]`), and
 `answer` is the dataset column (JSON text: `"B"` or `[start_s, end_s]`, see `data.load_jsonl`). A reward returns
 None for rows of the other task, which TRL ignores when several reward functions are combined.
+
+The answer parsers (`extract_choice`, `parse_interval`, `final_answer`) live in `internvideo3.answers`, shared with
+the agent, and refuse every answer that is not one documented format or that names several answers (a reward is
+optimised: a lenient parser pays for listing every option).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from typing import Any
 
-THINK_ANSWER = re.compile(r"^\s*<think>(?P<think>.*?)</think>\s*(?P<answer>\S.*)$", re.DOTALL)
-_CHOICE_PATTERNS = (
-    re.compile(r"answer\s*(?:is|:)?\s*[:\-]?\s*\(?\s*([A-Z])\b(?![a-z'])", re.IGNORECASE),  # "The answer is B", "Answer: (B)"
-    # "B", "(B)", "B. text", "B) text", "B: text"; not "I think ..." (a bare letter needs punctuation or the end)
-    re.compile(r"^\s*\(?([A-Z])(?:[.:)]|\s*$)"),
-    re.compile(r"\(([A-Z])\)"),  # "... (B) ..."
-)
-_NUMBER = r"[-+]?\d+(?:\.\d+)?"
-_INTERVAL = re.compile(rf"\[?\s*({_NUMBER})\s*(?:s|sec|seconds)?\s*(?:,|-|to|–)\s*({_NUMBER})\s*(?:s|sec|seconds)?\s*\]?")
+from ..answers import THINK_ANSWER, extract_choice, final_answer, parse_interval  # noqa: F401 - re-exported
 
 
 def completion_text(completion: Any) -> str:
@@ -46,35 +40,6 @@ def decode_answer(answer: Any) -> Any:
     if isinstance(answer, (list, tuple)):
         return tuple(float(x) for x in answer)
     return answer
-
-
-def final_answer(text: str) -> str:
-    """The text after `</think>` when the completion reasons first, else the whole text."""
-    match = THINK_ANSWER.match(text)
-    return match.group("answer") if match else text
-
-
-def extract_choice(text: str) -> str | None:
-    """The chosen option letter in a free-form answer: "B", "(B)", "B. text", "The answer is B" -> "B"; None when no
-    letter option is found."""
-    text = final_answer(text).strip()
-    for pattern in _CHOICE_PATTERNS:
-        match = pattern.search(text)
-        if match:
-            return match.group(1).upper()
-    return None
-
-
-def parse_interval(text: str) -> tuple[float, float] | None:
-    """The first `[start, end]` (seconds; also "3.5 - 7", "3.5 to 7 s") in `text`; None when absent, non-finite or
-    reversed (end < start)."""
-    match = _INTERVAL.search(final_answer(text))
-    if not match:
-        return None
-    start, end = float(match.group(1)), float(match.group(2))
-    if not (math.isfinite(start) and math.isfinite(end)) or end < start:
-        return None
-    return start, end
 
 
 def temporal_iou(predicted: tuple[float, float] | None, target: tuple[float, float]) -> float:

@@ -8,9 +8,11 @@ messages, so:
   fused LM head, metrics and loop are unchanged.
 - `InternVideo3GSPOTrainer` (`trl.GRPOTrainer`): GSPO is GRPO with `importance_sampling_level="sequence"`
   (`gspo_config`). Prompts are tokenized by our processor, which decodes the videos; each rollout row keeps its
-  `pixel_values_videos` / `video_grid_thw` so the log-probability forwards see the same clip as `generate()`.
+  `pixel_values_videos` / `video_grid_thw` so the log-probability forwards see the same clip as `generate()`;
+  TRL's own scoring method runs (images included), with each chunk's videos added by a forward pre-hook.
 - `InternVideo3DistillationTrainer` (`trl.DistillationTrainer`): on-policy distillation, `beta=1.0` = reverse KL
-  (student ‖ teacher) on the student's own samples; the teacher sees the same videos.
+  (student ‖ teacher) on the student's own samples; the teacher sees the same videos and images, and a
+  transformers Qwen3-VL teacher gets the `mm_token_type_ids` its MRoPE needs.
 
 Rollouts use `generate()`, which fills our latent cache (`InternVideo3LatentCache`) by default. The model is reached
 only through the Auto classes (`trust_remote_code=True`): it lives in flat remote-code files, not in this package.
@@ -19,6 +21,7 @@ only through the Auto classes (`trust_remote_code=True`): it lives in flat remot
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -107,7 +110,10 @@ class InternVideo3SFTTrainer(SFTTrainer):
         )
         args.packing = pack
         if getattr(collator, "pack", False) and collator.rope_index is None:
-            collator.rope_index = self.accelerator.unwrap_model(self.model).model.get_rope_index
+            # The InternVideo3 model under any wrapper (DDP / FSDP by accelerate, then a PEFT model).
+            model = self.accelerator.unwrap_model(self.model)
+            model = model.get_base_model() if hasattr(model, "get_base_model") else model
+            collator.rope_index = model.model.get_rope_index
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mask = inputs.get("attention_mask")
@@ -180,6 +186,43 @@ class _VideoRolloutMixin:
             "video_grid_thw": torch.cat([g for _, g in rows]).to(device),
         }
 
+    @contextmanager
+    def _rows_into(self, *modules):
+        """While the block runs, each forward TRL makes through one of `modules` gets its rows' videos and, for a
+        module whose forward names `mm_token_type_ids` (transformers' Qwen3-VL, e.g. as the teacher), the token types.
+
+        TRL's scoring methods (`_get_per_token_logps_and_entropies`, `_get_last_hidden_state`) pass the image fields
+        themselves and run the rows in order, whole or in chunks; a forward pre-hook adds the rest, so TRL's own
+        methods run unchanged. Token types are built from `input_ids` as TRL builds them for tool images (0 text, 1
+        `image_token_id`, 2 `video_token_id`; Qwen3-VL needs them for MRoPE whenever pixels are passed). A forward
+        that already has the field (a nested call, or TRL passing it) is left alone.
+        """
+        seen = [0]
+
+        def add_rows(module, args, kwargs):
+            ids = kwargs.get("input_ids")
+            if ids is None:
+                return None
+            if self._row_videos and kwargs.get("pixel_values_videos") is None:
+                kwargs.update(self._video_inputs(seen[0], seen[0] + ids.size(0)))
+                seen[0] += ids.size(0)
+            takes_types = "mm_token_type_ids" in inspect.signature(module.forward).parameters
+            has_pixels = kwargs.get("pixel_values") is not None or kwargs.get("pixel_values_videos") is not None
+            if takes_types and has_pixels and kwargs.get("mm_token_type_ids") is None:
+                config = module.config
+                types = torch.zeros_like(ids)
+                types[ids == config.image_token_id] = 1
+                types[ids == config.video_token_id] = 2
+                kwargs["mm_token_type_ids"] = types
+            return args, kwargs
+
+        handles = [m.register_forward_pre_hook(add_rows, with_kwargs=True) for m in dict.fromkeys(modules) if m is not None]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
 
 def gspo_config(output_dir: str, **overrides) -> GRPOConfig:
     """`GRPOConfig` set to GSPO (SPEC §11): sequence-level ratio s_i = (π_θ/π_old)^(1/|y_i|), clipped objective with
@@ -212,38 +255,10 @@ class InternVideo3GSPOTrainer(_VideoRolloutMixin, GRPOTrainer):
         with self._videos_of(inputs):
             return super()._compute_loss(model, inputs)
 
-    def _get_per_token_logps_and_entropies(
-        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
-        compute_aux_loss=False, **multimodal,
-    ):  # fmt: skip
-        if not self._row_videos:
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal,
-            )  # fmt: skip
-        # Same computation as TRL's, with each chunk's videos added (TRL's version only knows image fields).
-        batch_size = batch_size or input_ids.size(0)
-        logps, entropies, aux = [], [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            end = min(start + batch_size, input_ids.size(0))
-            ids, mask = input_ids[start:end], attention_mask[start:end]
-            labels = ids.masked_fill(mask == 0, -100)
-            labels[:, :-logits_to_keep] = -100
-            model_inputs = {"input_ids": ids, "attention_mask": mask, **self._video_inputs(start, end)}
-            if compute_aux_loss:
-                model_inputs["output_router_logits"] = True
-            with self.accelerator.autocast():
-                outputs = model(**model_inputs, labels=labels, fused_lm_head=True)
-            logps.append(outputs.log_probs[:, -logits_to_keep:])
-            if compute_entropy:
-                entropies.append(outputs.entropy[:, -logits_to_keep:])
-            if compute_aux_loss:
-                aux.append(outputs.aux_loss)
-        return (
-            torch.cat(logps),
-            torch.cat(entropies) if compute_entropy else None,
-            torch.stack(aux).mean() if compute_aux_loss else None,
-        )
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        # TRL's method (it slices the image fields per chunk), with each chunk's videos added to its forward.
+        with self._rows_into(self.accelerator.unwrap_model(model)):
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
 
 class InternVideo3DistillationTrainer(_VideoRolloutMixin, DistillationTrainer):
@@ -262,14 +277,10 @@ class InternVideo3DistillationTrainer(_VideoRolloutMixin, DistillationTrainer):
         with self._videos_of(inputs):
             return super()._compute_loss(unwrapped_student, inputs, num_items_in_batch)
 
-    def _get_last_hidden_state(self, unwrapped_model, input_ids, attention_mask, logits_to_keep, **multimodal):
-        if not self._row_videos:
-            return super()._get_last_hidden_state(unwrapped_model, input_ids, attention_mask, logits_to_keep, **multimodal)
-        # TRL's backbone call, with the micro-batch's videos (its version only passes image fields).
-        backbone = unwrapped_model.get_base_model() if hasattr(unwrapped_model, "get_base_model") else unwrapped_model
-        backbone = backbone.model
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-            **self._video_inputs(0, input_ids.size(0)),
-        ).last_hidden_state  # fmt: skip
-        return hidden[:, :-1, :][:, -logits_to_keep:, :]
+    def _get_last_hidden_state(self, unwrapped_model, *args, **kwargs):
+        # TRL's backbone call (student and teacher), with the rows' videos and, for a transformers Qwen3-VL teacher,
+        # `mm_token_type_ids`. TRL picks the backbone by release (`base_model`, or `.model` under PEFT or on 4.x VLMs):
+        # the hook sits on both candidates.
+        model = unwrapped_model.get_base_model() if hasattr(unwrapped_model, "get_base_model") else unwrapped_model
+        with self._rows_into(model.base_model, getattr(model, "model", None)):
+            return super()._get_last_hidden_state(unwrapped_model, *args, **kwargs)
