@@ -33,7 +33,7 @@ setup(
         "torch>=2.4,<3",
         "safetensors>=0.4.3",
         "huggingface_hub>=0.34",
-        "accelerate>=1.0",
+        "accelerate>=1.1",  # align_module_device: offloaded weights the attention reads directly
         "av>=12",
         "pillow>=10",
         "numpy>=1.24",
