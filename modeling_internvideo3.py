@@ -1339,52 +1339,56 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
 
     def _continue_with_vision_inputs(self, input_ids, attention_mask, past_len: int, model_inputs: dict) -> None:
         """A step over a non-empty cache that carries vision inputs (see `prepare_inputs_for_generation`): keep the
-        pixels and grids of the items in the uncached tail; with grids of every item and the whole sequence in
-        `input_ids`, set the tail's 3-D positions and `rope_deltas` from `get_rope_index` over the whole sequence.
+        pixels and grids of the items whose placeholders are uncached; given every item's grid and the whole sequence
+        in `input_ids`, set the uncached tokens' 3-D positions from `get_rope_index` over the whole sequence.
+
+        transformers 5.24's Qwen3-VL computes these positions the same way, but encodes every pixel it is given: the
+        whole conversation's pixels (what its processor returns) fail its placeholder/feature count check, the new
+        items' alone run its `get_rope_index` out of grids. Here both work.
 
         Raises:
             ValueError: a placeholder group straddles the cache boundary.
         """
-        keys = (("pixel_values", "image_grid_thw", "image_token_id"), ("pixel_values_videos", "video_grid_thw", "video_token_id"))
-        if not isinstance(self.model, InternVideo3Model) or all(model_inputs.get(grid) is None for _, grid, _ in keys):
+        items = (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw"))
+        if not isinstance(self.model, InternVideo3Model) or all(model_inputs.get(g) is None for _, _, g in items):
             return
-        chunk = model_inputs["input_ids"] if model_inputs.get("input_ids") is not None else model_inputs["inputs_embeds"]
-        S = chunk.shape[1]
-        whole = input_ids is not None and input_ids.shape[1] == past_len + S
-        whole = whole and (attention_mask is None or attention_mask.shape[-1] == input_ids.shape[1])
-        if not whole:  # only the new tokens: forward continues from the cached rope_deltas
+        chunk = model_inputs.get("input_ids")
+        S = (chunk if chunk is not None else model_inputs["inputs_embeds"]).shape[1]
+        if input_ids is None or input_ids.shape[1] != past_len + S:
+            return  # only the new tokens were given: forward continues from the cached rope_deltas
+        if attention_mask is not None and attention_mask.shape[-1] != input_ids.shape[1]:
             return
-        all_items = True
-        for pixels_key, grid_key, token in keys:
-            grid, token_id = model_inputs.get(grid_key), getattr(self.config, token)
+        every_grid, all_items = {}, True
+        for kind, pixels_key, grid_key in items:
+            grid = model_inputs.get(grid_key)
             if grid is None:
                 continue
-            placeholders = input_ids == token_id
-            starts = placeholders & ~F.pad(placeholders[:, :-1], (1, 0), value=False)  # [B, T] first token of a group
+            placeholders = input_ids == getattr(self.config, f"{kind}_token_id")
             if bool((placeholders[:, past_len - 1] & placeholders[:, past_len]).any()):
-                raise ValueError(f"a {token[:-9]} placeholder group straddles the cached tokens ({past_len}) and the new ones")
+                raise ValueError(f"a {kind} placeholder group straddles the cached ({past_len}) and the new tokens")
+            starts = placeholders & ~F.pad(placeholders[:, :-1], (1, 0), value=False)  # first token of each group
             cached, new = starts[:, :past_len].sum(1).tolist(), starts[:, past_len:].sum(1).tolist()
-            groups = grid[:, 0].tolist()  # a grid row of t temporal patches spans t groups (get_rope_index)
-            if sum(groups) != sum(cached) + sum(new):  # not every item's grid: take them as the new items' only
+            groups = grid[:, 0].tolist()  # a grid row of t temporal patches spans t groups (as in get_rope_index)
+            if sum(groups) != sum(cached) + sum(new):  # not a grid per item: the new items' only, passed on as given
                 all_items = False
                 continue
+            # Grid rows are in batch order, each sample's items in sequence order: its cached items, then its new ones.
             keep, row = [], 0
             for n_cached, n_new in zip(cached, new):
-                for n, wanted in ((n_cached, False), (n_new, True)):
-                    while n > 0:
+                for n, is_new in ((n_cached, False), (n_new, True)):
+                    while n > 0 and row < len(groups):
                         n, row = n - groups[row], row + 1
-                        keep.append(wanted)
+                        keep.append(is_new)
             keep = torch.tensor(keep, dtype=torch.bool)
             pixels = model_inputs.get(pixels_key)
             if pixels is not None:
-                rows = torch.repeat_interleave(keep, grid.prod(-1).cpu())
-                model_inputs[pixels_key] = pixels[rows.to(pixels.device)] if bool(keep.any()) else None
+                rows = torch.repeat_interleave(keep, grid.prod(-1).cpu()).to(pixels.device)
+                model_inputs[pixels_key] = pixels[rows] if bool(keep.any()) else None
             model_inputs[grid_key] = grid[keep.to(grid.device)] if bool(keep.any()) else None
-            model_inputs[f"_{grid_key}_all"] = grid
-        grids = {key: model_inputs.pop(f"_{key}_all", None) for _, key, _ in keys}
+            every_grid[grid_key] = grid
         if all_items:
             position_ids, _ = self.model.get_rope_index(
-                input_ids, grids["image_grid_thw"], grids["video_grid_thw"], attention_mask
+                input_ids, every_grid.get("image_grid_thw"), every_grid.get("video_grid_thw"), attention_mask
             )
             model_inputs["position_ids"] = position_ids[..., -S:]
 

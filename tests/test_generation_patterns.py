@@ -20,7 +20,9 @@ from modeling_internvideo3 import InternVideo3LatentCache
 
 # small clips: few merged patches a frame group, so the vision tower is cheap
 VIDEO_KWARGS = dict(max_frames=4, fps=2.0, max_pixels=128 * 128, min_pixels=64 * 64)
-TURN_1 = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens here?<|im_end|>\n<|im_start|>assistant\n"
+TURN_1 = (
+    "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What happens here?<|im_end|>\n<|im_start|>assistant\n"
+)
 NEW_USER_TURN = {
     "video": "<|vision_start|><|video_pad|><|vision_end|>And in this clip?",
     "image": "<|vision_start|><|image_pad|><|vision_end|>And in this picture?",
@@ -59,7 +61,8 @@ def turn_inputs(processor, videos_dir, new: str):
     if new == "video":
         items = dict(videos=[str(videos_dir / "snow_dog.mp4")], **VIDEO_KWARGS)
     elif new == "image":
-        items = dict(images=[first_frame(videos_dir / "snow_dog.mp4")], image_min_pixels=32 * 32, image_max_pixels=64 * 64)
+        image = first_frame(videos_dir / "snow_dog.mp4")
+        items = dict(images=[image], image_min_pixels=32 * 32, image_max_pixels=64 * 64)
     suffix_inputs = processor(text=[suffix], **items)
 
     def turn_2(sequences: torch.Tensor, only_new: bool = False) -> dict:
