@@ -132,6 +132,37 @@ def test_multi_turn_with_only_the_new_items_pixels(model, processor, videos_dir)
         torch.testing.assert_close(step_continued, step_fresh, atol=1e-4, rtol=1e-4)
 
 
+def test_batched_multi_turn_with_left_padding(model, processor, videos_dir):
+    """Two left-padded conversations continue their cache with a new clip each: every sample's own items are told
+    apart (grid rows in batch order, each sample's cached items first) and the logits equal a fresh generate()."""
+    clips = [str(videos_dir / name) for name in ("pole_vault.mp4", "av1_640x360.mkv")]
+    texts = [TURN_1, TURN_1.replace("What happens here?", "Describe the scene in detail, please.")]
+    turn_1 = dict(processor(text=texts, videos=clips, **VIDEO_KWARGS))
+    assert not bool(turn_1["attention_mask"].all()), "the batch must be left-padded"
+    suffix = "<|im_end|>\n<|im_start|>user\n" + NEW_USER_TURN["video"] + "<|im_end|>\n<|im_start|>assistant\n"
+    new_clips = [str(videos_dir / name) for name in ("snow_dog.mp4", "hevc_128x128.mp4")]
+    new = processor(text=[suffix, suffix], videos=new_clips, **VIDEO_KWARGS)
+    assert not bool(new["attention_mask"].all()), "the new clips differ in size: turn 2 is padded in the middle"
+    with torch.no_grad():
+        first = model.generate(**turn_1, **GENERATE)
+        ids = torch.cat([first.sequences, new["input_ids"]], dim=1)
+        mask = torch.cat([turn_1["attention_mask"], torch.ones_like(first.sequences[:, turn_1["input_ids"].shape[1] :]),
+                          new["attention_mask"]], dim=1)  # fmt: skip
+        old_grid, new_grid = turn_1["video_grid_thw"], new["video_grid_thw"]
+        old_px = turn_1["pixel_values_videos"].split(old_grid.prod(-1).tolist())
+        new_px = new["pixel_values_videos"].split(new_grid.prod(-1).tolist())
+        inputs = dict(
+            input_ids=ids, attention_mask=mask,  # the processor's order: sample 0's items, then sample 1's
+            pixel_values_videos=torch.cat([old_px[0], new_px[0], old_px[1], new_px[1]]),
+            video_grid_thw=torch.stack([old_grid[0], new_grid[0], old_grid[1], new_grid[1]]),
+        )  # fmt: skip
+        continued = model.generate(**inputs, cache=first[modeling.CACHE_NAME], **GENERATE)
+        fresh = model.generate(**inputs, **GENERATE)
+    assert torch.equal(continued.sequences, fresh.sequences)
+    for step_continued, step_fresh in zip(continued.logits, fresh.logits):
+        torch.testing.assert_close(step_continued, step_fresh, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("with_video", [False, True], ids=["text", "video"])
 def test_generate_from_inputs_embeds_gives_the_input_ids_tokens(model, processor, videos_dir, with_video):
     """`generate(inputs_embeds=...)` (with and without `pixel_values_videos`) gives the tokens and scores of
