@@ -1323,6 +1323,9 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
             position_ids = self._position_ids(
                 rope_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, cache
             )
+        # Every call sets the delta from the positions it used: a prefill never keeps an earlier call's delta.
+        past_len = int(cache.get_seq_length()) if cache is not None else 0
+        self.rope_deltas = self._rope_deltas_after(position_ids, attention_mask, past_len)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -1337,20 +1340,39 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
         )
 
     def _position_ids(self, input_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, cache):
-        """Prefill: `get_rope_index` and store `rope_deltas`; later steps: cache length + arange(S) + rope_deltas."""
+        """MRoPE positions [3, B, S] of this chunk (SPEC §5.4).
+
+        Prefill: `get_rope_index` (text positions when there are no token ids). Over a non-empty cache: cache length +
+        arange(S) + `rope_deltas`, the cached part's delta; a chunk that holds new image/video placeholders (with
+        their grids: the new items only) gets `get_rope_index` of the chunk shifted to start there, which equals the
+        positions a prefill of the whole sequence gives them (each segment starts at the previous maximum + 1).
+        """
         past_len = int(cache.get_seq_length()) if cache is not None else 0
         B, S = inputs_embeds.shape[:2]
         mask_2d = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
         if past_len == 0 and input_ids is not None:
-            position_ids, self.rope_deltas = self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, mask_2d)
-            return position_ids
+            return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, mask_2d)[0]
         if past_len == 0 or self.rope_deltas is None:
             return text_position_ids(mask_2d, B, S, past_len, inputs_embeds.device)[None].expand(3, -1, -1)
         delta = self.rope_deltas.to(inputs_embeds.device)
         if delta.shape[0] != B:  # beam search / num_return_sequences expanded the batch
             delta = delta.repeat_interleave(B // delta.shape[0], dim=0)
+        if input_ids is not None and (image_grid_thw is not None or video_grid_thw is not None):
+            chunk_mask = mask_2d[:, -S:] if mask_2d is not None else None
+            chunk_positions = self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, chunk_mask)[0]
+            return chunk_positions + (past_len + delta)[None]
         positions = torch.arange(past_len, past_len + S, device=inputs_embeds.device)[None] + delta  # [B, S]
         return positions[None].expand(3, -1, -1)
+
+    @staticmethod
+    def _rope_deltas_after(position_ids, attention_mask, past_len) -> torch.LongTensor:
+        """[B, 1]: the position after this chunk's last real token minus the cache + chunk length (SPEC §5.4), so the
+        next step continues at its cache length + delta, whichever way the chunk's positions were made."""
+        positions = position_ids if position_ids.ndim == 3 else position_ids[None]
+        S = positions.shape[-1]
+        if attention_mask is not None and attention_mask.ndim == 2:
+            positions = positions.masked_fill(~attention_mask[:, -S:].bool().to(positions.device)[None], -1)
+        return positions.amax(dim=(0, 2)).long().unsqueeze(1) + 1 - (past_len + S)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1430,14 +1452,25 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
             )
         return result
 
-    def prepare_inputs_for_generation(self, input_ids, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
+        """transformers' inputs for one step, with MRoPE positions left to `InternVideo3Model.forward` (from
+        `rope_deltas`), except on the first step of a continuation of a carried cache that brings the conversation's
+        vision inputs (multi-turn chat: the processor re-encodes the whole conversation, so `pixel_values*` and
+        `*_grid_thw` hold every item, the cached turns' first). There only the items whose placeholders lie in the
+        uncached tokens are passed on to be encoded, and the tail's positions (and `rope_deltas`) come from
+        `get_rope_index` over the whole sequence, as Qwen3-VL's `_prepare_position_ids_for_generation` computes them
+        when the uncached tokens hold new vision tokens (transformers 5.x). Pixels of the new items only (grids too)
+        are accepted as well: `InternVideo3Model.forward` then continues from the cached `rope_deltas`.
+
+        `inputs_embeds` is named so that `generate(inputs_embeds=...)` is allowed (transformers checks the signature).
+        """
+        model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         # MRoPE positions come from rope_deltas in forward, not from generate's 1-D positions.
         model_inputs["position_ids"] = None
         cache = model_inputs.get(CACHE_NAME)
-        if cache is not None and int(cache.get_seq_length()) > 0:
-            for key in ("pixel_values", "pixel_values_videos"):
-                model_inputs[key] = None
+        past_len = int(cache.get_seq_length()) if cache is not None else 0
+        if past_len > 0:
+            self._continue_with_vision_inputs(input_ids, kwargs.get("attention_mask"), past_len, model_inputs)
         else:
             mask = kwargs.get("attention_mask")
             # transformers' generate() checks the last token against pad_token_id, which our configs may not set
@@ -1449,6 +1482,71 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
                     stacklevel=2,
                 )
         return model_inputs
+
+    def _continue_with_vision_inputs(self, input_ids, attention_mask, past_len: int, model_inputs: dict) -> None:
+        """A step over a non-empty cache that carries vision inputs (see `prepare_inputs_for_generation`): keep the
+        pixels and grids of the items whose placeholders are uncached; given every item's grid and the whole sequence
+        in `input_ids`, set the uncached tokens' 3-D positions from `get_rope_index` over the whole sequence.
+
+        transformers 5.24's Qwen3-VL computes these positions the same way, but encodes every pixel it is given: the
+        whole conversation's pixels (what its processor returns) fail its placeholder/feature count check, the new
+        items' alone run its `get_rope_index` out of grids. Here both work.
+
+        Raises:
+            ValueError: a placeholder group straddles the cache boundary.
+        """
+        items = (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw"))
+        if not isinstance(self.model, InternVideo3Model) or all(model_inputs.get(g) is None for _, _, g in items):
+            return
+        chunk = model_inputs.get("input_ids")
+        S = (chunk if chunk is not None else model_inputs["inputs_embeds"]).shape[1]
+        if input_ids is None or input_ids.shape[1] != past_len + S:
+            return  # only the new tokens were given: forward continues from the cached rope_deltas
+        if attention_mask is not None and attention_mask.shape[-1] != input_ids.shape[1]:
+            return
+        every_grid, all_items = {}, True
+        for kind, pixels_key, grid_key in items:
+            grid = model_inputs.get(grid_key)
+            if grid is None:
+                continue
+            placeholders = input_ids == getattr(self.config, f"{kind}_token_id")
+            if bool((placeholders[:, past_len - 1] & placeholders[:, past_len]).any()):
+                raise ValueError(f"a {kind} placeholder group straddles the cached ({past_len}) and the new tokens")
+            starts = placeholders & ~F.pad(placeholders[:, :-1], (1, 0), value=False)  # first token of each group
+            cached, new = starts[:, :past_len].sum(1).tolist(), starts[:, past_len:].sum(1).tolist()
+            groups = grid[:, 0].tolist()  # a grid row of t temporal patches spans t groups (as in get_rope_index)
+            if sum(groups) != sum(cached) + sum(new):  # not a grid per item: the new items' only, passed on as given
+                all_items = False
+                continue
+            # Grid rows are in batch order, each sample's items in sequence order: its cached items, then its new ones.
+            keep, row = [], 0
+            for n_cached, n_new in zip(cached, new):
+                for n, is_new in ((n_cached, False), (n_new, True)):
+                    while n > 0 and row < len(groups):
+                        n, row = n - groups[row], row + 1
+                        keep.append(is_new)
+            keep = torch.tensor(keep, dtype=torch.bool)
+            pixels = model_inputs.get(pixels_key)
+            if pixels is not None:
+                rows = torch.repeat_interleave(keep, grid.prod(-1).cpu()).to(pixels.device)
+                model_inputs[pixels_key] = pixels[rows] if bool(keep.any()) else None
+            model_inputs[grid_key] = grid[keep.to(grid.device)] if bool(keep.any()) else None
+            every_grid[grid_key] = grid
+        if all_items:
+            position_ids, _ = self.model.get_rope_index(
+                input_ids, every_grid.get("image_grid_thw"), every_grid.get("video_grid_thw"), attention_mask
+            )
+            model_inputs["position_ids"] = position_ids[..., -S:]
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        """transformers' update, then drop the vision inputs once a step over the cache has encoded them (every
+        release: 4.57 passes them to every step), so that only the first step of a (continued) generation sees
+        them. Without a cache every step re-runs the whole sequence and keeps them."""
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if model_kwargs.get("use_cache", True):
+            for key in ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw"):
+                model_kwargs.pop(key, None)
+        return model_kwargs
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """transformers' expansion (beam search, `num_return_sequences`: every batch row `expand_size` times), except
