@@ -17,8 +17,8 @@ Pipeline (the numbers are the InternVideo3-8B / Qwen3-VL-8B ones):
 Numerical contract: for the same decoded frames and budget, `pixel_values_videos` equals transformers'
 `Qwen3VLVideoProcessor` (torchvision's uint8 bicubic antialiased resize is `torch.nn.functional.interpolate`, used
 here directly) and `pixel_values` equals transformers' PIL Qwen2-VL image processor (PIL bicubic); the prompt layout
-equals `Qwen3VLProcessor` of transformers <= 5.10, on every supported transformers version (>= 5.12 keeps two extra
-outer `<|vision_start|>`/`<|vision_end|>` tokens per video; this package never does).
+equals `Qwen3VLProcessor` of transformers <= 5.10 and >= 5.25, on every supported transformers version (5.12 to 5.24
+keep two extra outer `<|vision_start|>`/`<|vision_end|>` tokens per video; this package never does).
 
 Two video pixel budgets (SPEC §7); both produce multiples of 32 and both are selectable per call and per video:
 
