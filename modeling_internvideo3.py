@@ -94,6 +94,12 @@ try:  # 4.5x and 5.x: the layer wrapper that gradient checkpointing hooks into
 except ImportError:  # pragma: no cover - older than anything we support
     GradientCheckpointingLayer = nn.Module
 
+# Hub kernels: every supported release exports `use_kernel_forward_from_hub` (a no-op without the `kernels` package);
+# 5.25 kernelizes on load by default (`USE_HUB_KERNELS`), replacing the forward of each class so decorated by the Hub
+# layer of its name. Only our text RMSNorm takes one ("RMSNorm", as Qwen3-VL's text RMSNorm: same weight/eps names and
+# fp32 formula); attention, MLP and RoPE stay ours (M²LA, interleaved RoPE: no Hub layer has their semantics).
+from transformers.integrations import use_kernel_forward_from_hub
+
 # `InternVideo3LatentCache.crop` is inherited on purpose: each release's own `DynamicLayer.crop` defines the argument
 # (4.57: the length to keep, negative = drop that many; 5.x: a non-positive number of tokens to drop, 0 drops nothing),
 # and transformers' assisted generation calls it with that release's meaning.
@@ -375,8 +381,13 @@ class InternVideo3TextRotaryEmbedding(nn.Module):
         return emb.cos(), emb.sin()
 
 
+@use_kernel_forward_from_hub("RMSNorm")
 class InternVideo3RMSNorm(nn.Module):
-    """RMSNorm in fp32: weight · x / sqrt(mean(x²) + eps)."""
+    """RMSNorm in fp32: weight · x / sqrt(mean(x²) + eps).
+
+    Decorated as transformers' `Qwen3VLTextRMSNorm` is, so on CUDA with the `kernels` package transformers >= 5.25
+    swaps in the same Hub kernel for its forward (`USE_HUB_KERNELS=0` keeps this one)."""
+
 
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()
