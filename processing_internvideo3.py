@@ -211,9 +211,8 @@ def _check_video_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
         for key in ("shortest_edge", "longest_edge"):
             value = size[key]
             if numeric_range_problem(value, False, 0, False):
-                raise ValueError(
-                    f"size[{key!r}] must be {numeric_range(False, 0, False)} (pixels of the T*H*W volume), got {value!r}"
-                )
+                allowed = numeric_range(False, 0, False)
+                raise ValueError(f"size[{key!r}] must be {allowed} (pixels of the T*H*W volume), got {value!r}")
         if size["shortest_edge"] > size["longest_edge"]:
             raise ValueError(
                 f"size['shortest_edge'] ({size['shortest_edge']}) must be <= size['longest_edge'] "

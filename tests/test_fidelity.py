@@ -403,8 +403,8 @@ def test_processor_matches_qwen3vl_processor_on_the_same_frames(processor, refer
     """pixel_values_videos (bit for bit), video_grid_thw, image outputs and token ids against the fixture.
 
     Intended differences: transformers 5.12 to 5.24 (the fixtures' 5.23.0) keep 2 extra outer vision_start/end tokens
-    per video (we, like <= 5.10 and >= 5.25, never do), and its PIL image path normalises in two steps (rescale, then normalise): at most one float32 ulp from our fused
-    (x - 127.5) / 127.5, with identical resized uint8 pixels."""
+    per video (we, like <= 5.10 and >= 5.25, never do), and its PIL image path normalises in two steps (rescale, then
+    normalise): at most one float32 ulp from our fused (x - 127.5) / 127.5, with identical resized uint8 pixels."""
     record, tensors = reference
     entry = record["cases"][case]
     settings = entry["video_processor"]
