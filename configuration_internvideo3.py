@@ -10,10 +10,37 @@ This file is shipped as Hub remote code: it imports only transformers at top lev
 
 from __future__ import annotations
 
+import math
+import numbers
+
 from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 _DEFAULT_MROPE_SECTION = [24, 20, 20]
+
+
+def numeric_range(integer: bool, low, inclusive: bool) -> str:
+    """The allowed range in words, as our messages give it: "an integer >= 1", "a number > 0"."""
+    return f"{'an integer' if integer else 'a number'} {'>=' if inclusive else '>'} {low}"
+
+
+def numeric_range_problem(value, integer: bool, low, inclusive: bool, strict_types: bool = False) -> str | None:
+    """Why `value` is not `numeric_range(integer, low, inclusive)`: None (it is), "type" (not a number: a bool, a
+    string, None, ...) or "range" (NaN, ±inf, at or below the bound, or a non-integral float where an integer is due).
+
+    strict_types (the converter's options): only int and float are numbers, and an integer must be an int (2.0 is a
+    "type" problem); otherwise (the processor's settings) any `numbers.Real`, and integral floats count as integers.
+    The one range check of this package (processor settings, converter flags and options).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float) if strict_types else numbers.Real):
+        return "type"
+    if strict_types and integer and not isinstance(value, int):
+        return "type"
+    if not math.isfinite(value) or (value < low if inclusive else value <= low):
+        return "range"
+    if integer and not isinstance(value, numbers.Integral) and not float(value).is_integer():
+        return "range"
+    return None
 
 
 def _resolve_rope(rope_theta, rope_scaling, rope_parameters, mrope_section, mrope_interleaved):

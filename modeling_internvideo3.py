@@ -132,6 +132,12 @@ if importlib.util.find_spec("transformers.utils.output_capturing") is not None:
 else:
     _SDPA_ATTENTIONS, _SDPA_UNSUPPORTED = None, "`output_attentions=True` or `head_mask`"
 
+# Hub kernels: every supported release exports `use_kernel_forward_from_hub` (a no-op without the `kernels` package);
+# 5.25 kernelizes on load by default (`USE_HUB_KERNELS`), replacing the forward of each class so decorated by the Hub
+# layer of its name. Only our text RMSNorm takes one ("RMSNorm", as Qwen3-VL's text RMSNorm: same weight/eps names and
+# fp32 formula); attention, MLP and RoPE stay ours (M²LA, interleaved RoPE: no Hub layer has their semantics).
+from transformers.integrations import use_kernel_forward_from_hub
+
 # `InternVideo3LatentCache.crop` is inherited on purpose: each release's own `DynamicLayer.crop` defines the argument
 # (4.57: the length to keep, negative = drop that many; 5.x: a non-positive number of tokens to drop, 0 drops nothing),
 # and transformers' assisted generation calls it with that release's meaning.
@@ -488,8 +494,31 @@ class InternVideo3TextRotaryEmbedding(nn.Module):
         return emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, channels: int | None = None) -> torch.Tensor:
+    """RMSNorm over the last axis in fp32, as transformers' Qwen3-VL text RMSNorm: weight · x / sqrt(mean(x²) + eps).
+
+    x [..., C] any float dtype; the normalised x is cast back to x's dtype before the weight multiplies it (so the
+    result follows torch's promotion of weight and x dtypes). `channels` (default C): the RMS of x[..., :channels]
+    scales all C channels and the weight [channels] multiplies only those (a converted Qwen3 q_norm, SPEC §9.4).
+    weight None: no weight. The one RMSNorm of this package (`InternVideo3RMSNorm`, the q_norm, the converter).
+    """
+    dtype = x.dtype
+    n = x.shape[-1] if channels is None else channels
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32[..., :n].pow(2).mean(-1, keepdim=True) + eps)
+    if weight is None:
+        return x32.to(dtype)
+    if n == x.shape[-1]:
+        return weight * x32.to(dtype)
+    return torch.cat((weight * x32[..., :n].to(dtype), x32[..., n:].to(dtype)), dim=-1)
+
+
+@use_kernel_forward_from_hub("RMSNorm")
 class InternVideo3RMSNorm(nn.Module):
-    """RMSNorm in fp32: weight · x / sqrt(mean(x²) + eps)."""
+    """RMSNorm in fp32: weight · x / sqrt(mean(x²) + eps).
+
+    Decorated as transformers' `Qwen3VLTextRMSNorm` is, so on CUDA with the `kernels` package transformers >= 5.25
+    swaps in the same Hub kernel for its forward (`USE_HUB_KERNELS=0` keeps this one)."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6):
         super().__init__()
@@ -497,10 +526,7 @@ class InternVideo3RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
+        return rms_norm(x, self.weight, self.variance_epsilon)
 
 
 class InternVideo3TextMLP(nn.Module):
@@ -599,10 +625,7 @@ class InternVideo3TextAttention(nn.Module):
         if self.q_norm is not None:
             # A converted Qwen3 q_norm kept exact (SPEC §9.4): channels [:head_dim] hold the source query, whose RMS
             # scales the whole head; the converter folded the norm weight into the q_pe rows.
-            n, dtype = self.q_norm.weight.shape[0], q.dtype
-            q32 = q.float()
-            q32 = q32 * torch.rsqrt(q32[..., :n].pow(2).mean(-1, keepdim=True) + self.q_norm.variance_epsilon)
-            q = torch.cat((self.q_norm.weight * q32[..., :n].to(dtype), q32[..., n:].to(dtype)), dim=-1)
+            q = rms_norm(q, self.q_norm.weight, self.q_norm.variance_epsilon, channels=self.q_norm.weight.shape[0])
         q = q.transpose(1, 2)  # [B, H, S, d_n + d_r]
         q_nope, q_pe = q.split([d_n, d_r], dim=-1)  # [B, H, S, d_n], [B, H, S, d_r]
         ckv = self.kv_a_proj_with_mqa(hidden_states)  # [B, S, r + d_r]
@@ -828,6 +851,24 @@ def _hub_lookup_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors) + (ConnectionError, TimeoutError)
 
 
+def open_safetensors(file: str | os.PathLike, error: type[Exception] = OSError, name: str | None = None):
+    """`safetensors.safe_open(file, framework="pt")` (a context manager over the file's header and tensors).
+
+    Raises:
+        `error` (default OSError): the file is truncated or corrupt; the message names it as `name` (default: the
+            path quoted) and says to fetch it again (safetensors' own message does not name the file).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(os.fspath(file), framework="pt")
+    except (SafetensorError, OSError) as cause:
+        raise error(
+            f"cannot read safetensors file {repr(os.fspath(file)) if name is None else name}: {cause}; it is "
+            f"truncated or corrupt (an interrupted download or copy?): fetch it again"
+        ) from cause
+
+
 def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, list[int]]:
     """{tensor name: shape} of a safetensors checkpoint, from its headers only (no weights are read).
 
@@ -843,8 +884,6 @@ def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, l
     subfolder = hub_kwargs.get("subfolder") or ""
     folder = os.path.join(path, subfolder)
     if os.path.isdir(folder):
-        from safetensors import SafetensorError, safe_open
-
         index = os.path.join(folder, "model.safetensors.index.json")
         if os.path.isfile(index):
             with open(index, encoding="utf-8") as f:
@@ -853,16 +892,9 @@ def read_checkpoint_shapes(path: str | os.PathLike, **hub_kwargs) -> dict[str, l
             files = [name for name in os.listdir(folder) if name.endswith(".safetensors")]
         shapes = {}
         for name in files:
-            file = os.path.join(folder, name)
-            try:
-                with safe_open(file, framework="pt") as f:
-                    for key in f.keys():
-                        shapes[key] = list(f.get_slice(key).get_shape())
-            except (SafetensorError, OSError) as error:
-                raise OSError(
-                    f"cannot read safetensors file {file!r}: {error}; it is truncated or corrupt (an interrupted "
-                    f"download or copy?): fetch it again"
-                ) from error
+            with open_safetensors(os.path.join(folder, name)) as f:  # the header is checked on opening
+                for key in f.keys():
+                    shapes[key] = list(f.get_slice(key).get_shape())
         return shapes
     from huggingface_hub import get_safetensors_metadata
 

@@ -17,8 +17,8 @@ Pipeline (the numbers are the InternVideo3-8B / Qwen3-VL-8B ones):
 Numerical contract: for the same decoded frames and budget, `pixel_values_videos` equals transformers'
 `Qwen3VLVideoProcessor` (torchvision's uint8 bicubic antialiased resize is `torch.nn.functional.interpolate`, used
 here directly) and `pixel_values` equals transformers' PIL Qwen2-VL image processor (PIL bicubic); the prompt layout
-equals `Qwen3VLProcessor` of transformers <= 5.10, on every supported transformers version (>= 5.12 keeps two extra
-outer `<|vision_start|>`/`<|vision_end|>` tokens per video; this package never does).
+equals `Qwen3VLProcessor` of transformers <= 5.10 and >= 5.25, on every supported transformers version (5.12 to 5.24
+keep two extra outer `<|vision_start|>`/`<|vision_end|>` tokens per video; this package never does).
 
 Two video pixel budgets (SPEC §7); both produce multiples of 32 and both are selectable per call and per video:
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 import ctypes
 import math
 import mmap
-import numbers
 import os
 import queue
 import re
@@ -57,6 +56,11 @@ from transformers import BatchFeature
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as _smart_resize_volume
 from transformers.processing_utils import ProcessorMixin
 from transformers.video_utils import VideoMetadata as _TransformersVideoMetadata
+
+try:  # Hub export / checkpoint folder: flat sibling files
+    from .configuration_internvideo3 import numeric_range, numeric_range_problem
+except ImportError:  # source checkout with the repository root on sys.path
+    from configuration_internvideo3 import numeric_range, numeric_range_problem
 
 # Size rules (SPEC §7) are transformers' own, imported from modules that need no torchvision. The one version
 # difference: 5.x moved the PIL image processor, and its `smart_resize`, to image_processing_pil_qwen2_vl (its
@@ -159,13 +163,11 @@ _NUMERIC_SETTINGS = {
 def _check_setting(name: str, value) -> None:
     """Raise ValueError naming `name`, `value` and the allowed range unless `value` fits `_NUMERIC_SETTINGS[name]`."""
     kind, low, inclusive, unit = _NUMERIC_SETTINGS[name]
-    allowed = f"{'an integer' if kind == 'integer' else 'a number'} {'>=' if inclusive else '>'} {low} ({unit})"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or (value < low if inclusive else value <= low):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    if kind == "integer" and not isinstance(value, numbers.Integral) and not float(value).is_integer():
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    problem = numeric_range_problem(value, kind == "integer", low, inclusive)
+    if problem:
+        allowed = f"{numeric_range(kind == 'integer', low, inclusive)} ({unit})"
+        named = f" ({type(value).__name__})" if problem == "type" else ""
+        raise ValueError(f"{name} must be {allowed}, got {value!r}{named}")
 
 
 def _check_video_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
@@ -208,8 +210,9 @@ def _check_video_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
             )
         for key in ("shortest_edge", "longest_edge"):
             value = size[key]
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"size[{key!r}] must be a number > 0 (pixels of the T*H*W volume), got {value!r}")
+            if numeric_range_problem(value, False, 0, False):
+                allowed = numeric_range(False, 0, False)
+                raise ValueError(f"size[{key!r}] must be {allowed} (pixels of the T*H*W volume), got {value!r}")
         if size["shortest_edge"] > size["longest_edge"]:
             raise ValueError(
                 f"size['shortest_edge'] ({size['shortest_edge']}) must be <= size['longest_edge'] "

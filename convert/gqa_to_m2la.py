@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -57,7 +56,6 @@ from .m2la_math import (
     build_m2la_layer,
     key_plane_covariance,
     linearize_qk_norm,
-    rms_norm,
     rorope_attention,
     rorope_basis,
     select_rope_components,
@@ -126,14 +124,10 @@ class TensorReader:
 
 
 def _open_safetensors(path: Path):
-    """`safe_open`, with a truncated or corrupt file named in a ConversionError (safetensors' own message does not)."""
-    from safetensors import SafetensorError
+    """`safe_open`, a truncated or corrupt file raised as a ConversionError naming it (as our messages name paths)."""
+    from modeling_internvideo3 import open_safetensors  # here: transformers' modeling import takes seconds
 
-    try:
-        return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as error:
-        raise ConversionError(f"cannot read safetensors file {path}: {error}; it is truncated or corrupt (an "
-                              f"interrupted download or copy?): fetch it again") from error
+    return open_safetensors(path, ConversionError, name=str(path))
 
 
 @dataclass
@@ -508,8 +502,10 @@ class CalibrationBatch:
     def advance(self, attn_out: torch.Tensor, post_norm: torch.Tensor, mlp, eps: float, layer: int) -> None:
         """Finish source layer `layer` given its attention output [b, S, D]: residual, post-attention RMSNorm +
         MLP, residual, then the layer's DeepStack features at the visual positions (layers 0..k-1)."""
+        from modeling_internvideo3 import rms_norm  # here: transformers' modeling import takes seconds
+
         self.hidden = self.hidden + attn_out
-        self.hidden = self.hidden + mlp(rms_norm(self.hidden, post_norm, eps))
+        self.hidden = self.hidden + mlp(rms_norm(self.hidden, post_norm.to(self.hidden.dtype), eps))
         if self.deepstack is not None and layer < len(self.deepstack):
             self.hidden[self.visual_mask] += self.deepstack[layer]
 
@@ -727,8 +723,10 @@ def resolve_qk_norm(qk_norm: str, tokens: int, hidden_size: int) -> str:
 
 def attention_inputs(arch: SourceArch, reader: TensorReader, i: int, batches: list[CalibrationBatch]) -> list:
     """Layer i's attention input per calibration batch: the input RMSNorm of the residual stream, [b, S, D] fp32."""
+    from modeling_internvideo3 import rms_norm  # here: transformers' modeling import takes seconds
+
     norm = reader.get(f"{arch.prefix}layers.{i}.input_layernorm.weight").float()
-    return [rms_norm(b.hidden, norm, arch.rms_norm_eps) for b in batches]
+    return [rms_norm(b.hidden, norm.to(b.hidden.dtype), arch.rms_norm_eps) for b in batches]
 
 
 def convert_attention(arch: SourceArch, src_attn: SourceAttention, xs: list, rank: int, layout: TargetLayout,
@@ -912,11 +910,10 @@ NUMERIC_OPTIONS = {
 
 def _range_error(kind: type, low, inclusive: bool, value) -> str | None:
     """None if `value` is a `kind` in range, else why not ("must be an integer >= 1, got '0'")."""
-    wanted = f"must be {'an integer' if kind is int else 'a number'} {'>=' if inclusive else '>'} {low}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        return f"{wanted}, got {value!r}"
-    if not math.isfinite(value) or (value < low if inclusive else value <= low):
-        return f"{wanted}, got {value!r}"
+    from configuration_internvideo3 import numeric_range, numeric_range_problem
+
+    if numeric_range_problem(value, kind is int, low, inclusive, strict_types=True):
+        return f"must be {numeric_range(kind is int, low, inclusive)}, got {value!r}"
     return None
 
 

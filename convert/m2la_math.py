@@ -42,15 +42,6 @@ QK_NORM_TREATMENTS = ("lstsq", "lstsq-input", "scale", "none")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """RMSNorm over the last axis in fp32 (as transformers' Qwen/Llama RMSNorm), then the weight."""
-    dtype = x.dtype
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    out = x32.to(dtype)
-    return out * weight.to(dtype) if weight is not None else out
-
-
 def rope_rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate-half RoPE (transformers' Qwen/Llama layout: dims i and i + d/2 are the plane of frequency i)."""
     # imported here: transformers' modeling import takes seconds, and a CLI error must not wait for it
@@ -150,8 +141,10 @@ def _fit_head_norm(w_aug: torch.Tensor, norm_w: torch.Tensor, x_aug: torch.Tenso
     """
     if treatment not in QK_NORM_TREATMENTS:
         raise ValueError(f"unknown QK-norm treatment {treatment!r}; choose from {QK_NORM_TREATMENTS}")
+    from modeling_internvideo3 import rms_norm  # here: transformers' modeling import takes seconds (CLI errors first)
+
     proj = (x_aug @ w_aug.T).view(-1, heads, d)  # [N, heads, d] pre-norm
-    target = rms_norm(proj, norm_w, eps)  # [N, heads, d] true normalized
+    target = rms_norm(proj, norm_w.to(proj.dtype), eps)  # [N, heads, d] true normalized
     if treatment == "lstsq-input":
         # y ≈ A x̃ with A [heads·d, D+1] fitted on the whole layer input: the norm's 1/rms depends on x beyond the
         # head's own d coordinates. The ridge keeps it defined when there are fewer tokens than D + 1.
@@ -458,6 +451,8 @@ def rorope_attention(src: SourceAttention, x: torch.Tensor, cos: torch.Tensor, s
     """Stages 1-2 without the lossy step (SPEC §9.5): GQA written as MLA over the G rotated key heads k' = U k, every
     one still rotated by RoPE, each query head h reading head g' with coefficients U[f, g', g(h)]. Exact for any
     orthogonal U (U=None: the plain source attention). x [B, S, D] -> [B, S, D], computed in x's dtype."""
+    from modeling_internvideo3 import rms_norm  # here: transformers' modeling import takes seconds (CLI errors first)
+
     B, S, _ = x.shape
     H, G, d = src.num_heads, src.num_kv_heads, src.head_dim
     dt = x.dtype

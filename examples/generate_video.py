@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 
+from modeling_internvideo3 import CACHE_NAME
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO_ROOT / "assets" / "snow_dog.mp4"
 SMALL_CHECKPOINT = REPO_ROOT / "checkpoints" / "internvideo3-small"
@@ -61,7 +63,7 @@ def main(argv=None) -> None:
     answer = processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
 
     text_config = model.config.get_text_config()
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values  # named `cache` since transformers 5.24
+    cache = getattr(out, CACHE_NAME)  # the field follows the installed transformers (`cache` from 5.24)
     element = torch.finfo(model.dtype).bits // 8
     measured = cache.bytes_per_token()
     gqa = text_config.gqa_cache_values_per_token() * element

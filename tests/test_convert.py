@@ -46,11 +46,11 @@ from internvideo3.convert.m2la_math import (
     interleave_permutation,
     key_plane_covariance,
     linearize_qk_norm,
-    rms_norm,
     rorope_attention,
     rorope_basis,
     select_rope_components,
 )
+from modeling_internvideo3 import rms_norm
 from tests.conftest import REPO_ROOT, TOKENIZER_DIR
 
 TEXT_COMMON = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, head_dim=16,

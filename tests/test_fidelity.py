@@ -366,8 +366,9 @@ def still_image(record: dict) -> Image.Image:
 
 
 def without_outer_video_wrappers(ids: list[int]) -> list[int]:
-    """Drop the `<|vision_start|>`/`<|vision_end|>` that transformers >= 5.12 keeps around each whole video (it
-    replaces only `<|video_pad|>` of the template's triple): a start not followed by a pad, an end right after an end."""
+    """Drop the `<|vision_start|>`/`<|vision_end|>` that transformers 5.12 to 5.24 (the fixtures' 5.23.0) keep around
+    each whole video (they replace only `<|video_pad|>` of the template's triple; 5.25 collapses the triple first): a
+    start not followed by a pad, an end right after an end."""
     keep = []
     for i, token in enumerate(ids):
         if token == VISION_START and (i + 1 == len(ids) or ids[i + 1] not in (IMAGE, VIDEO)):
@@ -401,9 +402,9 @@ def test_frame_sampling_matches_qwen3vl_video_processor(reference, decoded):
 def test_processor_matches_qwen3vl_processor_on_the_same_frames(processor, reference, decoded, case):
     """pixel_values_videos (bit for bit), video_grid_thw, image outputs and token ids against the fixture.
 
-    Intended differences: transformers >= 5.12 keeps 2 extra outer vision_start/end tokens per video (we never do),
-    and its PIL image path normalises in two steps (rescale, then normalise): at most one float32 ulp from our fused
-    (x - 127.5) / 127.5, with identical resized uint8 pixels."""
+    Intended differences: transformers 5.12 to 5.24 (the fixtures' 5.23.0) keep 2 extra outer vision_start/end tokens
+    per video (we, like <= 5.10 and >= 5.25, never do), and its PIL image path normalises in two steps (rescale, then
+    normalise): at most one float32 ulp from our fused (x - 127.5) / 127.5, with identical resized uint8 pixels."""
     record, tensors = reference
     entry = record["cases"][case]
     settings = entry["video_processor"]
@@ -421,7 +422,7 @@ def test_processor_matches_qwen3vl_processor_on_the_same_frames(processor, refer
     assert float_sha256(out["pixel_values_videos"]) == entry["pixel_values_videos_sha256"]
 
     ids, ref_ids = out["input_ids"][0].tolist(), entry["input_ids"]
-    assert len(ref_ids) - len(ids) == 2 * len(frames), "transformers >= 5.12: two outer wrapper tokens per video"
+    assert len(ref_ids) - len(ids) == 2 * len(frames), "transformers 5.23.0: two outer wrapper tokens per video"
     assert ids == without_outer_video_wrappers(ref_ids)
 
     if image is not None:
