@@ -336,6 +336,35 @@ def test_cache_reuse_equals_full_prefill_and_counts_saved_tokens(model_and_proce
     assert chat.cache_bytes() == chat.cache.nbytes() > 0
 
 
+def test_cache_reuse_through_generate_only_with_a_peft_model(model_and_processor, videos_dir):
+    """The chat reaches the model only through `generate()` (the model continues the positions and encodes the new
+    clip itself): a LoRA-wrapped model, whose `model.model` is PEFT's LoraModel without `get_rope_index` or
+    `rope_deltas`, gives every turn the logits of a full re-prefill, a new clip in turn 2 included (main reached into
+    `model.model.get_rope_index` and set `model.model.rope_deltas`)."""
+    peft = pytest.importorskip("peft")
+    model, processor = model_and_processor
+    lora = peft.LoraConfig(r=2, target_modules=r".*language_model.*\.q_proj", init_lora_weights=False)
+    wrapped = peft.get_peft_model(copy.deepcopy(model), lora).eval()
+    assert not hasattr(wrapped.model, "get_rope_index")
+    video = str(videos_dir / "snow_dog.mp4")
+    chat = LatentCacheChat(wrapped, processor)
+    messages = [{"role": "user", "content": [{"type": "video", "video": video, **TINY, "min_pixels": TINY["max_pixels"]},
+                                             {"type": "text", "text": "What happens?"}]}]  # fmt: skip
+    for turn in range(2):
+        reply = chat.respond(messages, max_new_tokens=3)
+        full = processor.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            reference = wrapped(**full, use_cache=False, logits_to_keep=1).logits[0, -1]
+        torch.testing.assert_close(reply.logits[0], reference, rtol=1e-4, atol=1e-4)
+        clip = {"type": "video", "video": video, "video_start": 2.0, "video_end": 6.0, "fps": 1.0, "max_frames": 4,
+                "min_pixels": 16 * 1024, "max_pixels": 16 * 1024}  # fmt: skip
+        messages += [{"role": "assistant", "content": reply.text},
+                     {"role": "user", "content": [clip, {"type": "text", "text": "And here?"}]}]  # fmt: skip
+    assert reply.reused_tokens > 0
+
+
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 @pytest.mark.parametrize("stage", ["prefill", "decode"])
 def test_interrupted_turn_leaves_the_cache_whole(model_and_processor, videos_dir, error, stage):

@@ -3,9 +3,10 @@
 A tool-using loop re-sends the whole conversation every turn. Re-prefilling it would cost the whole video again each
 time; instead `LatentCacheChat` keeps the token ids its cache holds, renders the new conversation with the processor,
 keeps the longest common prefix (cropping the cache when the rendering diverged, e.g. the chat template dropped an
-earlier `<think>` block or re-tokenised generated text differently), prefills only the new suffix and decodes with
-`generate()`. Video items in the suffix (new clips a tool returned) are encoded by the vision tower there; videos in the
-kept prefix are never encoded again. This works for any caller that re-sends the whole history.
+earlier `<think>` block or re-tokenised generated text differently) and calls `generate()` on the whole conversation
+with that cache, so only the new suffix is prefilled. The model's continuation path encodes the video items in the
+suffix (new clips a tool returned) and continues the MRoPE positions; videos in the kept prefix are never encoded
+again. This works for any caller that re-sends the whole history.
 
 The model is reached only through what `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)` returns; the
 cache class comes from the loaded model's own module.
@@ -26,11 +27,17 @@ from transformers import GenerationMixin
 # ----------------------------------------------------------------------------------------------------------------------
 # transformers version differences (kept here, in one place)
 # ----------------------------------------------------------------------------------------------------------------------
+def _remote_module(model):
+    """The module the remote-code model class comes from (under a PEFT wrapper, the wrapped model's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return sys.modules[type(base).__module__]
+
+
 def cache_keyword(model) -> str:
     """The keyword `generate()` takes the cache under: `cache` from transformers 5.24 (where `past_key_values` is
     deprecated), `past_key_values` before. The model's own module says (`CACHE_NAME`); remote code older than that
     constant is answered from transformers' `prepare_inputs_for_generation` signature (a feature, not a version)."""
-    name = getattr(sys.modules[type(model).__module__], "CACHE_NAME", None)
+    name = getattr(_remote_module(model), "CACHE_NAME", None)
     if name is None:
         params = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
         name = "cache" if "cache" in params else "past_key_values"
@@ -44,7 +51,7 @@ def generated_cache(output):
 
 def latent_cache_class(model):
     """`InternVideo3LatentCache` from the module the remote-code model was loaded from."""
-    return sys.modules[type(model).__module__].InternVideo3LatentCache
+    return _remote_module(model).InternVideo3LatentCache
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -197,17 +204,6 @@ class LatentCacheChat:
                     keep = first
         return keep
 
-    def _suffix_vision(self, ids: list[int], inputs, keep: int) -> dict:
-        """Pixels and grids of the images/videos whose placeholders lie after `keep` (those the suffix holds)."""
-        vision = {}
-        for pixels_key, grid_key, grids, spans in self._vision_items(ids, inputs):
-            rows = grids.prod(dim=1).tolist()  # patches per item, in order
-            new = [i for i, (first, _) in enumerate(spans) if first >= keep]
-            if new:
-                vision[pixels_key] = inputs[pixels_key][sum(rows[: new[0]]) :]
-                vision[grid_key] = grids[new[0] :]
-        return vision
-
     @torch.no_grad()
     def respond(
         self,
@@ -264,38 +260,23 @@ class LatentCacheChat:
                 layer.crop(-drop)
 
     def _continue(self, inputs, keys, ids, keep, max_new_tokens, start, generation_kwargs) -> Reply:
-        """`respond` after the cache holds `ids[:keep]`: prefill the rest of the prompt, then generate."""
-        model, device = self.model, self.model.device
+        """`respond` after the cache holds `ids[:keep]`: `generate()` over the whole conversation with that cache.
 
-        # 3-D MRoPE positions of the whole conversation; the suffix takes its slice (Qwen3-VL get_rope_index).
-        full_ids = inputs["input_ids"].to(device)
-        position_ids, rope_deltas = model.model.get_rope_index(
-            full_ids, inputs.get("image_grid_thw"), inputs.get("video_grid_thw")
-        )
-        cache_kw = cache_keyword(model)
-        if keep < len(ids) - 1:
-            vision = {k: v.to(device) for k, v in self._suffix_vision(ids, inputs, keep).items()}
-            model(
-                input_ids=full_ids[:, keep:-1],
-                position_ids=position_ids[:, :, keep:-1],
-                use_cache=True,
-                logits_to_keep=1,
-                **{cache_kw: self.cache},
-                **vision,
-            )
-        # generate() runs the last prompt token and decodes. The model continues MRoPE positions past the cache at
-        # cache length + `rope_deltas` (the attribute Qwen3-VL keeps from its prefill): set it for this conversation,
-        # whose prefill was ours.
-        model.model.rope_deltas = rope_deltas
+        The model's own continuation path does the rest (transformers' `generate()` runs only the uncached tokens):
+        of the conversation's images and videos it encodes those whose placeholders are uncached, and it continues the
+        MRoPE positions of the cached ones (`get_rope_index` over the whole conversation, `rope_deltas` updated).
+        """
+        model, device = self.model, self.model.device
+        names = set(getattr(self.processor, "model_input_names", ())) | {"input_ids", "attention_mask"}
+        model_inputs = {k: v.to(device) for k, v in inputs.items() if k in names and isinstance(v, torch.Tensor)}
         settings = {**self.generation_kwargs, **generation_kwargs}
         settings.setdefault("eos_token_id", self._stop_ids)
         out = model.generate(
-            input_ids=full_ids,
-            attention_mask=torch.ones_like(full_ids),
+            **model_inputs,
             max_new_tokens=max_new_tokens,
             return_dict_in_generate=True,
             output_logits=True,
-            **{cache_kw: self.cache},
+            **{cache_keyword(model): self.cache},
             **settings,
         )
         self.cache = generated_cache(out)
