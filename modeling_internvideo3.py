@@ -344,16 +344,30 @@ class AttentionMaskSpec:
         attention_mask: None, [B, T] of 0/1 (T = past_len + S; left padding), or an already-built 4-D mask
             [B, 1, S, T] (bool, or additive float where 0 = attend), e.g. from generate() with a static cache.
         query_len: S, past_len: tokens already in the cache.
+        cu_seq_lens: packed samples in one row (`cu_seq_lens_q` of transformers' padding-free batches): int [n + 1],
+            the cumulative sample lengths from 0 to T; tokens attend causally within their own sample only.
 
     Raises:
-        ValueError: a 2-D mask whose length is not past_len + S.
+        ValueError: a 2-D mask whose length is not past_len + S; `cu_seq_lens` not rising from 0 to T.
     """
 
-    def __init__(self, attention_mask: torch.Tensor | None, query_len: int, past_len: int):
+    def __init__(
+        self, attention_mask: torch.Tensor | None, query_len: int, past_len: int, cu_seq_lens: torch.Tensor | None = None
+    ):
         self.query_len, self.past_len = query_len, past_len
         self.total = past_len + query_len
         self.full = None
         self.padding = None
+        self.segment = None
+        if cu_seq_lens is not None:
+            # Packed samples (transformers' padding-free convention): [0, n_1, n_1 + n_2, ..., T] int. Each block
+            # compares segment ids, so the boundaries cost T values instead of a [T, T] mask.
+            bounds = cu_seq_lens.reshape(-1).long().cpu()
+            if bounds.numel() < 2 or bounds[0] != 0 or bounds[-1] != self.total or bool((bounds.diff() < 0).any()):
+                raise ValueError(
+                    f"cu_seq_lens_q must rise from 0 to the {self.total} packed tokens, got {bounds.tolist()[:8]}"
+                )
+            self.segment = torch.repeat_interleave(torch.arange(bounds.numel() - 1), bounds.diff())
         if attention_mask is not None and attention_mask.ndim == 4:
             mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
             self.full = mask[..., : self.total] if mask.shape[-1] > self.total else mask
@@ -367,8 +381,8 @@ class AttentionMaskSpec:
 
     @property
     def is_plain_causal(self) -> bool:
-        """No padding and no prebuilt mask: causality alone decides, so SDPA's memory-efficient kernels apply."""
-        return self.full is None and self.padding is None
+        """No padding, packing or prebuilt mask: causality alone decides, so SDPA's memory-efficient kernels apply."""
+        return self.full is None and self.padding is None and self.segment is None
 
     def block(self, start: int, end: int, device, sdpa: bool = False) -> tuple[torch.Tensor | None, bool, int]:
         """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible), on `device`.
@@ -385,7 +399,7 @@ class AttentionMaskSpec:
         if self.full is not None:
             mask = self.full[:, :, start:end, :keys].to(device)
             return mask | ~mask.any(-1, keepdim=True), False, keys
-        if self.padding is None:
+        if self.padding is None and self.segment is None:
             if end - start == 1:
                 return None, False, keys
             if self.past_len == 0 and start == 0:
@@ -395,6 +409,9 @@ class AttentionMaskSpec:
         mask = (key_pos[None, :] <= query_pos[:, None])[None, None]  # [1, 1, q, K]
         if self.padding is not None:
             mask = mask & self.padding[:, None, None, :keys].to(device)
+        if self.segment is not None:
+            segment = self.segment.to(device)
+            mask = mask & (segment[None, :keys] == segment[self.past_len + start : self.past_len + end, None])
         # Left-padding queries see no key: let them see all so no NaN appears; their outputs are never used.
         return mask | ~mask.any(-1, keepdim=True), False, keys
 
@@ -1118,7 +1135,7 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         past_len = int(cache.get_seq_length()) if cache is not None else 0
         if position_ids is None:
             position_ids = text_position_ids(attention_mask, B, S, past_len, inputs_embeds.device)
-        mask = AttentionMaskSpec(attention_mask, S, past_len)
+        mask = AttentionMaskSpec(attention_mask, S, past_len, kwargs.get("cu_seq_lens_q"))
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states = inputs_embeds
@@ -1368,6 +1385,7 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
             output_hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
             visual_pos_masks=visual_pos_masks,
             deepstack_visual_embeds=deepstack_visual_embeds,
+            cu_seq_lens_q=kwargs.get("cu_seq_lens_q"),
             return_dict=True,
         )
 
@@ -1414,6 +1432,9 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
 
 # Keywords of transformers' ForCausalLMLoss that Trainer (and TRL) pass through a model's forward.
 _LOSS_KWARGS = ("num_items_in_batch", "shift_labels", "ignore_index")
+# Sample boundaries of a packed row, named as in transformers' padding-free batches (TRL's collator, flash attention's
+# FlashAttentionKwargs); `cu_seq_lens_k` and `max_length_*` only matter to varlen kernels and equal these here.
+_PACKING_KWARGS = ("cu_seq_lens_q",)
 
 
 class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
@@ -1444,9 +1465,11 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
 
         logits_to_keep: int n > 0 keeps the last n positions, 0 keeps all, a 1-D tensor keeps those indices.
         extra_kwargs: the forward's other keywords; the loss's (`num_items_in_batch`, `shift_labels`, `ignore_index`)
-            go to `self.loss_function`, the rest (generation bookkeeping such as `cache_position`) are unused.
+            go to `self.loss_function`, `cu_seq_lens_q` (packed samples, see `AttentionMaskSpec`) to the decoder, the
+            rest (generation bookkeeping such as `cache_position`) are unused.
         """
-        outputs = self.model(**model_kwargs, return_dict=True)
+        packing = {k: extra_kwargs[k] for k in _PACKING_KWARGS if extra_kwargs.get(k) is not None}
+        outputs = self.model(**model_kwargs, **packing, return_dict=True)
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
             keep = slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)

@@ -27,6 +27,7 @@ from internvideo3.training import (  # noqa: E402
     InternVideo3GSPOTrainer,
     InternVideo3SFTCollator,
     InternVideo3SFTTrainer,
+    block_causal_mask,
     checkpointing,
     format_reward,
     freeze,
@@ -179,14 +180,27 @@ def test_packed_and_unpacked_batches_give_the_same_loss(small_checkpoint, proces
     packed = InternVideo3SFTCollator(processor, pack=True, rope_index=model.model.get_rope_index)(rows)
     assert packed["input_ids"].shape[0] == 1 and packed["position_ids"].shape[:2] == (3, 1)
     assert int((packed["labels"] != -100).sum()) == int((padded["labels"] != -100).sum())
+    # The boundaries are S + 1 values at most (transformers' padding-free keys), no [S, S] mask (issue 23, item 4).
+    total = packed["input_ids"].shape[1]
+    assert "attention_mask" not in packed and packed["cu_seq_lens_q"].tolist()[::len(rows)] == [0, total]
+    text_sized = {k: v.numel() for k, v in packed.items() if torch.is_tensor(v) and k not in ("pixel_values_videos",)}
+    assert max(text_sized.values()) <= 3 * total, text_sized
     with torch.no_grad():
         loss_padded = model(**padded).loss
         loss_packed = model(**packed).loss
+        # the dense block-causal mask (for callers that build one) is the same attention
+        dense = {k: v for k, v in packed.items() if not k.startswith(("cu_seq_lens", "max_length"))}
+        loss_dense = model(**dense, attention_mask=block_causal_mask([len(r) for r in _sample_ids(padded)])).loss
     torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-5)
-    # Without the boundaries (plain causal mask over the packed row) the second sample sees the first: differs.
+    torch.testing.assert_close(loss_dense, loss_padded, rtol=1e-5, atol=1e-5)
+    # Without the boundaries (plain causal attention over the packed row) the second sample sees the first: differs.
     with torch.no_grad():
-        leaky = model(**{**packed, "attention_mask": None}).loss
+        leaky = model(**dense).loss
     assert abs(float(leaky) - float(loss_padded)) > 1e-4
+
+
+def _sample_ids(padded):
+    return [row[mask.bool()] for row, mask in zip(padded["input_ids"], padded["attention_mask"])]
 
 
 def test_packing_with_a_peft_lora_model(small_checkpoint, processor, videos_dir, tmp_path):

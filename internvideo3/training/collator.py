@@ -1,9 +1,11 @@
 """The SFT video collator: our processor renders and tokenizes each conversation, labels cover assistant tokens only,
-and a batch is either right-padded or packed into one row with per-sample 3-D position ids and a block-causal mask.
+and a batch is either right-padded or packed into one row with per-sample 3-D position ids and the sample boundaries
+(`cu_seq_lens_q`, transformers' padding-free convention: no [S, S] mask).
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,7 +41,8 @@ def assistant_token_mask(input_ids: torch.Tensor, im_start_id: int, header_ids: 
 
 def block_causal_mask(lengths: list[int]) -> torch.Tensor:
     """[1, 1, S, S] bool (True = attend) for sequences of `lengths` packed into one row: causal inside each sequence,
-    nothing across. S = sum(lengths); it costs S² bytes, so pack to moderate lengths."""
+    nothing across. S = sum(lengths); it costs S² bytes. The collator gives the model `cu_seq_lens_q` instead (the
+    same attention, T + 1 values); this dense form is for models that only take a 4-D mask."""
     total = sum(lengths)
     segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     causal = torch.ones(total, total, dtype=torch.bool).tril()
@@ -55,8 +58,10 @@ class InternVideo3SFTCollator:
         max_length: tokens per sample (None: no limit). A longer sample is cut at the end, unless the cut would fall
             inside or before its visual tokens: then ValueError naming both lengths (lower `max_frames`/`max_pixels`).
         pack: put the batch into one row [1, sum S_i] with `position_ids` [3, 1, sum S_i] (each sample's own MRoPE
-            positions from `rope_index`) and a block-causal `attention_mask` [1, 1, S, S] bool, so packed and
-            unpacked batches give the same loss.
+            positions from `rope_index`), no `attention_mask`, and the boundaries as transformers' padding-free
+            batches carry them: `cu_seq_lens_q` = `cu_seq_lens_k` int32 [n + 1] (0, S_1, S_1 + S_2, ...) and
+            `max_length_q` = `max_length_k` (tokens of the longest sample), so packed and unpacked batches give the
+            same loss with no [S, S] tensor.
         rope_index: the model's `get_rope_index(input_ids [1, S], image_grid_thw, video_grid_thw)` -> ([3, 1, S],
             deltas); needed with `pack` (the trainer sets it).
         video_kwargs: call-level video budget (`fps`, `max_frames`, `max_pixels`, ...); keys on a video item win.
@@ -126,7 +131,11 @@ class InternVideo3SFTCollator:
                 )
                 positions.append(pos.cpu())
             batch["position_ids"] = torch.cat(positions, dim=-1)
-            batch["attention_mask"] = block_causal_mask(lengths)
+            # Sample boundaries as transformers' padding-free batches give them (no attention_mask): T + 1 values
+            # instead of block_causal_mask's [T, T] (4.3 GB at 64K tokens).
+            bounds = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = bounds
+            batch["max_length_q"] = batch["max_length_k"] = max(lengths)
             return batch
         width = max(lengths)
         batch["input_ids"] = torch.full((len(samples), width), self.pad_token_id, dtype=torch.long)

@@ -119,8 +119,8 @@ class InternVideo3SFTTrainer(SFTTrainer):
         mask = inputs.get("attention_mask")
         before = self._total_train_tokens
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if mask is not None and mask.dim() == 4 and model.training:
-            # TRL counts a batch's tokens as attention_mask.sum(); a packed batch's block mask holds ~S²/2 entries.
+        if mask is None and "cu_seq_lens_q" in inputs and model.training:
+            # TRL counts a padding-free batch's tokens as position_ids.size(1): 1 for our MRoPE positions [3, 1, S].
             tokens = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
             self._total_train_tokens = before + self.accelerator.gather_for_metrics(tokens).sum().item() // self._tp_size
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
