@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import sysconfig
@@ -42,3 +43,17 @@ def small_checkpoint(tmp_path_factory) -> Path:
     from internvideo3.convert.small_checkpoint import build_small_checkpoint
 
     return build_small_checkpoint(tmp_path_factory.mktemp("ckpt") / "internvideo3-small")
+
+
+@pytest.fixture(scope="module")
+def pristine_model():
+    """The small model (random weights, fp32, eval), built once per test module."""
+    from internvideo3.convert.small_checkpoint import small_model
+
+    return small_model(seed=0).float().eval()
+
+
+@pytest.fixture
+def model(pristine_model):
+    """A copy per test: a test may change its dtype or attention implementation without reaching later tests."""
+    return copy.deepcopy(pristine_model)

@@ -336,6 +336,15 @@ def test_cache_reuse_equals_full_prefill_and_counts_saved_tokens(model_and_proce
     assert chat.cache_bytes() == chat.cache.nbytes() > 0
 
 
+def _prefill_logits(model, processor, messages):
+    """Next-token logits [vocab] of a fresh, uncached prefill of the whole conversation (the oracle of a turn)."""
+    full = processor.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        return model(**full, use_cache=False, logits_to_keep=1).logits[0, -1]
+
+
 def test_cache_reuse_through_generate_only_with_a_peft_model(model_and_processor, videos_dir):
     """The chat reaches the model only through `generate()` (the model continues the positions and encodes the new
     clip itself): a LoRA-wrapped model, whose `model.model` is PEFT's LoraModel without `get_rope_index` or
@@ -352,12 +361,7 @@ def test_cache_reuse_through_generate_only_with_a_peft_model(model_and_processor
                                              {"type": "text", "text": "What happens?"}]}]  # fmt: skip
     for turn in range(2):
         reply = chat.respond(messages, max_new_tokens=3)
-        full = processor.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )
-        with torch.no_grad():
-            reference = wrapped(**full, use_cache=False, logits_to_keep=1).logits[0, -1]
-        torch.testing.assert_close(reply.logits[0], reference, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(reply.logits[0], _prefill_logits(wrapped, processor, messages), rtol=1e-4, atol=1e-4)
         clip = {"type": "video", "video": video, "video_start": 2.0, "video_end": 6.0, "fps": 1.0, "max_frames": 4,
                 "min_pixels": 16 * 1024, "max_pixels": 16 * 1024}  # fmt: skip
         messages += [{"role": "assistant", "content": reply.text},
@@ -399,12 +403,7 @@ def test_interrupted_turn_leaves_the_cache_whole(model_and_processor, videos_dir
     lengths = {int(layer.get_seq_length()) for layer in chat.cache.layers}
     assert lengths == {len(chat.cached_ids)} and len(chat.cached_ids) <= held
     reply = chat.respond(messages, max_new_tokens=2)
-    full = processor.apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-    )
-    with torch.no_grad():
-        reference = model(**full, use_cache=False, logits_to_keep=1).logits[0, -1]
-    torch.testing.assert_close(reply.logits[0], reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(reply.logits[0], _prefill_logits(model, processor, messages), rtol=1e-4, atol=1e-4)
     assert reply.reused_tokens > 0
     side = chat.fork().respond([{"role": "user", "content": "Say hi."}], max_new_tokens=2)
     assert side.new_tokens > 0

@@ -7,7 +7,6 @@ real processor on real clips (tests/data/videos) with the real tokenizer; the mo
 
 from __future__ import annotations
 
-import copy
 
 import av
 import pytest
@@ -15,7 +14,6 @@ import torch
 
 import modeling_internvideo3 as modeling
 from internvideo3.convert.export import load_processor
-from internvideo3.convert.small_checkpoint import small_model
 from modeling_internvideo3 import InternVideo3LatentCache
 
 # small clips: few merged patches a frame group, so the vision tower is cheap
@@ -34,16 +32,6 @@ GENERATE = dict(max_new_tokens=3, do_sample=False, output_logits=True, return_di
 @pytest.fixture(scope="module")
 def processor():
     return load_processor()
-
-
-@pytest.fixture(scope="module")
-def pristine_model():
-    return small_model(seed=0).float().eval()
-
-
-@pytest.fixture
-def model(pristine_model):
-    return copy.deepcopy(pristine_model)
 
 
 def first_frame(path):

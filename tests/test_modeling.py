@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 
 import modeling_internvideo3 as modeling
 from configuration_internvideo3 import InternVideo3Config
-from internvideo3.convert.small_checkpoint import small_model
 from modeling_internvideo3 import InternVideo3ForConditionalGeneration, InternVideo3LatentCache
 
 VISION_START, VISION_END, VIDEO_PAD, PAD = 151652, 151653, 151656, 151643
@@ -38,17 +36,6 @@ def text_batch():
     input_ids = torch.tensor([[PAD, PAD, PAD, 101, 102, 103, 104], [201, 202, 203, 204, 205, 206, 207]])
     attention_mask = (input_ids != PAD).long()
     return dict(input_ids=input_ids, attention_mask=attention_mask)
-
-
-@pytest.fixture(scope="module")
-def pristine_model():
-    return small_model(seed=0).float().eval()
-
-
-@pytest.fixture
-def model(pristine_model):
-    """A copy per test: a test may change its dtype or attention implementation without reaching later tests."""
-    return copy.deepcopy(pristine_model)
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
