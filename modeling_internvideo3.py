@@ -72,8 +72,54 @@ CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMO
 # Tied weights: 5.x declares them as {target: source}, 4.x as a list of targets.
 _TIED_WEIGHTS_AS_DICT = hasattr(PreTrainedModel, "get_expanded_tied_weights_keys")
 
-# Static latent cache: 5.x's StaticLayer sizes values by their own width (d_r); 4.57's gives values the keys' width.
+# Static latent cache: 5.x's StaticLayer sizes values by their own width (d_r) and counts its tokens in a device tensor
+# (`cumulative_length`, what `get_seq_length` returns, written at by `update`). 4.57's gives values the keys' width,
+# writes where the `cache_position` of `cache_kwargs` says (callers without it write at 0) and counts non-zero rows;
+# `StaticLatentLayer` gives it 5.x's behaviour on those three points.
 _STATIC_LAYER_SIZES_VALUES = "value_states" in inspect.signature(StaticLayer.lazy_initialization).parameters
+if _STATIC_LAYER_SIZES_VALUES:
+    StaticLatentLayer = StaticLayer
+else:
+
+    class StaticLatentLayer(StaticLayer):
+        """transformers 4.57's `StaticLayer` with 5.x's sizing and length: values [B, 1, max_cache_len, d_r] of their
+        own width, the written length in the 0-d long tensor `cumulative_length` on the cache's device."""
+
+        def __init__(self, max_cache_len: int, **kwargs):
+            super().__init__(max_cache_len)
+            self.cumulative_length = torch.tensor(0, dtype=torch.long)
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None):
+            super().lazy_initialization(key_states)
+            if value_states is not None and value_states.shape[-1] != self.values.shape[-1]:
+                self.values = self.values.new_zeros(*self.values.shape[:-1], value_states.shape[-1])
+            self.cumulative_length = self.cumulative_length.to(self.device)
+            if not torch.compiler.is_compiling():  # as the parent's buffers: fixed addresses for compiled graphs
+                torch._dynamo.mark_static_address(self.values)
+                torch._dynamo.mark_static_address(self.cumulative_length)
+
+        def update(self, key_states, value_states, cache_kwargs=None):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            position = torch.arange(key_states.shape[-2], device=self.device) + self.cumulative_length
+            self.cumulative_length.add_(key_states.shape[-2])  # in place: its address is static
+            return super().update(key_states, value_states, {"cache_position": position})
+
+        def get_seq_length(self) -> int | torch.Tensor:
+            return self.cumulative_length if self.is_initialized else 0
+
+        def reset(self) -> None:
+            length = self.cumulative_length
+            super().reset()  # sets an int `cumulative_length` (its sliding layers'); ours stays the static tensor
+            self.cumulative_length = length.zero_()
+
+
+def keep_static_cache(model: nn.Module, replaced: Cache, cache: Cache) -> None:
+    """4.57's generate keeps its static cache on the model (`_cache`) and resets and reuses it in a later call that
+    fits; 5.x builds one per call. Where the model keeps the StaticCache that `cache` replaced, it keeps `cache` (a
+    later call would otherwise inspect the never-written StaticCache)."""
+    if getattr(model, "_cache", None) is replaced:
+        model._cache = cache
 
 # Vision tower (transformers' own `Qwen3VLVisionModel`): 5.x returns `BaseModelOutputWithDeepstackFeatures` (patch
 # states, merged embeddings, DeepStack features), 4.57 the tuple (merged embeddings, DeepStack features), which
@@ -347,22 +393,34 @@ class AttentionMaskSpec:
     Args:
         attention_mask: None, [B, T] of 0/1 (T = past_len + S; left padding), or an already-built 4-D mask
             [B, 1, S, T] (bool, or additive float where 0 = attend), e.g. from generate() with a static cache.
-        query_len: S, past_len: tokens already in the cache.
+        query_len: S, past_len: tokens already in the cache: an int, or with `key_len` a 0-d long tensor (a static
+            cache's live length, on its device: kept there so that no decode step reads it back to the host).
         cu_seq_lens: packed samples in one row (`cu_seq_lens_q` of transformers' padding-free batches): int [n + 1],
             the cumulative sample lengths from 0 to T; tokens attend causally within their own sample only.
+        key_len: the static cache's `max_cache_len` when the attention reads that whole buffer (as transformers'
+            static layers are read, so every decode step has the same shapes: one compiled graph); None when the
+            keys are the live T = past_len + S tokens.
 
     Raises:
-        ValueError: a 2-D mask whose length is not past_len + S; `cu_seq_lens` not rising from 0 to T.
+        ValueError: a 2-D mask whose length is not past_len + S (wider than `key_len` for a static cache);
+            `cu_seq_lens` not rising from 0 to T.
     """
 
     def __init__(
-        self, attention_mask: torch.Tensor | None, query_len: int, past_len: int, cu_seq_lens: torch.Tensor | None = None
+        self,
+        attention_mask: torch.Tensor | None,
+        query_len: int,
+        past_len: int | torch.Tensor,
+        cu_seq_lens: torch.Tensor | None = None,
+        key_len: int | None = None,
     ):
-        self.query_len, self.past_len = query_len, past_len
+        self.query_len, self.past_len, self.key_len = query_len, past_len, key_len
+        self.static = key_len is not None
         self.total = past_len + query_len
         self.full = None
         self.padding = None
         self.segment = None
+        self._whole_query = {}  # device -> the block of all S queries, built once and shared by every layer
         if cu_seq_lens is not None:
             # Packed samples (transformers' padding-free convention): [0, n_1, n_1 + n_2, ..., T] int. Each block
             # compares segment ids, so the boundaries cost T values instead of a [T, T] mask.
@@ -374,19 +432,28 @@ class AttentionMaskSpec:
             self.segment = torch.repeat_interleave(torch.arange(bounds.numel() - 1), bounds.diff())
         if attention_mask is not None and attention_mask.ndim == 4:
             mask = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-            self.full = mask[..., : self.total] if mask.shape[-1] > self.total else mask
+            width = key_len if self.static else self.total
+            self.full = mask[..., :width] if mask.shape[-1] > width else mask
+        elif attention_mask is not None and self.static:
+            if attention_mask.shape[-1] > key_len:
+                raise ValueError(f"attention_mask has {attention_mask.shape[-1]} columns, the static cache {key_len}")
+            # Columns past the mask are not written yet; causality hides them as well.
+            self.padding = F.pad(attention_mask.bool(), (0, key_len - attention_mask.shape[-1]))
         elif attention_mask is not None:
             if attention_mask.shape[-1] != self.total:
                 raise ValueError(
                     f"attention_mask has {attention_mask.shape[-1]} columns, expected past {past_len} + new {query_len}"
                 )
-            if not bool(attention_mask.all()):
+            # Whether padding exists is read back from the device (a host sync): worth it for a prompt, whose
+            # unpadded blocks then run SDPA's fused causal kernels; a decode step just applies the [B, T] mask.
+            if query_len == 1 or not bool(attention_mask.all()):
                 self.padding = attention_mask.bool()
 
     @property
     def is_plain_causal(self) -> bool:
-        """No padding, packing or prebuilt mask: causality alone decides, so SDPA's memory-efficient kernels apply."""
-        return self.full is None and self.padding is None and self.segment is None
+        """No padding, packing or prebuilt mask, and keys ending at the last query (no static buffer): causality
+        alone decides, so SDPA's memory-efficient kernels apply."""
+        return not self.static and self.full is None and self.padding is None and self.segment is None
 
     def block(self, start: int, end: int, device, sdpa: bool = False) -> tuple[torch.Tensor | None, bool, int]:
         """Mask for queries [start, end): (bool [B|1, 1, end-start, K] or None, is_causal, K keys visible), on `device`.
@@ -396,20 +463,35 @@ class AttentionMaskSpec:
 
         With `sdpa=True` and plain causality, a block that does not start at key 0 gets torch's lower-right causal
         bias instead of a materialised mask, which SDPA runs without an [S, K] score matrix.
+
+        The block of all S queries (a decode step's) is built once per device and shared by all layers; with a
+        static cache K is `key_len` and the mask is computed from the length tensor on the device (no host sync).
         """
-        keys = self.past_len + end  # later keys are causally invisible: callers slice them away
+        if start == 0 and end == self.query_len:
+            cached = self._whole_query.get((device, sdpa))
+            if cached is None:
+                cached = self._whole_query[(device, sdpa)] = self._block(start, end, device, sdpa)
+            return cached
+        return self._block(start, end, device, sdpa)
+
+    def _block(self, start: int, end: int, device, sdpa: bool) -> tuple[torch.Tensor | None, bool, int]:
+        if self.static:
+            keys = self.key_len  # the whole buffer: unwritten keys are masked
+        else:
+            keys = self.past_len + end  # later keys are causally invisible: callers slice them away
         if sdpa and self.is_plain_causal and end - start > 1 and self.past_len + start > 0 and causal_lower_right:
             return causal_lower_right(end - start, keys), False, keys
         if self.full is not None:
             mask = self.full[:, :, start:end, :keys].to(device)
             return mask | ~mask.any(-1, keepdim=True), False, keys
-        if self.padding is None and self.segment is None:
+        if not self.static and self.padding is None and self.segment is None:
             if end - start == 1:
                 return None, False, keys
             if self.past_len == 0 and start == 0:
                 return None, True, keys  # square causal block: SDPA's is_causal
+        past = self.past_len.to(device) if isinstance(self.past_len, torch.Tensor) else self.past_len
         key_pos = torch.arange(keys, device=device)
-        query_pos = torch.arange(self.past_len + start, self.past_len + end, device=device)
+        query_pos = torch.arange(start, end, device=device) + past
         mask = (key_pos[None, :] <= query_pos[:, None])[None, None]  # [1, 1, q, K]
         if self.padding is not None:
             mask = mask & self.padding[:, None, None, :keys].to(device)
@@ -476,6 +558,7 @@ class InternVideo3TextRotaryEmbedding(nn.Module):
         inv_freq, self.attention_scaling = self.rope_init_fn(self.config, None)  # device: 4.57 requires it
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+        self._axis_on: dict[torch.device, torch.Tensor] = {}  # `axis_of_frequency`, per device
 
     def _apply(self, fn, *args, **kwargs):
         # Casting the model (`.to(torch.bfloat16)`, `.half()`) would round the frequencies, and with them every angle
@@ -488,16 +571,20 @@ class InternVideo3TextRotaryEmbedding(nn.Module):
         return self
 
     def axis_of_frequency(self, device) -> torch.Tensor:
-        """[d_r / 2] long: which position axis (0 T, 1 H, 2 W) drives each frequency."""
-        j = torch.arange(self.dim // 2, device=device)
-        axis = torch.zeros_like(j)
-        if self.interleaved:
-            for a in (1, 2):
-                axis[(j % 3 == a) & (j < 3 * self.mrope_section[a])] = a
-        else:  # chunked [TTT..HHH..WWW] (Qwen2-VL style)
-            t, h = self.mrope_section[0], self.mrope_section[1]
-            axis[t : t + h] = 1
-            axis[t + h : t + h + self.mrope_section[2]] = 2
+        """[d_r / 2] long: which position axis (0 T, 1 H, 2 W) drives each frequency. Built once per device (a
+        boolean-mask write would read its size back from the device at every forward)."""
+        axis = self._axis_on.get(device)
+        if axis is None:
+            j = torch.arange(self.dim // 2)
+            axis = torch.zeros_like(j)
+            if self.interleaved:
+                for a in (1, 2):
+                    axis[(j % 3 == a) & (j < 3 * self.mrope_section[a])] = a
+            else:  # chunked [TTT..HHH..WWW] (Qwen2-VL style)
+                t, h = self.mrope_section[0], self.mrope_section[1]
+                axis[t : t + h] = 1
+                axis[t + h : t + h + self.mrope_section[2]] = 2
+            axis = self._axis_on[device] = axis.to(device)
         return axis
 
     @torch.no_grad()
@@ -660,8 +747,10 @@ class InternVideo3TextAttention(nn.Module):
         if cache is not None:
             # Cache layout (SPEC §4): keys = latent c [B, 1, T, r], values = rotated k_pe [B, 1, T, d_r].
             latent, k_pe = cache.update(latent, k_pe, self.layer_idx)
-            # Static caches return their whole pre-allocated buffer: keep the live tokens only.
-            latent, k_pe = latent[:, :, : attention_mask.total], k_pe[:, :, : attention_mask.total]
+            if not attention_mask.static and latent.shape[-2] > attention_mask.total:
+                # A static cache's whole buffer, over a prompt (its length known): keep the live tokens only.
+                # Decode steps read the whole buffer under the mask instead (same shapes every step).
+                latent, k_pe = latent[:, :, : attention_mask.total], k_pe[:, :, : attention_mask.total]
         T = latent.shape[-2]
 
         weights = None
@@ -770,9 +859,9 @@ class InternVideo3LatentCache(Cache):
     offloading work unchanged, with the installed release's meaning: `crop(n)` keeps n tokens on 4.57 and takes a
     non-positive number of tokens to drop on 5.x; `crop(-k)` with k > 0 drops the last k tokens on every release.
 
-    With `max_cache_len` the layers are transformers' `StaticLayer`s instead: pre-allocated [B, 1, max_cache_len, r]
-    and [B, 1, max_cache_len, d_r] buffers written in place (what `generate(cache_implementation="static")` and
-    `torch.compile` need). That needs a transformers whose `StaticLayer` sizes values by their own width (5.x).
+    With `max_cache_len` the layers are transformers' `StaticLayer`s instead (`StaticLatentLayer` on 4.57, see the
+    compatibility section): pre-allocated [B, 1, max_cache_len, r] and [B, 1, max_cache_len, d_r] buffers written in
+    place, the length a device tensor (what `generate(cache_implementation="static")` and `torch.compile` need).
 
     Args:
         config: an `InternVideo3Config` or `InternVideo3TextConfig` (the number of layers is read from it).
@@ -781,8 +870,7 @@ class InternVideo3LatentCache(Cache):
         max_cache_len: tokens to pre-allocate (static cache); None for a growing cache.
 
     Raises:
-        ValueError: neither `config` nor `num_hidden_layers`; `max_cache_len` on a transformers whose static layers
-            cannot hold values narrower than keys (4.57).
+        ValueError: neither `config` nor `num_hidden_layers`.
     """
 
     def __init__(
@@ -800,12 +888,8 @@ class InternVideo3LatentCache(Cache):
             num_hidden_layers = text_config.num_hidden_layers
         if max_cache_len is None:
             layers = [DynamicLayer() for _ in range(num_hidden_layers)]
-        elif _STATIC_LAYER_SIZES_VALUES:
-            layers = [StaticLayer(max_cache_len=max_cache_len) for _ in range(num_hidden_layers)]
         else:
-            raise ValueError(
-                "a static latent cache needs transformers 5.x: this version's StaticLayer gives values the keys' width"
-            )
+            layers = [StaticLatentLayer(max_cache_len=max_cache_len) for _ in range(num_hidden_layers)]
         super().__init__(layers=layers, offloading=offloading)
 
     def _stored(self):
@@ -1002,6 +1086,9 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = False
     _supports_cache_class = True
+    # The decode step over a static latent cache compiles to one graph with `fullgraph=True` (no graph break, no
+    # recompile from step to step: tests/test_fast_decode.py), so generate() may compile it.
+    _can_compile_fullgraph = True
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -1063,11 +1150,41 @@ class InternVideo3PreTrainedModel(PreTrainedModel):
 
 
 def text_position_ids(attention_mask, batch, query_len, past_len, device) -> torch.Tensor:
-    """1-D positions [B, S] for text: count of real tokens before each one (left padding skips pads)."""
+    """1-D positions [B, S] for text: count of real tokens before each one (left padding skips pads). `past_len` an
+    int or a 0-d tensor (`cached_length`)."""
     if attention_mask is not None and attention_mask.ndim == 2:
         positions = attention_mask.long().cumsum(-1) - 1
         return positions.clamp(min=0)[:, -query_len:].to(device)
-    return (torch.arange(past_len, past_len + query_len, device=device))[None].expand(batch, -1)
+    return (torch.arange(query_len, device=device) + _on(past_len, device))[None].expand(batch, -1)
+
+
+def _on(length: int | torch.Tensor, device) -> int | torch.Tensor:
+    """A cached length (`cached_length`) usable on `device`."""
+    return length.to(device) if isinstance(length, torch.Tensor) else length
+
+
+def cached_length(cache: Cache | None, query_len: int) -> int | torch.Tensor:
+    """Tokens in `cache` before this forward's S = `query_len` new ones.
+
+    An int for a growing cache (read off tensor shapes) and for a static cache not yet written. A written static
+    cache keeps its length as a 0-d long tensor on its device: for a decode step (S == 1) that tensor is returned (a
+    snapshot: the layers' `update` advances the cache's own counter in place), so the step reads no device value on
+    the host and compiles to one graph; a prompt or chunk (S > 1) reads it as an int (one host sync per prompt).
+    """
+    if cache is None:
+        return 0
+    length = cache.get_seq_length()
+    if not isinstance(length, torch.Tensor):
+        return length
+    return length.clone() if query_len == 1 else int(length)
+
+
+def static_cache_length(cache: Cache | None, past_len: int | torch.Tensor) -> int | None:
+    """`max_cache_len` of a static cache whose length is a tensor (`cached_length` of a decode step): the attention
+    then reads the whole buffer under a mask (`AttentionMaskSpec.key_len`); None otherwise."""
+    if cache is None or not isinstance(past_len, torch.Tensor):
+        return None
+    return cache.layers[0].max_cache_len
 
 
 class InternVideo3TextModel(InternVideo3PreTrainedModel):
@@ -1136,10 +1253,13 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         B, S, _ = inputs_embeds.shape
-        past_len = int(cache.get_seq_length()) if cache is not None else 0
+        past_len = cached_length(cache, S)
         if position_ids is None:
             position_ids = text_position_ids(attention_mask, B, S, past_len, inputs_embeds.device)
-        mask = AttentionMaskSpec(attention_mask, S, past_len, kwargs.get("cu_seq_lens_q"))
+        # Built once per forward, before any layer writes the cache, and shared by all layers.
+        mask = AttentionMaskSpec(
+            attention_mask, S, past_len, kwargs.get("cu_seq_lens_q"), key_len=static_cache_length(cache, past_len)
+        )
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden_states = inputs_embeds
@@ -1377,8 +1497,8 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
                 rope_ids, inputs_embeds, image_grid_thw, video_grid_thw, attention_mask, cache
             )
         # Every call sets the delta from the positions it used: a prefill never keeps an earlier call's delta.
-        past_len = int(cache.get_seq_length()) if cache is not None else 0
-        self.rope_deltas = self._rope_deltas_after(position_ids, attention_mask, past_len)
+        past_len = cached_length(cache, inputs_embeds.shape[1])
+        self.rope_deltas = self._rope_deltas_after(position_ids, attention_mask, _on(past_len, position_ids.device))
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -1401,9 +1521,23 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
         their grids: the new items only) gets `get_rope_index` of the chunk shifted to start there, which equals the
         positions a prefill of the whole sequence gives them (each segment starts at the previous maximum + 1).
         """
-        past_len = int(cache.get_seq_length()) if cache is not None else 0
         B, S = inputs_embeds.shape[:2]
+        past_len = cached_length(cache, S)
+        if isinstance(past_len, torch.Tensor) and (image_grid_thw is not None or video_grid_thw is not None):
+            past_len = int(past_len)  # new vision inputs: a prompt's chunk, never a decode step
         mask_2d = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        if isinstance(past_len, torch.Tensor):
+            # A static cache's decode step, its length on the device: cache length + delta as below, with no host
+            # read; a fresh prompt's single token (a reset cache: length 0) takes no earlier call's delta.
+            past_len = past_len.to(inputs_embeds.device)
+            fresh = text_position_ids(mask_2d, B, S, past_len, inputs_embeds.device)
+            if self.rope_deltas is None:
+                return fresh[None].expand(3, -1, -1)
+            delta = self.rope_deltas.to(inputs_embeds.device)
+            if delta.shape[0] != B:  # beam search / num_return_sequences expanded the batch
+                delta = delta.repeat_interleave(B // delta.shape[0], dim=0)
+            positions = torch.arange(S, device=inputs_embeds.device)[None] + past_len + delta  # [B, S]
+            return torch.where(past_len > 0, positions, fresh)[None].expand(3, -1, -1)
         if past_len == 0 and input_ids is not None:
             return self.get_rope_index(input_ids, image_grid_thw, video_grid_thw, mask_2d)[0]
         if past_len == 0 or self.rope_deltas is None:
@@ -1509,6 +1643,7 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
             model_kwargs[CACHE_NAME] = InternVideo3LatentCache(
                 self.config, max_cache_len=max(layer.max_cache_len for layer in cache.layers)
             )
+            keep_static_cache(self, cache, model_kwargs[CACHE_NAME])
         return result
 
     def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
@@ -1527,7 +1662,11 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
         # MRoPE positions come from rope_deltas in forward, not from generate's 1-D positions.
         model_inputs["position_ids"] = None
         cache = model_inputs.get(CACHE_NAME)
-        past_len = int(cache.get_seq_length()) if cache is not None else 0
+        past_len = cache.get_seq_length() if cache is not None else 0
+        if isinstance(past_len, torch.Tensor):  # a written static cache: its length lives on the device
+            if all(model_inputs.get(g) is None for g in ("image_grid_thw", "video_grid_thw")):
+                return model_inputs  # a decode step: neither check below applies, and reading it would sync
+            past_len = int(past_len)
         if past_len > 0:
             self._continue_with_vision_inputs(input_ids, kwargs.get("attention_mask"), past_len, model_inputs)
         else:

@@ -3,7 +3,6 @@ against the torch path under TRITON_INTERPRET=1, the dispatcher, and torch.compi
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -170,13 +169,9 @@ def test_compiled_static_cache_generation_matches_eager():
     """generate(cache_implementation="static") with the forward compiled by torch.compile gives eager's greedy tokens
     and scores, and compiles graphs (not a silent eager run). Backend aot_eager by default: dynamo capture and AOT
     functionalization of the in-place cache writes, in ~20 s; inductor's C++ codegen takes ~85 s on a 2-core CPU
-    (INTERNVIDEO3_COMPILE_BACKEND=inductor runs it). transformers 4.57 has no static latent cache (its StaticLayer
-    gives values the keys' width): skipped there, as in test_modeling.py."""
+    (INTERNVIDEO3_COMPILE_BACKEND=inductor runs it)."""
     from transformers import CompileConfig
-    from transformers.cache_utils import StaticLayer
 
-    if "value_states" not in inspect.signature(StaticLayer.lazy_initialization).parameters:
-        pytest.skip("static latent cache needs transformers 5.x")
     import torch._dynamo
     from torch._dynamo.utils import counters
 
