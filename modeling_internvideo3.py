@@ -820,8 +820,13 @@ class InternVideo3TextAttention(nn.Module):
         w_uk, w_uv = self.absorbed_weights()  # [H, d_n, r], [H, d_v, r]
         # einsum letters: b batch, h head, s query, d per-head width, c latent channel.
         q_lat = torch.einsum("bhsd,hdc->bhsc", q_nope, w_uk)  # [B, H, S, r]
-        o_lat = latent_attention_decode(q_lat, q_pe, latent[:, 0], k_pe[:, 0], self.scaling, attention_mask)
-        out = torch.einsum("bhsc,hdc->bhsd", o_lat, w_uv)  # [B, H, S, d_v]
+        # Scores accumulate in fp32 in every backend, and o_lat stays fp32 into W_UV: rounding it to bf16 before
+        # that product added ~10% to expanded SDPA's bf16 error (tests/test_fast_decode.py).
+        compute = torch.promote_types(q_lat.dtype, torch.float32)
+        o_lat = latent_attention_decode(  # [B, H, S, r] in `compute`
+            q_lat.to(compute), q_pe, latent[:, 0], k_pe[:, 0], self.scaling, attention_mask
+        )
+        out = torch.einsum("bhsc,hdc->bhsd", o_lat, w_uv.to(compute)).to(q_nope.dtype)  # [B, H, S, d_v]
         return out.transpose(1, 2)
 
 

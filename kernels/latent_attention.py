@@ -50,8 +50,14 @@ def absorbed_attention_torch(
     Returns:
         o_lat: [B, H, S, r] in q_lat's dtype; multiply by W_UV to get per-head values. A query whose keys are all
         masked gives NaN (as softmax over nothing).
+
+    Scores, softmax and the probability-weighted sum of latents are computed in fp32 from 16-bit inputs (fp64 stays
+    fp64): scores rounded to bf16 (logits of a few units lose ~1e-2) doubled the error of expanded SDPA in bf16.
     """
     B, H, S, r = q_lat.shape
+    dtype = q_lat.dtype
+    compute = torch.promote_types(ckv.dtype, torch.float32)
+    q_lat, q_pe, ckv, k_pe = (x.to(compute) for x in (q_lat, q_pe, ckv, k_pe))
     # Heads fold into the query axis so the single latent "key head" is read once per batch row (MQA trick); the
     # rope scores seed baddbmm so both parts and the scale cost one pass over the [B, H·S, T] scores.
     rope = torch.bmm(q_pe.reshape(B, H * S, -1), k_pe.transpose(1, 2))  # [B, H·S, T]
@@ -59,14 +65,13 @@ def absorbed_attention_torch(
         rope, q_lat.reshape(B, H * S, r), ckv.transpose(1, 2), beta=softmax_scale, alpha=softmax_scale
     )
     scores = scores.view(B, H, S, -1)  # [B, H, S, T]
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # softmax in fp32 (fp64 stays fp64)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
             scores = scores + attn_mask.to(scores.dtype)
-    probs = torch.softmax(scores, dim=-1).to(ckv.dtype)
-    return torch.bmm(probs.view(B, H * S, -1), ckv).view(B, H, S, r).to(q_lat.dtype)
+    probs = torch.softmax(scores, dim=-1)
+    return torch.bmm(probs.view(B, H * S, -1), ckv).view(B, H, S, r).to(dtype)
 
 
 if triton is not None:
@@ -151,7 +156,8 @@ if triton is not None:
             p = tl.math.exp2(qk - m_ref[:, None])
             alpha = tl.math.exp2(m_i - m_ref)
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _dot(p.to(c.dtype), c, EXACT_F32)  # p rounded to the cache dtype, as torch
+            # p is rounded to the cache dtype only where a 16-bit tensor-core dot needs it (as flash attention does)
+            acc = acc * alpha[:, None] + _dot(p if EXACT_F32 else p.to(c.dtype), c, EXACT_F32)
             m_i = m_new
 
         tl.store(

@@ -6,6 +6,10 @@ it is the same whichever backend runs the graph; inductor's C++ codegen would co
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -172,3 +176,114 @@ def test_cuda_decode_step_has_no_host_sync(model, cache):
         for handle in handles:
             handle.remove()
     assert calls[0] == 5
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Accuracy: bf16 absorbed decode against an fp32 reference, no worse than expanded SDPA (issue 26 item 3)
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The 8B head layout at a short cache: 32 heads, d_n = d_r = d_v = 128, r = 896 (SPEC §2).
+H, D_N, D_R, D_V, R, T = 32, 128, 128, 128, 896, 256
+
+
+def absorbed_case(seed: int = 0):
+    """bf16 inputs of one decode query over T cached tokens (the model's weights and activations are bf16): q_nope
+    [1, H, 1, d_n], q_pe [1, H, 1, d_r], latent [1, T, r], k_pe [1, T, d_r], W_UK [H, d_n, r], W_UV [H, d_v, r];
+    logits of a few units, as in a trained model."""
+    g = torch.Generator().manual_seed(seed)
+    q_nope = torch.randn(1, H, 1, D_N, generator=g)
+    q_pe = torch.randn(1, H, 1, D_R, generator=g)
+    latent = torch.randn(1, T, R, generator=g)
+    k_pe = torch.randn(1, T, D_R, generator=g)
+    w_uk = torch.randn(H, D_N, R, generator=g) * R**-0.5 * 2
+    w_uv = torch.randn(H, D_V, R, generator=g) * R**-0.5
+    return tuple(x.to(torch.bfloat16) for x in (q_nope, q_pe, latent, k_pe, w_uk, w_uv))
+
+
+def reference_and_sdpa_errors(case):
+    """(the fp64 output [1, H, 1, d_v] of attention over these bf16 inputs, mean |error| of the expanded path in bf16:
+    K/V expanded from the latent in bf16 (`kv_b_proj`), then transformers-style SDPA)."""
+    q_nope, q_pe, latent, k_pe, w_uk, w_uv = case
+    scale = (D_N + D_R) ** -0.5
+
+    def expanded(dtype):
+        k_nope = torch.einsum("btc,hdc->bhtd", latent.to(dtype), w_uk.to(dtype))
+        value = torch.einsum("btc,hdc->bhtd", latent.to(dtype), w_uv.to(dtype))
+        key = torch.cat((k_nope, k_pe.to(dtype)[:, None].expand(-1, H, -1, -1)), -1)
+        query = torch.cat((q_nope, q_pe), -1).to(dtype)
+        if dtype == torch.float64:
+            return torch.softmax(query @ key.transpose(-1, -2) * scale, -1) @ value
+        return F.scaled_dot_product_attention(query, key, value, scale=scale)
+
+    reference = expanded(torch.float64)
+    return reference, (expanded(torch.bfloat16).double() - reference).abs().mean().item()
+
+
+def absorbed_attention(case):
+    """The model's `InternVideo3TextAttention` at the 8B head widths, its `kv_b_proj` holding W_UK / W_UV, in bf16."""
+    from configuration_internvideo3 import InternVideo3TextConfig
+
+    config = InternVideo3TextConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=H, head_dim=D_N,
+        kv_lora_rank=R, qk_nope_head_dim=D_N, qk_rope_head_dim=D_R, v_head_dim=D_V,
+    )  # fmt: skip
+    attention = modeling.InternVideo3TextAttention(config, 0)
+    w_uk, w_uv = case[4:]
+    with torch.no_grad():
+        attention.kv_b_proj.weight.copy_(torch.cat((w_uk, w_uv), 1).reshape(-1, R))
+    return attention.to(torch.bfloat16).eval()
+
+
+def absorbed_error(case, reference, absorbed) -> float:
+    """Mean |error| of `absorbed(q_nope, q_pe, latent [B, 1, T, r], k_pe [B, 1, T, d_r], mask)` -> [B, S, H, d_v]
+    (`InternVideo3TextAttention._absorbed`, or it compiled) in bf16 against the fp64 reference."""
+    q_nope, q_pe, latent, k_pe = case[:4]
+    with torch.no_grad():
+        out = absorbed(q_nope, q_pe, latent[:, None], k_pe[:, None], None).transpose(1, 2)
+    assert out.dtype == torch.bfloat16
+    return (out.double() - reference).abs().mean().item()
+
+
+@pytest.mark.parametrize("path", ["torch", "compiled"])
+def test_absorbed_bf16_error_no_larger_than_sdpa(path):
+    """bf16 absorbed decode (torch path, and the torch path under torch.compile) is no further from the fp32
+    reference than expanded SDPA in bf16: its scores are accumulated and kept in fp32."""
+    case = absorbed_case()
+    reference, sdpa_error = reference_and_sdpa_errors(case)
+    absorbed = absorbed_attention(case)._absorbed
+    if path == "compiled":
+        torch._dynamo.reset()
+        absorbed = torch.compile(absorbed, fullgraph=True, backend="aot_eager")
+    try:
+        error = absorbed_error(case, reference, absorbed)
+    finally:
+        torch._dynamo.reset()
+    assert error <= sdpa_error, f"absorbed {path} bf16 error {error:.5f} > expanded SDPA's {sdpa_error:.5f}"
+
+
+TRITON_ACCURACY_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ["INTERNVIDEO3_LATENT_BACKEND"] = "triton"
+    sys.path[:0] = [{tests!r}, {root!r}]
+    from internvideo3.kernels.latent_attention import INTERPRETED
+    import test_fast_decode as t
+    assert INTERPRETED
+    case = t.absorbed_case()
+    reference, sdpa_error = t.reference_and_sdpa_errors(case)
+    print(t.absorbed_error(case, reference, t.absorbed_attention(case)._absorbed), sdpa_error)
+    """
+)
+
+
+def test_triton_absorbed_bf16_error_no_larger_than_sdpa():
+    """The Triton decode kernel (under TRITON_INTERPRET=1, in a subprocess: the flag is read when the kernels are
+    decorated) in bf16 is no further from the fp32 reference than expanded SDPA in bf16."""
+    pytest.importorskip("triton")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = TRITON_ACCURACY_SCRIPT.format(tests=tests, root=os.path.dirname(tests))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    error, sdpa_error = map(float, done.stdout.split()[-2:])
+    assert error <= sdpa_error, f"absorbed Triton bf16 error {error:.5f} > expanded SDPA's {sdpa_error:.5f}"
