@@ -1658,8 +1658,10 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
         `*_grid_thw` hold every item, the cached turns' first). There only the items whose placeholders lie in the
         uncached tokens are passed on to be encoded, and the tail's positions (and `rope_deltas`) come from
         `get_rope_index` over the whole sequence, as Qwen3-VL's `_prepare_position_ids_for_generation` computes them
-        when the uncached tokens hold new vision tokens (transformers 5.x). Pixels of the new items only (grids too)
-        are accepted as well: `InternVideo3Model.forward` then continues from the cached `rope_deltas`.
+        when the uncached tokens hold new vision tokens (transformers 5.x); the pixels may also be the uncached items'
+        only, with every item's grid (nothing re-patchified, positions still from the whole sequence). Pixels of the
+        new items only with their grids only are accepted as well: `InternVideo3Model.forward` then continues from
+        the cached `rope_deltas`.
 
         `inputs_embeds` is named so that `generate(inputs_embeds=...)` is allowed (transformers checks the signature).
         """
@@ -1696,7 +1698,8 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
         items' alone run its `get_rope_index` out of grids. Here both work.
 
         Raises:
-            ValueError: a placeholder group straddles the cache boundary.
+            ValueError: a placeholder group straddles the cache boundary, or the pixel rows are neither every item's
+                nor the uncached items'.
         """
         items = (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw"))
         if not isinstance(self.model, InternVideo3Model) or all(model_inputs.get(g) is None for _, _, g in items):
@@ -1732,7 +1735,14 @@ class InternVideo3CausalLMBase(InternVideo3PreTrainedModel, GenerationMixin):
             pixels = model_inputs.get(pixels_key)
             if pixels is not None:
                 rows = torch.repeat_interleave(keep, grid.prod(-1).cpu()).to(pixels.device)
-                model_inputs[pixels_key] = pixels[rows] if bool(keep.any()) else None
+                if pixels.shape[0] == rows.shape[0]:  # every item's pixels: keep the uncached items'
+                    pixels = pixels[rows]
+                elif pixels.shape[0] != int(rows.sum()):  # else the uncached items' only (a chat keeps the others')
+                    raise ValueError(
+                        f"{pixels_key} has {pixels.shape[0]} rows: neither every item's ({rows.shape[0]}) nor the "
+                        f"uncached items' ({int(rows.sum())})"
+                    )
+                model_inputs[pixels_key] = pixels if bool(keep.any()) else None
             model_inputs[grid_key] = grid[keep.to(grid.device)] if bool(keep.any()) else None
             every_grid[grid_key] = grid
         if all_items:

@@ -14,6 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 from conftest import DEMO_VIDEO, REPO_ROOT
@@ -367,6 +368,55 @@ def test_cache_reuse_through_generate_only_with_a_peft_model(model_and_processor
         messages += [{"role": "assistant", "content": reply.text},
                      {"role": "user", "content": [clip, {"type": "text", "text": "And here?"}]}]  # fmt: skip
     assert reply.reused_tokens > 0
+
+
+def test_each_item_is_processed_once_per_conversation(model_and_processor, videos_dir, cut_clip, monkeypatch):
+    """Five turns over one clip, a tool clip and an image added on the way, a side chat between turns (it moves the
+    model's `rope_deltas`): every turn's token ids are those of a fresh `apply_chat_template` of the whole
+    conversation and its logits those of a fresh prefill, yet each item is patchified once (counted on the real
+    processor) and the vision tower sees each item's pixel rows once (main re-processed every item every turn)."""
+    model, processor = model_and_processor
+    video = str(videos_dir / "snow_dog.mp4")
+    patchified = []
+    writer = processor._patch_writer
+    monkeypatch.setattr(processor, "_patch_writer", lambda: patchified.append(1) or writer())
+    encoded_rows = []
+    hook = model.model.visual.register_forward_hook(lambda m, args, out: encoded_rows.append(int(args[0].shape[0])))
+    chat = LatentCacheChat(model, processor)
+    coarse = {"type": "video", "video": video, **TINY, "min_pixels": TINY["max_pixels"]}
+    clip = {"type": "video", "video": str(cut_clip), "video_start": 2.0, "video_end": 6.0, "fps": 1.0, "max_frames": 4,
+            "min_pixels": 16 * 1024, "max_pixels": 16 * 1024}  # fmt: skip
+    image = Image.fromarray(_frames(videos_dir / "pole_vault.mp4", 1)[0])
+    messages = [{"role": "user", "content": [coarse, {"type": "text", "text": "What happens?"}]}]
+    rows = []
+    try:
+        for turn in range(5):
+            reply = chat.respond(messages, max_new_tokens=3)
+            by_chat = len(patchified)
+            full = processor.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            )
+            ids = full["input_ids"][0].tolist()
+            assert chat.cached_ids[: len(ids)] == ids and reply.prompt_tokens == len(ids)
+            counted = len(encoded_rows)
+            with torch.no_grad():
+                reference = model(**full, use_cache=False, logits_to_keep=1).logits[0, -1]
+            rows.append(sum(encoded_rows[counted:]))  # the oracle processes and encodes every item
+            del encoded_rows[counted:], patchified[by_chat:]
+            torch.testing.assert_close(reply.logits[0], reference, rtol=1e-4, atol=1e-4)
+            chat.fork().respond([{"role": "user", "content": "Say hi."}], max_new_tokens=2)
+            messages.append({"role": "assistant", "content": reply.text})
+            if turn == 0:
+                messages.append({"role": "tool", "content": [{"type": "text", "text": "clip 2-6 s."}, clip]})
+            elif turn == 2:
+                messages.append({"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "And this?"}]})
+            else:
+                messages.append({"role": "tool", "content": f"note {turn} saved."})
+    finally:
+        hook.remove()
+    assert rows[0] < rows[1] < rows[3]  # the clip, then the image, entered the conversation
+    assert len(patchified) == 3  # the coarse view, the clip, the image: once each
+    assert sum(encoded_rows) == rows[-1]  # the chat's vision tower ran each item's rows once
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -86,6 +87,17 @@ def _item_key(item: dict) -> str:
     )
 
 
+def _item_kind(item) -> str | None:
+    """"video" / "image" for a vision content item (the processor's rules), None for anything else."""
+    if not isinstance(item, dict):
+        return None
+    if item.get("type") == "video" or "video" in item:
+        return "video"
+    if item.get("type") in ("image", "image_url") or "image" in item or "image_url" in item:
+        return "image"
+    return None
+
+
 def _vision_spans(ids: list[int], token_id: int, sizes: list[int]) -> list[tuple[int, int]]:
     """[first, last] index of the placeholder tokens of each image/video, in order (`sizes` tokens each)."""
     positions = [i for i, t in enumerate(ids) if t == token_id]
@@ -122,13 +134,19 @@ class LatentCacheChat:
         self.prefill_tokens_saved = 0
         self.prefilled_tokens = 0
         self._videos: dict[str, tuple] = {}
+        # Per distinct item, from one processor call on that item alone: (kind, grid [3], its placeholder expanded to
+        # the text the processor puts in the prompt, the item). Shared with forks, like the decoded frames.
+        self._encoded: dict[str, tuple[str, torch.Tensor, str, dict]] = {}
+        # Pixel rows [N, 1536] of items this chat has encoded but its cache does not hold yet (dropped once it does:
+        # 4 bytes per value, the largest thing a turn makes).
+        self._pixels: dict[str, torch.Tensor] = {}
         tokenizer = processor.tokenizer
         self._stop_ids = [t for t in {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id} if t is not None]
 
     def fork(self) -> "LatentCacheChat":
         """A second conversation on the same model with its own, empty cache (decoded videos are shared)."""
         other = LatentCacheChat(self.model, self.processor, **self.generation_kwargs)
-        other._videos = self._videos
+        other._videos, other._encoded = self._videos, self._encoded
         return other
 
     # ---- rendering ----------------------------------------------------------------------------------------------
@@ -143,38 +161,111 @@ class LatentCacheChat:
         return self._videos[key]
 
     def encode(self, messages: list[dict], tools: list | None = None):
-        """Model inputs of the whole conversation plus a generation prompt: the processor's BatchFeature
-        (`input_ids` [1, S], `pixel_values_videos` [N, 1536], `video_grid_thw` [n, 3], image equivalents).
+        """Model inputs of the whole conversation plus a generation prompt: `input_ids` [1, S], `attention_mask`
+        [1, S], `pixel_values_videos` [N, 1536] float32, `video_grid_thw` [n, 3] (image equivalents) of every item.
 
-        Videos are decoded once per distinct item (`load_video`); the prompt is rendered by the chat template and
-        tokenised by the processor exactly as `processor.apply_chat_template(..., tokenize=True)` does.
+        The token ids are those of `processor.apply_chat_template(..., tokenize=True)`; each distinct video is
+        decoded once (`load_video`) and each distinct item run through the processor once per conversation.
         """
-        return self._render(messages, tools)[0]
+        inputs, keys = self._render(messages, tools)
+        return {**inputs, **self._pixels_of(inputs, keys, keep=0)}
+
+    def _slot(self, kind: str) -> str:
+        """The placeholder the chat template renders for one image/video item."""
+        tokenizer = self.processor.tokenizer
+        pad = self.processor.video_token if kind == "video" else self.processor.image_token
+        start, end = (tokenizer.convert_ids_to_tokens(self.processor.vision_start_token_id),
+                      tokenizer.convert_ids_to_tokens(self.processor.vision_end_token_id))  # fmt: skip
+        return start + pad + end
+
+    def _encode_item(self, kind: str, key: str, item: dict) -> None:
+        """Run the processor on one item alone (its placeholder as the text): keeps its grid, its expanded placeholder
+        (timestamps and pads, as the processor writes them into a whole prompt) and its pixel rows."""
+        if kind == "video":
+            frames, meta = self.load_video(item)
+            out = self.processor(text=self._slot(kind), videos=[frames], video_metadata=[meta], return_tensors="pt")
+            grid, pixels = out["video_grid_thw"][0], out["pixel_values_videos"]
+        else:
+            source = next(item[k] for k in ("image", "path", "url", "image_url") if k in item)
+            out = self.processor(text=self._slot(kind), images=[source], return_tensors="pt")
+            grid, pixels = out["image_grid_thw"][0], out["pixel_values"]
+        # special tokens and byte-level BPE decode to exactly the text they came from
+        text = self.processor.tokenizer.decode(
+            out["input_ids"][0].tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        self._encoded[key] = (kind, grid, text, dict(item))
+        self._pixels[key] = pixels
 
     def _render(self, messages: list[dict], tools: list | None):
-        """(`encode`'s BatchFeature, {grid key: identity of each video/image item, in prompt order})."""
+        """(`input_ids`, `attention_mask`, `video_grid_thw` / `image_grid_thw` of every item; no pixels),
+        {grid key: identity of each video/image item, in prompt order}.
+
+        The template's text with each item's placeholder replaced by its expansion, tokenised once as the processor
+        does (a split tokenisation could merge differently at the boundaries); items not seen before are encoded.
+
+        Raises:
+            ValueError: placeholders and items differ in number, or a placeholder was typed into the text.
+        """
         text = self.processor.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
-        videos, metadata, images = [], [], []
-        keys = {"video_grid_thw": [], "image_grid_thw": []}
+        order = {"video": [], "image": []}
         for message in messages:
             content = message.get("content")
-            if not isinstance(content, list):
-                continue
-            for item in content:
-                if not isinstance(item, dict):
+            for item in content if isinstance(content, list) else ():
+                kind = _item_kind(item)
+                if kind is None:
                     continue
-                if item.get("type") == "video" or "video" in item:
-                    frames, meta = self.load_video(item)
-                    videos.append(frames)
-                    metadata.append(meta)
-                    keys["video_grid_thw"].append(_item_key(item))
-                elif item.get("type") in ("image", "image_url") or "image" in item or "image_url" in item:
-                    images.append(next(item[k] for k in ("image", "path", "url", "image_url") if k in item))
-                    keys["image_grid_thw"].append(_item_key(item))
-        inputs = self.processor(
-            text=text, videos=videos or None, video_metadata=metadata or None, images=images or None, return_tensors="pt"
-        )
-        return inputs, keys
+                key = _item_key(item)
+                if key not in self._encoded:
+                    self._encode_item(kind, key, item)
+                order[kind].append(key)
+        slots = {self._slot(kind): kind for kind in order}
+        pending = {kind: iter(keys) for kind, keys in order.items()}
+        found = {kind: 0 for kind in order}
+
+        def expand(match) -> str:
+            kind = slots[match.group(0)]
+            found[kind] += 1
+            key = next(pending[kind], None)
+            return match.group(0) if key is None else self._encoded[key][2]
+
+        text = re.sub("|".join(re.escape(slot) for slot in slots), expand, text)
+        for kind, keys in order.items():
+            if found[kind] != len(keys):
+                raise ValueError(f"the text has {found[kind]} {kind} placeholders but {len(keys)} {kind}s were given")
+        inputs = dict(self.processor.tokenizer(text, return_tensors="pt"))
+        merge = self.processor.merge_size**2
+        for kind, grid_key, token_id in (
+            ("video", "video_grid_thw", self.processor.video_token_id),
+            ("image", "image_grid_thw", self.processor.image_token_id),
+        ):
+            grids = [self._encoded[key][1] for key in order[kind]]
+            expected = sum(int(g.prod()) for g in grids) // merge
+            found_tokens = int((inputs["input_ids"] == token_id).sum())
+            if found_tokens != expected:
+                raise ValueError(
+                    f"the tokenized text has {found_tokens} {kind} placeholder tokens but the {kind}s give {expected} "
+                    f"visual features (a placeholder typed into the text?)"
+                )
+            if grids:
+                inputs[grid_key] = torch.stack(grids)
+        return inputs, {"video_grid_thw": order["video"], "image_grid_thw": order["image"]}
+
+    def _pixels_of(self, inputs, keys: dict, keep: int) -> dict:
+        """`pixel_values_videos` / `pixel_values` of the items whose placeholders start at `keep` or later (the ones
+        the cache lacks), in prompt order; items whose rows were dropped are run through the processor again."""
+        ids = inputs["input_ids"][0].tolist()
+        out = {}
+        for pixels_key, grid_key, _, spans in self._vision_items(ids, inputs):
+            rows = []
+            for key, (first, _) in zip(keys[grid_key], spans):
+                if first >= keep:
+                    if key not in self._pixels:  # encoded by a fork, or cropped out of the cache since
+                        kind, _, _, item = self._encoded[key]
+                        self._encode_item(kind, key, item)
+                    rows.append(self._pixels[key])
+            if rows:
+                out[pixels_key] = rows[0] if len(rows) == 1 else torch.cat(rows)
+        return out
 
     # ---- one turn -----------------------------------------------------------------------------------------------
     def _vision_items(self, ids: list[int], inputs):
@@ -263,12 +354,13 @@ class LatentCacheChat:
         """`respond` after the cache holds `ids[:keep]`: `generate()` over the whole conversation with that cache.
 
         The model's own continuation path does the rest (transformers' `generate()` runs only the uncached tokens):
-        of the conversation's images and videos it encodes those whose placeholders are uncached, and it continues the
-        MRoPE positions of the cached ones (`get_rope_index` over the whole conversation, `rope_deltas` updated).
+        it encodes the pixels given (those of the items whose placeholders are uncached) and continues the MRoPE
+        positions from every item's grid (`get_rope_index` over the whole conversation, `rope_deltas` updated).
         """
         model, device = self.model, self.model.device
-        names = set(getattr(self.processor, "model_input_names", ())) | {"input_ids", "attention_mask"}
-        model_inputs = {k: v.to(device) for k, v in inputs.items() if k in names and isinstance(v, torch.Tensor)}
+        # Every item's grid (the model continues the MRoPE positions over the whole conversation from them), the
+        # pixels of the uncached items only (the cached ones are never encoded again, so never patchified again).
+        model_inputs = {k: v.to(device) for k, v in {**inputs, **self._pixels_of(inputs, keys, keep)}.items()}
         settings = {**self.generation_kwargs, **generation_kwargs}
         settings.setdefault("eos_token_id", self._stop_ids)
         out = model.generate(
@@ -286,6 +378,9 @@ class LatentCacheChat:
             grid_key: [keys[grid_key][i] for i, (_, last) in enumerate(spans) if last < len(self.cached_ids)]
             for _, grid_key, _, spans in self._vision_items(ids, inputs)
         }
+        for held in self._cached_items.values():
+            for key in held:
+                self._pixels.pop(key, None)
         new_ids = sequence[len(ids) :]
         self.prefill_tokens_saved += keep
         self.prefilled_tokens += len(ids) - keep
