@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 
 import av
 import numpy as np
@@ -250,6 +251,54 @@ def test_audio_extraction_and_transcribe_message(model_and_processor, cut_clip, 
     assert "faster-whisper" in result.text or "Whisper model folder" in result.text
     silent = _agent(ScriptedStandInModel(processor, []), videos_dir / "snow_dog.mp4")
     assert silent.tools.call("transcribe", {"start_s": 0, "end_s": 4}).text == "error: the video has no audio track"
+
+
+def test_audio_is_decoded_from_the_requested_start(cut_clip, monkeypatch):
+    """extract_audio seeks (PyAV) to just before the window instead of decoding from the start of the file (main fed
+    the resampler every frame from 0 s), and gives the samples a decode from the start gives for that window."""
+    from_start = media.extract_audio(cut_clip, 0.0, 7.0)
+    fed = []
+    resampler_class = av.AudioResampler
+
+    class WatchedResampler:  # the real resampler; records the time of each frame it is fed
+        def __init__(self, *args, **kwargs):
+            self._resampler = resampler_class(*args, **kwargs)
+
+        def resample(self, frame):
+            if frame is not None:
+                fed.append(frame.time)
+            return self._resampler.resample(frame)
+
+    monkeypatch.setattr(av, "AudioResampler", WatchedResampler)
+    window = media.extract_audio(cut_clip, 5.0, 7.0)
+    assert fed and min(fed) >= 4.0, min(fed)  # a pre-roll (AUDIO_PREROLL_S = 0.5 s) before 5 s, not 0 s
+    start = 5 * media.WHISPER_SAMPLE_RATE
+    assert len(window) == len(from_start) - start
+    np.testing.assert_array_equal(window, from_start[start:])
+
+
+def test_transcribe_loads_the_whisper_model_once_per_agent(model_and_processor, cut_clip, tmp_path, monkeypatch):
+    """Two transcribe() calls load the Whisper model once (main loaded it on every call). faster-whisper and a Whisper
+    model are not part of the test environment: a scripted stand-in for `faster_whisper.WhisperModel` (NOT a model)
+    counts the loads and returns a fixed segment; the audio it receives is the real window."""
+    loads, heard = [], []
+
+    class ScriptedStandInWhisper:
+        def __init__(self, model_dir, **kwargs):
+            loads.append(model_dir)
+
+        def transcribe(self, samples):
+            heard.append(len(samples))
+            return iter([types.SimpleNamespace(start=0.25, end=1.0, text=" beep ")]), None
+
+    monkeypatch.setitem(sys.modules, "faster_whisper", types.SimpleNamespace(WhisperModel=ScriptedStandInWhisper))
+    monkeypatch.setattr(media, "whisper_unavailable_reason", lambda model_dir: None)
+    _, processor = model_and_processor
+    agent = _agent(ScriptedStandInModel(processor, []), cut_clip, whisper_model=str(tmp_path))
+    assert agent.tools.call("transcribe", {"start_s": 1, "end_s": 3}).text == "[1.2-2.0 s] beep"
+    assert agent.tools.call("transcribe", {"start_s": 4, "end_s": 5}).text == "[4.2-5.0 s] beep"
+    assert loads == [str(tmp_path)]
+    assert [round(n / media.WHISPER_SAMPLE_RATE, 2) for n in heard] == [2.0, 1.0]
 
 
 def test_model_tools_ground_summarize_verify_notes(model_and_processor, videos_dir):

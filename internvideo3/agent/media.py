@@ -9,6 +9,9 @@ import os
 import numpy as np
 
 WHISPER_SAMPLE_RATE = 16_000  # Hz: what Whisper models take (mono float32 in [-1, 1])
+# Seconds decoded before the requested start: codecs with overlapped transforms (AAC, Opus) need the frames before the
+# first one wanted to reconstruct it, so decoding from there gives the samples a decode from the file's start gives.
+AUDIO_PREROLL_S = 0.5
 
 
 def detect_shots(path: str, threshold: float = 27.0, min_scene_len: int = 15) -> list[tuple[float, float]]:
@@ -44,7 +47,8 @@ def has_audio(path: str) -> bool:
 def extract_audio(path: str, start_s: float, end_s: float, sample_rate: int = WHISPER_SAMPLE_RATE) -> np.ndarray:
     """Audio of [start_s, end_s) seconds as mono float32 samples at `sample_rate` Hz, shape [N] with
     N ≈ (end_s - start_s) · sample_rate (less when the track ends earlier). Decoded and resampled by PyAV
-    (`av.AudioResampler`), the first/default audio stream.
+    (`av.AudioResampler`), the first/default audio stream, from the packet before `start_s - AUDIO_PREROLL_S` (a PyAV
+    seek), not from the start of the file.
 
     Raises:
         ValueError: the file has no audio stream (names the file), or start_s >= end_s.
@@ -57,6 +61,9 @@ def extract_audio(path: str, start_s: float, end_s: float, sample_rate: int = WH
         if not container.streams.audio:
             raise ValueError(f"{os.fspath(path)!r} has no audio track")
         stream = container.streams.audio[0]
+        if start_s - AUDIO_PREROLL_S > 0 and stream.time_base:
+            # backward: to the last packet at or before that time (audio packets are all keyframes)
+            container.seek(int((start_s - AUDIO_PREROLL_S) / stream.time_base), stream=stream)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks, first_time = [], None
         for frame in container.decode(stream):
@@ -89,11 +96,17 @@ def whisper_unavailable_reason(model_dir: str | None) -> str | None:
     return None
 
 
-def transcribe_audio(samples: np.ndarray, model_dir: str, offset_s: float = 0.0) -> list[tuple[float, float, str]]:
-    """Speech in `samples` (mono float32 at 16 kHz) as (start_s, end_s, text) segments, times shifted by `offset_s`
-    seconds, using faster-whisper's `WhisperModel` loaded from the local folder `model_dir` (CPU, int8)."""
+def load_whisper(model_dir: str):
+    """faster-whisper's `WhisperModel` from the local folder `model_dir` (CPU, int8); load it once and reuse it."""
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(model_dir, device="cpu", compute_type="int8")
+    return WhisperModel(model_dir, device="cpu", compute_type="int8")
+
+
+def transcribe_audio(samples: np.ndarray, model, offset_s: float = 0.0) -> list[tuple[float, float, str]]:
+    """Speech in `samples` (mono float32 at 16 kHz) as (start_s, end_s, text) segments, times shifted by `offset_s`
+    seconds. `model`: a `WhisperModel` from `load_whisper`, or a local model folder (then loaded for this call)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = load_whisper(model)
     segments, _info = model.transcribe(samples)
     return [(offset_s + s.start, offset_s + s.end, s.text.strip()) for s in segments]

@@ -194,6 +194,7 @@ class VideoTools:
         self.notes: list[str] = []
         self._shots: list[tuple[float, float]] | None = None
         self._side = None
+        self._whisper = None  # the loaded Whisper model: one per agent, loaded on the first transcribe()
 
     def register_all(self, registry: ToolRegistry) -> ToolRegistry:
         """Register every default tool in `registry` (returned)."""
@@ -341,7 +342,9 @@ class VideoTools:
         if reason:
             raise ToolError(reason)
         samples = media.extract_audio(self.video, start_s, end_s)
-        segments = media.transcribe_audio(samples, self.whisper_model, offset_s=start_s)
+        if self._whisper is None:
+            self._whisper = media.load_whisper(self.whisper_model)
+        segments = media.transcribe_audio(samples, self._whisper, offset_s=start_s)
         if not segments:
             return f"no speech between {start_s:.1f} and {end_s:.1f} s"
         return " ".join(f"[{a:.1f}-{b:.1f} s] {text}" for a, b, text in segments)
