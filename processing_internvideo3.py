@@ -33,6 +33,7 @@ Two video pixel budgets (SPEC §7); both produce multiples of 32 and both are se
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import math
 import mmap
@@ -560,18 +561,21 @@ def _open(av, path: str, label: str):
         raise VideoLoadError(f"cannot open video {label!r}: {error}") from error
 
 
-def _presentation_pts(av, path: str, label: str) -> tuple[list[int], Fraction, float | None, int, bool]:
+def _presentation_pts(
+    av, path: str, label: str
+) -> tuple[list[int], Fraction, float | None, int, bool, list[int]]:
     """First pass: demux only (no decoding) to list every frame's presentation timestamp, sorted.
 
     Sorting by pts puts frames in presentation order even when the container stores them out of order (B-frames,
-    files like decord's unordered.mov). Returns (sorted pts, time_base, average fps, stream index, numbered): with
-    `numbered` the stream had no timestamps and frames are numbered in decoding order instead.
+    files like decord's unordered.mov). Returns (sorted pts, time_base, average fps, stream index, numbered,
+    keyframe pts sorted): with `numbered` the stream had no timestamps and frames are numbered in decoding order
+    instead (and the keyframe list is empty: nothing to seek to).
     """
     with _open(av, path, label) as container:
         stream = _pick_stream(container)
         if stream is None:
             raise VideoLoadError(f"cannot decode video {label!r}: it has no video stream")
-        pts, missing = [], 0
+        pts, keyframes, missing = [], [], 0
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or getattr(packet, "is_discard", False):  # flush / edit-list discarded packets
@@ -581,6 +585,8 @@ def _presentation_pts(av, path: str, label: str) -> tuple[list[int], Fraction, f
                     missing += 1
                     continue
                 pts.append(int(value))
+                if packet.is_keyframe and packet.pts is not None:
+                    keyframes.append(int(packet.pts))
         except _av_errors(av) as error:
             raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
         rate = stream.average_rate or getattr(stream, "guessed_rate", None) or getattr(stream, "base_rate", None)
@@ -591,10 +597,11 @@ def _presentation_pts(av, path: str, label: str) -> tuple[list[int], Fraction, f
         rate = rate or 25
         time_base = Fraction(rate.denominator, rate.numerator) if isinstance(rate, Fraction) else Fraction(1, 25)
         pts = list(range(len(pts) + missing))
+        keyframes = []
     pts = sorted(set(pts))
     if not pts:
         raise VideoLoadError(f"cannot decode video {label!r}: the video stream contains no frames")
-    return pts, Fraction(time_base), float(rate) if rate else None, index, bool(missing)
+    return pts, Fraction(time_base), float(rate) if rate else None, index, bool(missing), sorted(set(keyframes))
 
 
 def _warn_if_truncated(av, path: str, label: str, all_pts: list[int], time_base: Fraction, rate: float | None):
@@ -683,17 +690,49 @@ _DECODE_QUEUE_FRAMES = 2
 _DECODE_QUEUE_POLL_S = 0.05
 
 
+class _SeekingNotExact(Exception):
+    """`_decode_pass` with seeking met something only sequential decoding numbers exactly (a frame without pts)."""
+
+
 def _decode_selected(
     av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered,
-    sink, shape=None,
+    sink, shape=None, keyframes: Sequence[int] = (),
 ):
-    """Second pass: decode sequentially and hand only the frames whose pts are wanted to `sink(slots, frame,
-    num_slots)`, converted to RGB, with the display matrix applied, resized to `resize_to` (memory: the kept frames
-    only). Frames without a pts (or every frame when `numbered`) take the next entry of `all_pts`. `shape`: the
-    displayed size of an earlier pass, kept. Decoding (on FFmpeg's threads) and RGB conversion run in this thread;
-    resizing and the sink run in a second thread fed through a short queue (at most 2 RGB frames at the decoded
-    size), so on two cores they overlap decoding instead of following it (the heavy steps release the GIL).
-    Returns (delivered: bool per slot, seen pts, rotation, displayed (h, w), resize target)."""
+    """Second pass: hand only the frames whose pts are wanted to `sink(slots, frame, num_slots)`, converted to RGB,
+    with the display matrix applied, resized to `resize_to` (memory: the kept frames only). `keyframes`: the
+    stream's keyframe pts (sorted); with two or more (and not `numbered`) only what the wanted frames need is decoded
+    (`_decode_pass` with seeking), else every frame up to the last wanted one. The frames are the same either way:
+    when the seeking pass fails to deliver a frame, meets a frame without pts, or a decoding error, the sequential
+    pass runs instead (and reports, or raises, exactly what it always did). `shape`: the displayed size of an
+    earlier pass, kept. Returns (delivered: bool per slot, decoded pts in output order, rotation, displayed (h, w),
+    resize target)."""
+    if len(keyframes) > 1 and not numbered:
+        try:
+            result = _decode_pass(
+                av, path, label, stream_index, wanted, slots, resize_to, n_sampled, all_pts, False, sink, shape,
+                keyframes,
+            )  # fmt: skip
+        except (_SeekingNotExact, VideoLoadError):
+            result = None
+        if result is not None and all(result[0]):
+            return result
+    return _decode_pass(av, path, label, stream_index, wanted, slots, resize_to, n_sampled, all_pts, numbered, sink, shape)
+
+
+def _decode_pass(
+    av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered,
+    sink, shape=None, keyframes: Sequence[int] | None = None,
+):
+    """One decode pass of `_decode_selected`. Without `keyframes`: decode sequentially from the start; frames
+    without a pts (or every frame when `numbered`) take the next entry of `all_pts`. With `keyframes`: whenever the
+    keyframe before the next wanted frame lies beyond every packet read so far, seek to it (the frames in between
+    are not needed: a keyframe starts a fresh decode, so the frames after it come out bit for bit as in sequential
+    decoding), and packets of frames that are not wanted are decoded with `skip_frame="NONREF"` (a frame no other
+    frame references is then not decoded at all; reference frames are, so wanted frames are unchanged); raises
+    `_SeekingNotExact` on a frame without pts. Only wanted frames are converted to RGB and resized. Decoding (on
+    FFmpeg's frame + slice threads) and RGB conversion run in this thread; resizing and the sink run in a second
+    thread fed through a short queue (at most 2 RGB frames at the decoded size), so on two cores they overlap
+    decoding instead of following it (the heavy steps release the GIL). Returns as `_decode_selected`."""
     delivered = [False] * slots
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
@@ -710,29 +749,62 @@ def _decode_selected(
         with _open(av, path, label) as container:
             stream = container.streams[stream_index]
             stream.thread_type = "AUTO"  # frame + slice threads
+            order = sorted(wanted)  # wanted pts, presentation order
+            upcoming = 0  # index in `order` of the first wanted pts not yet decoded past
+            read_up_to = None  # largest pts of any packet read since the start
+            last_seek = None
+
+            def seek_target():
+                # the keyframe before the next wanted frame, when sequential decoding has not reached it yet
+                if keyframes is None or upcoming >= len(order):
+                    return None
+                key = keyframes[max(bisect.bisect_right(keyframes, order[upcoming]) - 1, 0)]
+                if key <= (keyframes[0] if read_up_to is None else read_up_to):
+                    return None
+                return key if last_seek is None or key > last_seek else None
+
             try:
-                for packet in container.demux(stream):
-                    for frame in packet.decode():
-                        pts = frame.pts
-                        if numbered or pts is None:
-                            pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
-                        if pts is None:
-                            continue
-                        seen.append(int(pts))
-                        targets = wanted.get(int(pts))
-                        if not targets or delivered[targets[0]]:
-                            continue
-                        if state["orientation"] is None:
-                            # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until the
-                            # cyclic garbage collector runs (hundreds of MB over a long 1080p clip)
-                            state["orientation"] = _rotation_of(frame, stream)
-                        frames.put((targets, _orient(frame.to_ndarray(format="rgb24"), *state["orientation"])))
-                        del frame
-                        for slot in targets:
-                            delivered[slot] = True
-                        remaining -= len(targets)
-                    if remaining <= 0 or state["error"] is not None:
-                        break
+                packets = container.demux(stream)
+                while packets is not None:
+                    target = seek_target()
+                    if target is not None:
+                        container.seek(target, stream=stream)  # to the keyframe at or before; flushes the decoder
+                        last_seek, packets = target, container.demux(stream)
+                    for packet in packets:
+                        if keyframes is not None:
+                            if packet.pts is not None:
+                                read_up_to = packet.pts if read_up_to is None else max(read_up_to, packet.pts)
+                            stream.codec_context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
+                        for frame in packet.decode():
+                            pts = frame.pts
+                            if keyframes is not None and pts is None:
+                                raise _SeekingNotExact
+                            if numbered or pts is None:
+                                pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
+                            if pts is None:
+                                continue
+                            seen.append(int(pts))
+                            while upcoming < len(order) and order[upcoming] <= pts:
+                                upcoming += 1
+                            targets = wanted.get(int(pts))
+                            if not targets or delivered[targets[0]]:
+                                continue
+                            if state["orientation"] is None:
+                                # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until
+                                # the cyclic garbage collector runs (hundreds of MB over a long 1080p clip)
+                                state["orientation"] = _rotation_of(frame, stream)
+                            frames.put((targets, _orient(frame.to_ndarray(format="rgb24"), *state["orientation"])))
+                            del frame
+                            for slot in targets:
+                                delivered[slot] = True
+                            remaining -= len(targets)
+                        if remaining <= 0 or state["error"] is not None:
+                            packets = None
+                            break
+                        if seek_target() is not None:
+                            break  # seek, then read on from there
+                    else:
+                        packets = None  # end of the stream
             except _av_errors(av) as error:
                 raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
         frames.put(None)  # the end: the second thread finishes the queued frames
@@ -902,7 +974,7 @@ def load_video(
             if os.path.getsize(path) == 0:
                 raise VideoLoadError(f"cannot decode video {label!r}: the download is empty (0 bytes)")
 
-        all_pts, time_base, rate, stream_index, numbered = _presentation_pts(av, path, label)
+        all_pts, time_base, rate, stream_index, numbered, keyframes = _presentation_pts(av, path, label)
         _warn_if_truncated(av, path, label, all_pts, time_base, rate)
         first = all_pts[0]
         # exact rational -> float once, so CFR times equal transformers' idx / fps bit for bit
@@ -917,7 +989,8 @@ def load_video(
         collect = frame_sink is None
         sink = _FrameCollector() if collect else frame_sink
         frames, seen, rotation, shape, target = _decode_selected(
-            av, path, label, stream_index, wanted, len(indices), resize_to, n, all_pts, numbered, sink
+            av, path, label, stream_index, wanted, len(indices), resize_to, n, all_pts, numbered, sink,
+            keyframes=keyframes,
         )
         if not seen:
             raise VideoLoadError(f"cannot decode video {label!r}: no frame could be decoded")
