@@ -33,6 +33,7 @@ Two video pixel budgets (SPEC §7); both produce multiples of 32 and both are se
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import math
 import mmap
@@ -99,6 +100,8 @@ DEFAULT_MAX_FRAMES = 768
 VIDEO_MIN_PIXELS = 128 * FACTOR * FACTOR  # 131,072 pixels per frame
 VIDEO_MAX_PIXELS = 768 * FACTOR * FACTOR  # 786,432 pixels per frame
 VIDEO_TOTAL_PIXELS = 128000 * FACTOR * FACTOR * 9 // 10  # 117,964,800 pixels for the whole clip
+# qwen-vl-utils fetch_video: a frame's upper bound is at least 1.05 * min_pixels
+FRAME_PIXELS_SLACK = 1.05
 # transformers' Qwen3-VL release (video_preprocessor_config.json): a T*H*W budget
 VIDEO_SIZE = {"shortest_edge": 4096, "longest_edge": 25165824}
 # transformers' Qwen3-VL release (preprocessor_config.json): per-image pixel bounds
@@ -119,6 +122,8 @@ VIDEO_SETTING_KEYS = (
     "min_pixels", "max_pixels", "total_pixels", "size", "resized_height", "resized_width",
 )  # fmt: skip
 IMAGE_SETTING_KEYS = ("image_min_pixels", "image_max_pixels", "resized_height", "resized_width")
+# keys an image item of a chat message may set (qwen-vl-utils' names, plus ours)
+IMAGE_ITEM_KEYS = ("min_pixels", "max_pixels", *IMAGE_SETTING_KEYS)
 TEXT_KWARGS = (
     "padding", "truncation", "max_length", "padding_side", "return_attention_mask", "add_special_tokens",
     "pad_to_multiple_of", "return_token_type_ids", "return_length", "verbose",
@@ -191,9 +196,7 @@ def _check_video_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
             raise ValueError(f"min_frames ({get('min_frames')}) must be <= max_frames ({get('max_frames')})")
     for low, high in (("min_pixels", "max_pixels"), ("image_min_pixels", "image_max_pixels")):
         if get(low) is not None and get(high) is not None and get(low) > get(high):
-            implicit = [k for k in (low, high) if k not in explicit]
-            hint = f" ({implicit[0]} is the processor's setting: pass it too)" if len(implicit) == 1 else ""
-            raise ValueError(f"{low} ({get(low)}) must be <= {high} ({get(high)}){hint}")
+            raise ValueError(f"{low} ({get(low)}) must be <= {high} ({get(high)})")
     # equal bounds are a still: the frame shown at that instant
     if get("video_start") is not None and get("video_end") is not None and get("video_start") > get("video_end"):
         raise ValueError(f"video_start ({get('video_start')} s) must be <= video_end ({get('video_end')} s)")
@@ -218,6 +221,54 @@ def _check_video_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
                 f"size['shortest_edge'] ({size['shortest_edge']}) must be <= size['longest_edge'] "
                 f"({size['longest_edge']})"
             )
+
+
+class _Settings(dict):
+    """Settings merged and validated by `InternVideo3Processor._video_settings` / `_image_settings`: used as they
+    are where they are passed on (`video_target_size`, `image_target_size`), never merged or checked again."""
+
+
+def _resolve_bounds(
+    levels: Sequence[dict], low_names: tuple[str, ...], high_names: tuple[str, ...], defaults: tuple,
+    yielded_low: Callable[[Any], Any] = lambda high: high,
+) -> tuple[Any, Any]:
+    """(low, high) pixel bounds from `levels`, least to most specific (processor < call < item), over `defaults`.
+
+    A level sets a bound with the first of its names it holds (`image_min_pixels` before `min_pixels`); a more
+    specific level replaces it. When the bounds conflict (low > high) the one from the less specific level (a
+    default included) yields, as qwen-vl-utils and transformers honour a `max_pixels` given alone below the default
+    `min_pixels`: a yielding high bound takes the low one's value, a yielding low bound `yielded_low(high)`.
+
+    Raises:
+        ValueError: a bound out of range, or both bounds set by one level and low > high (names both values).
+    """
+    bounds = [(defaults[0], -1, low_names[0]), (defaults[1], -1, high_names[0])]  # (value, level, name)
+    for level, values in enumerate(levels):
+        for side, names in enumerate((low_names, high_names)):
+            name = next((n for n in names if values.get(n) is not None), None)
+            if name is not None:
+                _check_setting(name, values[name])
+                bounds[side] = (values[name], level, name)
+    (low, low_level, low_name), (high, high_level, high_name) = bounds
+    if low is not None and high is not None and low > high:
+        if low_level == high_level:
+            raise ValueError(f"{low_name} ({low}) must be <= {high_name} ({high})")
+        if low_level < high_level:
+            low = yielded_low(high)
+        else:
+            high = low
+    return low, high
+
+
+def _yielded_min_pixels(max_pixels):
+    """A video `min_pixels` that yields to a smaller given `max_pixels`: with qwen-vl-utils' 1.05 slack on top
+    (`video_target_size`) frames still stay within `max_pixels`."""
+    return int(max_pixels / FRAME_PIXELS_SLACK)
+
+
+def _given(values: dict | None) -> dict:
+    """The keys of one settings level that are set (`None` means "not set")."""
+    return {k: v for k, v in (values or {}).items() if v is not None}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -560,18 +611,21 @@ def _open(av, path: str, label: str):
         raise VideoLoadError(f"cannot open video {label!r}: {error}") from error
 
 
-def _presentation_pts(av, path: str, label: str) -> tuple[list[int], Fraction, float | None, int, bool]:
+def _presentation_pts(
+    av, path: str, label: str
+) -> tuple[list[int], Fraction, float | None, int, bool, list[int]]:
     """First pass: demux only (no decoding) to list every frame's presentation timestamp, sorted.
 
     Sorting by pts puts frames in presentation order even when the container stores them out of order (B-frames,
-    files like decord's unordered.mov). Returns (sorted pts, time_base, average fps, stream index, numbered): with
-    `numbered` the stream had no timestamps and frames are numbered in decoding order instead.
+    files like decord's unordered.mov). Returns (sorted pts, time_base, average fps, stream index, numbered,
+    keyframe pts sorted): with `numbered` the stream had no timestamps and frames are numbered in decoding order
+    instead (and the keyframe list is empty: nothing to seek to).
     """
     with _open(av, path, label) as container:
         stream = _pick_stream(container)
         if stream is None:
             raise VideoLoadError(f"cannot decode video {label!r}: it has no video stream")
-        pts, missing = [], 0
+        pts, keyframes, missing = [], [], 0
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or getattr(packet, "is_discard", False):  # flush / edit-list discarded packets
@@ -581,6 +635,8 @@ def _presentation_pts(av, path: str, label: str) -> tuple[list[int], Fraction, f
                     missing += 1
                     continue
                 pts.append(int(value))
+                if packet.is_keyframe and packet.pts is not None:
+                    keyframes.append(int(packet.pts))
         except _av_errors(av) as error:
             raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
         rate = stream.average_rate or getattr(stream, "guessed_rate", None) or getattr(stream, "base_rate", None)
@@ -591,10 +647,11 @@ def _presentation_pts(av, path: str, label: str) -> tuple[list[int], Fraction, f
         rate = rate or 25
         time_base = Fraction(rate.denominator, rate.numerator) if isinstance(rate, Fraction) else Fraction(1, 25)
         pts = list(range(len(pts) + missing))
+        keyframes = []
     pts = sorted(set(pts))
     if not pts:
         raise VideoLoadError(f"cannot decode video {label!r}: the video stream contains no frames")
-    return pts, Fraction(time_base), float(rate) if rate else None, index, bool(missing)
+    return pts, Fraction(time_base), float(rate) if rate else None, index, bool(missing), sorted(set(keyframes))
 
 
 def _warn_if_truncated(av, path: str, label: str, all_pts: list[int], time_base: Fraction, rate: float | None):
@@ -683,17 +740,49 @@ _DECODE_QUEUE_FRAMES = 2
 _DECODE_QUEUE_POLL_S = 0.05
 
 
+class _SeekingNotExact(Exception):
+    """`_decode_pass` with seeking met something only sequential decoding numbers exactly (a frame without pts)."""
+
+
 def _decode_selected(
     av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered,
-    sink, shape=None,
+    sink, shape=None, keyframes: Sequence[int] = (),
 ):
-    """Second pass: decode sequentially and hand only the frames whose pts are wanted to `sink(slots, frame,
-    num_slots)`, converted to RGB, with the display matrix applied, resized to `resize_to` (memory: the kept frames
-    only). Frames without a pts (or every frame when `numbered`) take the next entry of `all_pts`. `shape`: the
-    displayed size of an earlier pass, kept. Decoding (on FFmpeg's threads) and RGB conversion run in this thread;
-    resizing and the sink run in a second thread fed through a short queue (at most 2 RGB frames at the decoded
-    size), so on two cores they overlap decoding instead of following it (the heavy steps release the GIL).
-    Returns (delivered: bool per slot, seen pts, rotation, displayed (h, w), resize target)."""
+    """Second pass: hand only the frames whose pts are wanted to `sink(slots, frame, num_slots)`, converted to RGB,
+    with the display matrix applied, resized to `resize_to` (memory: the kept frames only). `keyframes`: the
+    stream's keyframe pts (sorted); with two or more (and not `numbered`) only what the wanted frames need is decoded
+    (`_decode_pass` with seeking), else every frame up to the last wanted one. The frames are the same either way:
+    when the seeking pass fails to deliver a frame, meets a frame without pts, or a decoding error, the sequential
+    pass runs instead (and reports, or raises, exactly what it always did). `shape`: the displayed size of an
+    earlier pass, kept. Returns (delivered: bool per slot, decoded pts in output order, rotation, displayed (h, w),
+    resize target)."""
+    if len(keyframes) > 1 and not numbered:
+        try:
+            result = _decode_pass(
+                av, path, label, stream_index, wanted, slots, resize_to, n_sampled, all_pts, False, sink, shape,
+                keyframes,
+            )  # fmt: skip
+        except (_SeekingNotExact, VideoLoadError):
+            result = None
+        if result is not None and all(result[0]):
+            return result
+    return _decode_pass(av, path, label, stream_index, wanted, slots, resize_to, n_sampled, all_pts, numbered, sink, shape)
+
+
+def _decode_pass(
+    av, path, label, stream_index, wanted: dict[int, list[int]], slots: int, resize_to, n_sampled, all_pts, numbered,
+    sink, shape=None, keyframes: Sequence[int] | None = None,
+):
+    """One decode pass of `_decode_selected`. Without `keyframes`: decode sequentially from the start; frames
+    without a pts (or every frame when `numbered`) take the next entry of `all_pts`. With `keyframes`: whenever the
+    keyframe before the next wanted frame lies beyond every packet read so far, seek to it (the frames in between
+    are not needed: a keyframe starts a fresh decode, so the frames after it come out bit for bit as in sequential
+    decoding), and packets of frames that are not wanted are decoded with `skip_frame="NONREF"` (a frame no other
+    frame references is then not decoded at all; reference frames are, so wanted frames are unchanged); raises
+    `_SeekingNotExact` on a frame without pts. Only wanted frames are converted to RGB and resized. Decoding (on
+    FFmpeg's frame + slice threads) and RGB conversion run in this thread; resizing and the sink run in a second
+    thread fed through a short queue (at most 2 RGB frames at the decoded size), so on two cores they overlap
+    decoding instead of following it (the heavy steps release the GIL). Returns as `_decode_selected`."""
     delivered = [False] * slots
     remaining = sum(len(v) for v in wanted.values())
     seen: list[int] = []
@@ -710,29 +799,62 @@ def _decode_selected(
         with _open(av, path, label) as container:
             stream = container.streams[stream_index]
             stream.thread_type = "AUTO"  # frame + slice threads
+            order = sorted(wanted)  # wanted pts, presentation order
+            upcoming = 0  # index in `order` of the first wanted pts not yet decoded past
+            read_up_to = None  # largest pts of any packet read since the start
+            last_seek = None
+
+            def seek_target():
+                # the keyframe before the next wanted frame, when sequential decoding has not reached it yet
+                if keyframes is None or upcoming >= len(order):
+                    return None
+                key = keyframes[max(bisect.bisect_right(keyframes, order[upcoming]) - 1, 0)]
+                if key <= (keyframes[0] if read_up_to is None else read_up_to):
+                    return None
+                return key if last_seek is None or key > last_seek else None
+
             try:
-                for packet in container.demux(stream):
-                    for frame in packet.decode():
-                        pts = frame.pts
-                        if numbered or pts is None:
-                            pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
-                        if pts is None:
-                            continue
-                        seen.append(int(pts))
-                        targets = wanted.get(int(pts))
-                        if not targets or delivered[targets[0]]:
-                            continue
-                        if state["orientation"] is None:
-                            # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until the
-                            # cyclic garbage collector runs (hundreds of MB over a long 1080p clip)
-                            state["orientation"] = _rotation_of(frame, stream)
-                        frames.put((targets, _orient(frame.to_ndarray(format="rgb24"), *state["orientation"])))
-                        del frame
-                        for slot in targets:
-                            delivered[slot] = True
-                        remaining -= len(targets)
-                    if remaining <= 0 or state["error"] is not None:
-                        break
+                packets = container.demux(stream)
+                while packets is not None:
+                    target = seek_target()
+                    if target is not None:
+                        container.seek(target, stream=stream)  # to the keyframe at or before; flushes the decoder
+                        last_seek, packets = target, container.demux(stream)
+                    for packet in packets:
+                        if keyframes is not None:
+                            if packet.pts is not None:
+                                read_up_to = packet.pts if read_up_to is None else max(read_up_to, packet.pts)
+                            stream.codec_context.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
+                        for frame in packet.decode():
+                            pts = frame.pts
+                            if keyframes is not None and pts is None:
+                                raise _SeekingNotExact
+                            if numbered or pts is None:
+                                pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
+                            if pts is None:
+                                continue
+                            seen.append(int(pts))
+                            while upcoming < len(order) and order[upcoming] <= pts:
+                                upcoming += 1
+                            targets = wanted.get(int(pts))
+                            if not targets or delivered[targets[0]]:
+                                continue
+                            if state["orientation"] is None:
+                                # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until
+                                # the cyclic garbage collector runs (hundreds of MB over a long 1080p clip)
+                                state["orientation"] = _rotation_of(frame, stream)
+                            frames.put((targets, _orient(frame.to_ndarray(format="rgb24"), *state["orientation"])))
+                            del frame
+                            for slot in targets:
+                                delivered[slot] = True
+                            remaining -= len(targets)
+                        if remaining <= 0 or state["error"] is not None:
+                            packets = None
+                            break
+                        if seek_target() is not None:
+                            break  # seek, then read on from there
+                    else:
+                        packets = None  # end of the stream
             except _av_errors(av) as error:
                 raise VideoLoadError(f"cannot decode video {label!r}: {error}") from error
         frames.put(None)  # the end: the second thread finishes the queued frames
@@ -902,7 +1024,7 @@ def load_video(
             if os.path.getsize(path) == 0:
                 raise VideoLoadError(f"cannot decode video {label!r}: the download is empty (0 bytes)")
 
-        all_pts, time_base, rate, stream_index, numbered = _presentation_pts(av, path, label)
+        all_pts, time_base, rate, stream_index, numbered, keyframes = _presentation_pts(av, path, label)
         _warn_if_truncated(av, path, label, all_pts, time_base, rate)
         first = all_pts[0]
         # exact rational -> float once, so CFR times equal transformers' idx / fps bit for bit
@@ -917,7 +1039,8 @@ def load_video(
         collect = frame_sink is None
         sink = _FrameCollector() if collect else frame_sink
         frames, seen, rotation, shape, target = _decode_selected(
-            av, path, label, stream_index, wanted, len(indices), resize_to, n, all_pts, numbered, sink
+            av, path, label, stream_index, wanted, len(indices), resize_to, n, all_pts, numbered, sink,
+            keyframes=keyframes,
         )
         if not seen:
             raise VideoLoadError(f"cannot decode video {label!r}: no frame could be decoded")
@@ -1225,19 +1348,43 @@ def _check_not_empty(video, index: int):
     return video
 
 
+def _metadata_field(meta, key: str):
+    """`key` of any metadata flavour (ours, transformers' `VideoMetadata`, qwen-vl-utils' dict); None when absent."""
+    if meta is None:
+        return None
+    if isinstance(meta, dict):
+        return meta.get(key)
+    try:
+        return getattr(meta, key)
+    except Exception:  # transformers' VideoMetadata.timestamps raises without fps
+        return None
+
+
+def _frames_need_sampling(meta, num_frames: int) -> bool:
+    """Whether `num_frames` in-memory frames given with `meta` are their source's frames at its own rate, to be
+    sampled at the requested `fps` (transformers' `Qwen3VLVideoProcessor` samples by default,
+    `do_sample_frames=True`), rather than frames sampled already. Already sampled: no metadata or no source `fps`
+    (qwen-vl-utils < 0.0.14 passes sampled frames with `fps=[...]` only), `load_video`'s own metadata, or
+    `frames_indices` naming a selection of the source frames (qwen-vl-utils' metadata dicts); qwen-vl-utils 0.0.14
+    also passes `do_sample_frames=False`, which decides before this is asked."""
+    if not _metadata_field(meta, "fps"):
+        return False
+    if isinstance(meta, VideoMetadata) and meta.num_sampled_frames:
+        return False
+    indices = _metadata_field(meta, "frames_indices")
+    if indices is None:
+        return True
+    indices = indices.tolist() if hasattr(indices, "tolist") else list(indices)
+    total = _metadata_field(meta, "total_num_frames")
+    return indices == list(range(num_frames)) and (total is None or int(total) == num_frames)
+
+
 def _metadata_timestamps(meta, num_frames: int, default_fps: float) -> list[float]:
     """Per-frame seconds from any metadata flavour: ours (`timestamps`), transformers' `VideoMetadata`
     (frames_indices / fps), qwen-vl-utils' dict (`fps`, `frames_indices`), or none (frames taken at `default_fps`)."""
 
     def read(key):
-        if meta is None:
-            return None
-        if isinstance(meta, dict):
-            return meta.get(key)
-        try:
-            return getattr(meta, key)
-        except Exception:  # transformers' VideoMetadata.timestamps raises without fps
-            return None
+        return _metadata_field(meta, key)
 
     stamps = read("timestamps") if isinstance(meta, VideoMetadata) else None
     if not stamps:
@@ -1269,10 +1416,20 @@ class InternVideo3Processor(ProcessorMixin):
         video_budget: "per_frame" (default; qwen-vl-utils: `min_pixels`/`max_pixels` per frame, `total_pixels` for
             the clip) or "total" (transformers' `Qwen3VLVideoProcessor`: `size` bounds T×H×W). See the module doc.
         min_pixels, max_pixels, total_pixels: pixel budgets of "per_frame" (defaults 131,072 / 786,432 /
-            117,964,800, i.e. 128-768 tokens per frame, ~115K tokens per clip).
+            117,964,800, i.e. 128-768 tokens per frame, ~115K tokens per clip). `min_pixels` / `max_pixels` given
+            here also bound images (as Qwen2-VL/Qwen3-VL processors do) unless `image_min_pixels` /
+            `image_max_pixels` are given too. A bound given alone beyond the other's default wins: the default
+            yields (`max_pixels=32768` alone sets `min_pixels` to 32,768 / 1.05 for videos, 32,768 for images); both
+            given and in conflict raise.
         size: {"shortest_edge", "longest_edge"} of "total", in pixels of the T×H×W volume (default 4,096 /
             25,165,824, transformers' Qwen3-VL release).
         image_min_pixels, image_max_pixels: per-image pixel bounds (default 65,536 / 16,777,216, Qwen3-VL release).
+
+    Settings merge in one order, each level replacing the keys it sets: defaults < processor (these arguments,
+    processor_config.json) < call (keyword arguments of `__call__` / `apply_chat_template`) < item (keys on one
+    image/video item of a message). On one level an image-only name beats the shared one (`image_max_pixels` over
+    `max_pixels`); across levels the more specific level wins (an item's `max_pixels` beats a call's
+    `image_max_pixels`). Pixel bounds in conflict (min > max) from different levels: the less specific one yields.
         patch_size, temporal_patch_size, merge_size: vision tower geometry (16, 2, 2).
         image_mean, image_std: normalization (0.5, 0.5, 0.5).
         image_resize_backend: "pil" (default, = transformers' PIL image processor) or "torch".
@@ -1300,12 +1457,12 @@ class InternVideo3Processor(ProcessorMixin):
         min_frames: int = DEFAULT_MIN_FRAMES,
         max_frames: int = DEFAULT_MAX_FRAMES,
         video_budget: str = "per_frame",
-        min_pixels: int = VIDEO_MIN_PIXELS,
-        max_pixels: int = VIDEO_MAX_PIXELS,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
         total_pixels: int = VIDEO_TOTAL_PIXELS,
         size: dict | None = None,
-        image_min_pixels: int = IMAGE_MIN_PIXELS,
-        image_max_pixels: int = IMAGE_MAX_PIXELS,
+        image_min_pixels: int | None = None,
+        image_max_pixels: int | None = None,
         patch_size: int = PATCH_SIZE,
         temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
         merge_size: int = MERGE_SIZE,
@@ -1324,12 +1481,19 @@ class InternVideo3Processor(ProcessorMixin):
         self.min_frames = min_frames
         self.max_frames = max_frames
         self.video_budget = video_budget
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
+        # `None`: not given, the default applies (and yields to a given bound it conflicts with)
+        given = _given({"min_pixels": min_pixels, "max_pixels": max_pixels})
+        image_given = _given({**given, "image_min_pixels": image_min_pixels, "image_max_pixels": image_max_pixels})
+        self.min_pixels, self.max_pixels = _resolve_bounds(
+            [given], ("min_pixels",), ("max_pixels",), (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS),
+            yielded_low=_yielded_min_pixels,
+        )  # fmt: skip
         self.total_pixels = total_pixels
         self.size = dict(size) if size is not None else dict(VIDEO_SIZE)
-        self.image_min_pixels = image_min_pixels
-        self.image_max_pixels = image_max_pixels
+        self.image_min_pixels, self.image_max_pixels = _resolve_bounds(
+            [image_given], ("image_min_pixels", "min_pixels"), ("image_max_pixels", "max_pixels"),
+            (IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS),
+        )  # fmt: skip
         self.patch_size = patch_size
         self.temporal_patch_size = temporal_patch_size
         self.merge_size = merge_size
@@ -1346,7 +1510,7 @@ class InternVideo3Processor(ProcessorMixin):
         self.vision_end_token_id = tokenizer.convert_tokens_to_ids(VISION_END)
         # a bad value in processor_config.json fails at load time, naming the setting
         _check_video_settings(
-            {**self._video_settings({}), "image_min_pixels": image_min_pixels, "image_max_pixels": image_max_pixels},
+            {**self._video_settings(), **self._image_settings()},
             explicit=("min_frames", "min_pixels", "max_pixels", "image_min_pixels", "image_max_pixels"),
         )
 
@@ -1355,31 +1519,61 @@ class InternVideo3Processor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"]
 
-    def _video_settings(self, overrides: dict) -> dict:
-        """Processor defaults updated by call-level or per-item budget keys; resolves which budget applies."""
-        settings = {
+    def _video_settings(self, *levels: dict | None) -> _Settings:
+        """The processor's video settings updated by `levels` (call-level keys, then one item's keys; `None` values
+        are not set), merged in the documented order (class doc) and validated once.
+
+        The budget is chosen by the most specific level that names one: its `video_budget`, else "total" for a
+        `size`, else "per_frame" for `min_pixels` / `max_pixels` / `total_pixels` (so an item's `max_pixels` beats a
+        call's `size`). Raises ValueError naming the setting (see `_check_video_settings`).
+        """
+        processor = {
             "fps": self.fps, "min_frames": self.min_frames, "max_frames": self.max_frames,
             "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "total_pixels": self.total_pixels,
             "size": dict(self.size), "video_budget": self.video_budget,
         }  # fmt: skip
-        given = {k: v for k, v in overrides.items() if v is not None}
-        # merged settings come back here (video_target_size): a value equal to the processor's own is not "explicit"
-        explicit = {k for k, v in given.items() if k not in settings or v != settings[k]}
-        if "video_budget" not in given:
-            if "size" in given:
-                given["video_budget"] = "total"
-            elif any(k in given for k in ("min_pixels", "max_pixels", "total_pixels")):
-                given["video_budget"] = "per_frame"
-        settings.update(given)
+        levels = [_given(level) for level in levels]
+        settings = dict(processor)
+        for level in levels:
+            settings.update(level)
+        for level in reversed(levels):
+            if "video_budget" in level:
+                break
+            if "size" in level:
+                settings["video_budget"] = "total"
+                break
+            if any(k in level for k in ("min_pixels", "max_pixels", "total_pixels")):
+                settings["video_budget"] = "per_frame"
+                break
         if settings["video_budget"] not in ("per_frame", "total"):
             raise ValueError(f"video_budget must be 'per_frame' or 'total', got {settings['video_budget']!r}")
-        _check_video_settings(settings, explicit=explicit)
-        return settings
+        settings["min_pixels"], settings["max_pixels"] = _resolve_bounds(
+            [processor, *levels], ("min_pixels",), ("max_pixels",), (None, None),
+            yielded_low=_yielded_min_pixels,
+        )  # fmt: skip
+        _check_video_settings(settings, explicit={k for level in levels for k in level})
+        return _Settings(settings)
+
+    def _image_settings(self, *levels: dict | None) -> _Settings:
+        """Image bounds {"image_min_pixels", "image_max_pixels", "resized_height", "resized_width"} of the processor
+        updated by `levels` (call, then item), merged in the documented order (class doc) and validated once.
+        Raises ValueError naming the setting."""
+        levels = [_given(level) for level in levels]
+        processor = {"image_min_pixels": self.image_min_pixels, "image_max_pixels": self.image_max_pixels}
+        low, high = _resolve_bounds(
+            [processor, *levels], ("image_min_pixels", "min_pixels"), ("image_max_pixels", "max_pixels"), (None, None)
+        )
+        settings = {"image_min_pixels": low, "image_max_pixels": high}
+        for level in levels:
+            settings.update({k: level[k] for k in ("resized_height", "resized_width") if k in level})
+        _check_video_settings(settings)
+        return _Settings(settings)
 
     def video_target_size(self, num_frames: int, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
         """Resized (height, width) in pixels for a clip of `num_frames` sampled frames (before padding) of
-        `height`×`width` under `settings` (see the module doc for the two budgets)."""
-        s = self._video_settings(settings or {})
+        `height`×`width` under `settings` (call-level keys, or settings merged by the processor; see the module doc
+        for the two budgets)."""
+        s = settings if isinstance(settings, _Settings) else self._video_settings(settings)
         factor = self.patch_size * self.merge_size
         if s.get("resized_height") and s.get("resized_width"):
             # qwen-vl-utils: an explicit size is only rounded to the factor
@@ -1396,32 +1590,30 @@ class InternVideo3Processor(ProcessorMixin):
         # qwen-vl-utils fetch_video: each frame gets at most its share of total_pixels (2 frames share a patch), with
         # its per-frame rule, which is the image rule (identical for every frame with both sides >= factor / 2)
         max_pixels = max(
-            min(s["max_pixels"], s["total_pixels"] / nframes * self.temporal_patch_size), int(s["min_pixels"] * 1.05)
+            min(s["max_pixels"], s["total_pixels"] / nframes * self.temporal_patch_size),
+            int(s["min_pixels"] * FRAME_PIXELS_SLACK),
         )
         return smart_resize(height, width, factor, s["min_pixels"], max_pixels)
 
     def image_target_size(self, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
-        """Resized (height, width) in pixels for an image (transformers' Qwen2-VL/Qwen3-VL rule)."""
-        s = settings or {}
-        _check_video_settings(s, explicit=s)
+        """Resized (height, width) in pixels for an image (transformers' Qwen2-VL/Qwen3-VL rule) under `settings`
+        (call-level keys `image_min_pixels` / `image_max_pixels` / `min_pixels` / `max_pixels` / `resized_height` /
+        `resized_width`, or settings merged by the processor)."""
+        s = settings if isinstance(settings, _Settings) else self._image_settings(settings)
         factor = self.patch_size * self.merge_size
         if s.get("resized_height") and s.get("resized_width"):
             return smart_resize(s["resized_height"], s["resized_width"], factor, 4 * factor**2, 16384 * factor**2)
-
-        def pick(keys, default):  # an explicit 0 is checked, never replaced by the default
-            return next((s[k] for k in keys if s.get(k) is not None), default)
-
-        min_pixels = pick(("image_min_pixels", "min_pixels"), self.image_min_pixels)
-        max_pixels = pick(("image_max_pixels", "max_pixels"), self.image_max_pixels)
-        _check_video_settings({"image_min_pixels": min_pixels, "image_max_pixels": max_pixels}, explicit=s)
-        return smart_resize(height, width, factor, min_pixels, max_pixels)
+        return smart_resize(height, width, factor, s["image_min_pixels"], s["image_max_pixels"])
 
     # ---- vision inputs -------------------------------------------------------------------------------------
     def load_video(self, source, frame_sink=None, resize=True, **settings) -> tuple[np.ndarray | None, VideoMetadata]:
         """`load_video` with this processor's sampling defaults, frames resized during decoding to the budget size
         (so a long video never holds full-resolution frames; `resize=False` keeps the decoded size). Keys: see
         `VIDEO_SETTING_KEYS`; `frame_sink`: see `load_video`."""
-        s = self._video_settings(settings)
+        return self._load_video(source, self._video_settings(settings), frame_sink, resize)
+
+    def _load_video(self, source, s: _Settings, frame_sink=None, resize=True, source_fps=None):
+        """`load_video` under settings merged by `_video_settings`."""
         return load_video(
             source,
             fps=s["fps"],
@@ -1430,7 +1622,7 @@ class InternVideo3Processor(ProcessorMixin):
             nframes=s.get("nframes", s.get("num_frames")),
             video_start=s.get("video_start"),
             video_end=s.get("video_end"),
-            source_fps=s.get("source_fps"),
+            source_fps=source_fps or s.get("source_fps"),
             resize_to=(lambda n, h, w: self.video_target_size(n, h, w, s)) if resize else None,
             temporal_patch_size=self.temporal_patch_size,
             frame_sink=frame_sink,
@@ -1448,15 +1640,14 @@ class InternVideo3Processor(ProcessorMixin):
             if isinstance(video, (str, os.PathLike)):
                 # a file: frames stream from the decoder, resized (torch kernel, whatever the backend), straight into
                 # the output rows: one float pass, no uint8 or float copy of the whole clip
-                _, meta = self.load_video(video, frame_sink=writer, resize=do_resize is not False, **s)
+                _, meta = self._load_video(video, s, frame_sink=writer, resize=do_resize is not False)
                 patches, grid = writer.result()
                 stamp = _metadata_timestamps(meta, grid[0] * self.temporal_patch_size, s.get("fps") or self.fps)
             else:
                 if isinstance(video, (list, tuple)) and video and isinstance(video[0], (str, os.PathLike)):
-                    video, meta = self.load_video(video, **s)  # frame image files
-                elif do_sample_frames:
-                    source_fps = meta.get("fps") if isinstance(meta, dict) else getattr(meta, "fps", None)
-                    video, meta = self.load_video(video, source_fps=source_fps or s.get("source_fps"), **s)
+                    video, meta = self._load_video(video, s)  # frame image files
+                elif do_sample_frames or (do_sample_frames is None and _frames_need_sampling(meta, len(video))):
+                    video, meta = self._load_video(video, s, source_fps=_metadata_field(meta, "fps"))
                 frames = _as_frames(video)
                 num = frames.shape[0]
                 stamp = _metadata_timestamps(meta, num, s.get("fps") or self.fps)
@@ -1536,21 +1727,26 @@ class InternVideo3Processor(ProcessorMixin):
             text: a string or a list of strings containing `<|vision_start|><|image_pad|><|vision_end|>` /
                 `<|vision_start|><|video_pad|><|vision_end|>` (or a bare pad) once per image / video, in order.
             videos: a video or a list: path/URL (decoded and sampled with PyAV), a 4-D array/tensor [T,H,W,C] or
-                [T,C,H,W] (e.g. `qwen_vl_utils.process_vision_info` outputs; used as given unless
-                `do_sample_frames=True`), or a list of frames. A list of strings is a list of video files; wrap
-                frame paths of one video in a list: `[[f0, f1, ...]]`.
+                [T,C,H,W], or a list of frames. Given with metadata naming the source `fps` (and no
+                `frames_indices` selection), in-memory frames are sampled at `fps` as transformers'
+                `Qwen3VLVideoProcessor` does; frames without metadata, with our `load_video`'s metadata or with
+                qwen-vl-utils' (`process_vision_info` outputs) are used as given. A list of strings is a list of
+                video files; wrap frame paths of one video in a list: `[[f0, f1, ...]]`.
             video_metadata: one per video (ours, transformers' `VideoMetadata`, or qwen-vl-utils' dict with `fps`,
                 `frames_indices`) for timestamps; without it in-memory frames are taken at `fps` frames per second.
                 The Qwen3-VL model card's qwen-vl-utils call works as is: `videos, video_metadata = zip(*videos)` of
                 `process_vision_info(..., return_video_kwargs=True, return_video_metadata=True)`, then
                 `processor(text=..., videos=..., video_metadata=..., do_resize=False, **video_kwargs)`.
-            do_sample_frames: True samples in-memory frames with the budget below; default: used as given.
+            do_sample_frames: True samples in-memory frames with the budget below, False uses them as given
+                (qwen-vl-utils' `video_kwargs` pass False); default: sampled when the metadata says they are the
+                source's frames at its own rate (see `videos`).
             do_resize: False keeps frames and images at their size (sides must be multiples of 32); default: resized
                 to the budget.
             fps, min_frames, max_frames, nframes/num_frames, video_start, video_end, video_budget, min_pixels,
                 max_pixels, total_pixels, size, resized_height, resized_width: video budget for this call (a `fps`
                 list gives one value per video).
-            image_min_pixels, image_max_pixels: image budget for this call.
+            image_min_pixels, image_max_pixels: image budget for this call (`min_pixels` / `max_pixels` bound
+                images too, unless these are given; merge order: see the class doc).
             padding (default: True for a batch of several texts), padding_side (default "left"), truncation,
                 max_length, add_special_tokens, ...: passed to the tokenizer. return_tensors: "pt" (default), "np".
 
@@ -1584,10 +1780,7 @@ class InternVideo3Processor(ProcessorMixin):
             kwargs.update(kwargs.pop(key, None) or {})
         kwargs.pop("return_metadata", None)
         call_video = {k: kwargs.pop(k) for k in VIDEO_SETTING_KEYS if k in kwargs}
-        call_image = {k: kwargs.pop(k) for k in ("image_min_pixels", "image_max_pixels") if k in kwargs}
-        for key in ("resized_height", "resized_width"):
-            if key in call_video:
-                call_image[key] = call_video[key]
+        call_image = _call_image_settings(call_video, kwargs)
         text_kwargs = {k: kwargs.pop(k) for k in TEXT_KWARGS if k in kwargs}
         if kwargs:
             raise TypeError(f"InternVideo3Processor got unexpected keyword arguments: {sorted(kwargs)}")
@@ -1596,7 +1789,7 @@ class InternVideo3Processor(ProcessorMixin):
         image_grids = video_grids = video_stamps = None
         if images is not None:
             images = _flatten_images(images)
-            settings = image_settings or [dict(call_image) for _ in images]
+            settings = image_settings or [self._image_settings(call_image)] * len(images)
             data["pixel_values"], image_grids = self._process_images(images, settings, do_resize)
             data["image_grid_thw"] = image_grids
         if videos is not None:
@@ -1609,7 +1802,7 @@ class InternVideo3Processor(ProcessorMixin):
                     s = dict(call_video)
                     if isinstance(fps_value, (list, tuple)):  # qwen-vl-utils' video_kwargs: one fps per video
                         s["fps"] = fps_value[i]
-                    video_settings.append(s)
+                    video_settings.append(self._video_settings(s))
             data["pixel_values_videos"], video_grids, video_stamps = self._process_videos(
                 videos, metadata, video_settings, do_sample_frames, do_resize
             )
@@ -1659,7 +1852,7 @@ class InternVideo3Processor(ProcessorMixin):
         `{"type": "image", "image"|"path"|"url"|"image_url": ...}`, `{"type": "video", "video"|"path"|"url": ...}`
         (a file/URL, a list of frames, or an array). An item may carry its own budget (`fps`, `max_frames`,
         `min_pixels`, `max_pixels`, `total_pixels`, `nframes`, `video_start`, `video_end`, `size`, ... as
-        qwen-vl-utils), which overrides the call-level values.
+        qwen-vl-utils), which beats the call-level values (merge order: see the class doc).
 
         Args:
             conversation: one list of messages, or a list of them (a batch).
@@ -1675,7 +1868,7 @@ class InternVideo3Processor(ProcessorMixin):
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
         call_video = {k: kwargs.pop(k) for k in VIDEO_SETTING_KEYS if k in kwargs}
-        call_image = {k: kwargs.pop(k) for k in ("image_min_pixels", "image_max_pixels") if k in kwargs}
+        call_image = _call_image_settings(call_video, kwargs)
         text_kwargs = {k: kwargs.pop(k) for k in TEXT_KWARGS if k in kwargs}
         for key in ("return_assistant_tokens_mask", "return_metadata", "num_frames_sampled"):
             kwargs.pop(key, None)
@@ -1697,14 +1890,12 @@ class InternVideo3Processor(ProcessorMixin):
         for messages in conversations:
             for kind, item in _vision_items(messages):
                 if kind == "image":
-                    s = dict(call_image)
-                    s.update({k: item[k] for k in ("min_pixels", "max_pixels", "resized_height", "resized_width") if k in item})
+                    s = self._image_settings(call_image, {k: item[k] for k in IMAGE_ITEM_KEYS if k in item})
                     images.append(_item_source(item, ("image", "path", "url", "image_url")))
                     image_settings.append(s)
                 else:
-                    s = dict(call_video)
-                    s.update({k: item[k] for k in VIDEO_SETTING_KEYS if k in item})
-                    frames, meta = self.load_video(_item_source(item, ("video", "path", "url", "video_url")), **s)
+                    s = self._video_settings(call_video, {k: item[k] for k in VIDEO_SETTING_KEYS if k in item})
+                    frames, meta = self._load_video(_item_source(item, ("video", "path", "url", "video_url")), s)
                     videos.append(frames)
                     metadata.append(meta)
                     video_settings.append(s)
@@ -1736,6 +1927,14 @@ class InternVideo3Processor(ProcessorMixin):
 # ---------------------------------------------------------------------------------------------------------------
 # Input-shape helpers
 # ---------------------------------------------------------------------------------------------------------------
+def _call_image_settings(call_video: dict, kwargs: dict) -> dict:
+    """The image keys of one call: `image_min_pixels` / `image_max_pixels` popped from `kwargs`, and the shared
+    `min_pixels` / `max_pixels` / `resized_height` / `resized_width` of `call_video` (they bound images too)."""
+    settings = {k: call_video[k] for k in ("min_pixels", "max_pixels", "resized_height", "resized_width") if k in call_video}
+    settings.update({k: kwargs.pop(k) for k in ("image_min_pixels", "image_max_pixels") if k in kwargs})
+    return settings
+
+
 def _is_image_item(item: dict) -> bool:
     return item.get("type") in ("image", "image_url") or "image" in item or "image_url" in item
 

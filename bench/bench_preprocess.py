@@ -62,15 +62,23 @@ from _common import REPO_ROOT, module_from_file, proc_status_mib
 
 VIDEOS = Path(os.environ.get("INTERNVIDEO3_TEST_VIDEOS", REPO_ROOT / "tests" / "data" / "videos"))
 LONG_SECONDS = 164
+# issue 26's long clip: 10 minutes of 1280x720 at 30 fps H.264, a keyframe every 250 frames (18,000 frames), built
+# once from pole_vault.mp4 (looped, upscaled) into ~/.cache (160 MB, not in git), timed at 64 frames and at fps 2
+# capped at 768 frames
+LONG_GOP_CLIP = Path.home() / ".cache" / "internvideo3" / "bench_long" / "pole_vault_720p30_gop250_600s.mp4"
+LONG_GOP_RUNS = {"10 min 720p, 64 frames": {"max_frames": 64}, "10 min 720p, fps 2 (768)": {"max_frames": 768}}
 RSS_FRAMES = 768
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # clips
 # ---------------------------------------------------------------------------------------------------------------
-def _encode_loop(source: Path, out: Path, seconds: float | None, frames: int | None, size, rate: int) -> None:
+def _encode_loop(
+    source: Path, out: Path, seconds: float | None, frames: int | None, size, rate: int, gop: int | None = None
+) -> None:
     """Re-encode `source`'s frames (looped) as H.264 at `rate` fps: `seconds` of video or `frames` frames, scaled
-    to `size` (width, height) if given. Written to a temp name, then renamed."""
+    to `size` (width, height) if given; `gop`: a keyframe exactly every `gop` frames (no scene-cut keyframes), as
+    long-form video is usually encoded. Written to a temp name, then renamed."""
     import av  # noqa: PLC0415
 
     with av.open(str(source)) as container:
@@ -79,19 +87,30 @@ def _encode_loop(source: Path, out: Path, seconds: float | None, frames: int | N
         from PIL import Image  # noqa: PLC0415
 
         images = [im.resize(size, Image.Resampling.BICUBIC) for im in images]
+    # converted to the encoder's format once per source frame, not once per output frame (18,000 for the long clip)
+    images = [av.VideoFrame.from_image(im).reformat(format="yuv420p") for im in images]
     count = frames if frames is not None else int(round(seconds * rate))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}.mp4")
     with av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = images[0].size
+        stream.width, stream.height = images[0].width, images[0].height
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "veryfast", "crf": "23"}
+        if gop:
+            stream.options = {**stream.options, "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
         for i in range(count):
-            frame = av.VideoFrame.from_image(images[i % len(images)])
+            frame = images[i % len(images)]
             frame.pts = i  # in the encoder's time base, 1 / rate
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     os.replace(tmp, out)
+
+
+def make_long_gop_clip() -> Path:
+    if not LONG_GOP_CLIP.exists():
+        LONG_GOP_CLIP.parent.mkdir(parents=True, exist_ok=True)
+        _encode_loop(VIDEOS / "pole_vault.mp4", LONG_GOP_CLIP, 600, None, (1280, 720), 30, gop=250)
+    return LONG_GOP_CLIP
 
 
 def make_clips(workdir: Path) -> dict[str, Path]:
@@ -148,7 +167,8 @@ def worker(kind: str, module_dir: str | None, threads: int) -> None:
 
             def run(request):
                 out = video_processor(
-                    videos=[request["path"]], size=request["size"], fps=2.0, do_sample_frames=True, return_tensors="pt"
+                    videos=[request["path"]], size=request["size"], fps=2.0, do_sample_frames=True, return_tensors="pt",
+                    **request.get("transformers_kwargs", {}),
                 )
                 return out["pixel_values_videos"], out["video_grid_thw"]
 
@@ -233,8 +253,9 @@ def transformers_size(num_frames: int, height: int, width: int, target: tuple[in
     raise SystemExit(f"error: no transformers size gives {target} for {num_frames} frames of {height}x{width}")
 
 
-def clip_geometry(path: Path) -> tuple[int, int, int, tuple[int, int]]:
-    """(sampled frames before padding, height, width, our resized (h, w)) with our processor's defaults."""
+def clip_geometry(path: Path, **settings) -> tuple[int, int, int, tuple[int, int]]:
+    """(sampled frames before padding, height, width, our resized (h, w)) with our processor's defaults, or
+    `settings` (e.g. max_frames) in their place."""
     from transformers import AutoTokenizer  # noqa: PLC0415
 
     from processing_internvideo3 import FACTOR, InternVideo3Processor, load_video  # noqa: PLC0415
@@ -246,7 +267,7 @@ def clip_geometry(path: Path) -> tuple[int, int, int, tuple[int, int]]:
         seen.update(n=n, h=h, w=w, target=processor.video_target_size(n, h, w))
         return (FACTOR, FACTOR)  # geometry only: keep the decoded frames small
 
-    load_video(path, fps=processor.fps, max_frames=processor.max_frames, resize_to=resize_to)
+    load_video(path, **{"fps": processor.fps, "max_frames": processor.max_frames, **settings}, resize_to=resize_to)
     return seen["n"], seen["h"], seen["w"], seen["target"]
 
 
@@ -320,6 +341,8 @@ def main() -> None:
     parser.add_argument("--skip-anchors", action="store_true", help="time ours (and --before) only")
     parser.add_argument("--before", metavar="REF", help="also time our processor as of git REF (e.g. main)")
     parser.add_argument("--skip-rss", action="store_true", help="no 1080p peak-memory measurement")
+    parser.add_argument("--long-gop", action="store_true", help="also the 10-minute 720p clip (issue 26) at 64 and 768 frames")
+    parser.add_argument("--skip-qwen-vl-utils", action="store_true", help="no qwen-vl-utils column")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/internvideo3_bench_preprocess"))
     parser.add_argument("--worker", choices=["ours", "transformers", "qwen-vl-utils"], help=argparse.SUPPRESS)
     parser.add_argument("--module-dir", help=argparse.SUPPRESS)
@@ -344,7 +367,8 @@ def main() -> None:
         workers.append(Worker(f"ours @ {args.before}", sys.executable, "ours", args.threads, before_dir))
     if not args.skip_anchors:
         workers.append(Worker("transformers + torchcodec", args.anchors_python, "transformers", args.threads))
-        workers.append(Worker("qwen-vl-utils + transformers", args.anchors_python, "qwen-vl-utils", args.threads))
+        if not args.skip_qwen_vl_utils:
+            workers.append(Worker("qwen-vl-utils + transformers", args.anchors_python, "qwen-vl-utils", args.threads))
 
     speed_clips = [name for name in clips if name != "1080p"]
     requests = {}
@@ -352,9 +376,20 @@ def main() -> None:
         n, h, w, target = clip_geometry(clips[name])
         requests[name] = {"path": str(clips[name]), "size": transformers_size(n, h, w, target), "nframes": n + n % 2}
         print(f"{name}: {n} frames of {h}x{w} -> {target[0]}x{target[1]}, transformers size={requests[name]['size']}")
+    if args.long_gop:
+        long_clip = make_long_gop_clip()
+        for name, settings in LONG_GOP_RUNS.items():
+            n, h, w, target = clip_geometry(long_clip, **settings)
+            requests[name] = {
+                "path": str(long_clip), "size": transformers_size(n, h, w, target), "nframes": n + n % 2,
+                "ours_kwargs": settings, "transformers_kwargs": settings,
+            }  # fmt: skip
+            speed_clips.append(name)
+            print(f"{name}: {n} frames of {h}x{w} -> {target[0]}x{target[1]}")
     for w in workers:
         for name in speed_clips:
-            w.ask(warmup=True, **requests[name])
+            if name not in LONG_GOP_RUNS:  # imports and first-call costs: the short clips are enough
+                w.ask(warmup=True, **requests[name])
 
     times = {(w.name, name): [] for w in workers for name in speed_clips}
     run_loads: list[float] = []
@@ -363,7 +398,7 @@ def main() -> None:
         for name in speed_clips:
             order = workers[run % len(workers) :] + workers[: run % len(workers)]  # rotate who goes first
             for w in order:
-                save = str(args.workdir / f"{w.name.split()[0]}-{name.split()[0]}.pt") if run == 0 and w.name in ("ours", "transformers + torchcodec") else None
+                save = str(args.workdir / f"{w.name.split()[0]}-{name.replace(' ', '_').replace('/', '_')}.pt") if run == 0 and w.name in ("ours", "transformers + torchcodec") else None
                 reply = w.ask(save=save, **requests[name])
                 times[(w.name, name)].append(reply["seconds"])
                 results[(w.name, name)] = reply
@@ -402,8 +437,8 @@ def main() -> None:
         import torch  # noqa: PLC0415
 
         for name in speed_clips:
-            a = torch.load(args.workdir / f"ours-{name.split()[0]}.pt")
-            b = torch.load(args.workdir / f"transformers-{name.split()[0]}.pt")
+            a = torch.load(args.workdir / f"ours-{name.replace(' ', '_').replace('/', '_')}.pt")
+            b = torch.load(args.workdir / f"transformers-{name.replace(' ', '_').replace('/', '_')}.pt")
             print(f"{name}: max |ours - transformers| over the whole output = {float((a - b).abs().max()):.6g} "
                   f"({int((a != b).sum()):,} of {a.numel():,} values differ)")  # fmt: skip
 

@@ -66,7 +66,7 @@ BAD_SETTINGS = [
     (dict(total_pixels=-5), ["total_pixels", "got -5", "> 0"]),
     (dict(max_pixels=[1]), ["max_pixels", "[1]", "list"]),
     (dict(min_pixels=1_000_000, max_pixels=100_000), ["min_pixels (1000000)", "max_pixels (100000)"]),
-    (dict(max_pixels=100_000), ["min_pixels (131072)", "max_pixels (100000)", "processor's setting"]),
+    # a max_pixels alone below the default min_pixels is honoured (the default yields): test_processor_settings.py
     (dict(video_start=-1), ["video_start", "got -1", ">= 0"]),
     (dict(video_end=-1), ["video_end", "got -1", ">= 0"]),
     (dict(video_start=5, video_end=1), ["video_start (5 s)", "video_end (1 s)", "<="]),
@@ -108,8 +108,10 @@ def test_bad_image_setting_is_named(processor):
     image = np.full((64, 64, 3), 200, np.uint8)
     with pytest.raises(ValueError, match=r"image_max_pixels must be a number > 0 .*got 0"):
         processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=[image], image_max_pixels=0)
+    # both bounds given and in conflict; one given alone beyond the default is honoured (test_processor_settings.py)
     with pytest.raises(ValueError, match=r"image_min_pixels \(20000000\) must be <= image_max_pixels \(16777216\)"):
-        processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=[image], image_min_pixels=20_000_000)
+        processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=[image], image_min_pixels=20_000_000,
+                  image_max_pixels=16_777_216)  # fmt: skip
 
 
 def test_bad_processor_config_fails_at_load_naming_the_setting(small_checkpoint, tmp_path):

@@ -512,8 +512,10 @@ def test_cli_error_during_training_keeps_its_traceback(tmp_path, small_checkpoin
 
 
 def test_cli_min_pixels_flag_reaches_the_processor(tmp_path, small_checkpoint, videos_dir):
-    """A --max-pixels below the processor's default min_pixels (131,072) is refused with one error line naming
-    min_pixels; with --min-pixels the same call-level budget trains (items carry no pixel budget of their own)."""
+    """A --max-pixels alone below the processor's min_pixels (131,072, from processor_config.json) trains: the
+    processor's bound yields to the call's, as qwen-vl-utils and transformers honour it; --min-pixels above
+    --max-pixels is refused with one error line naming both; with --min-pixels the same call-level budget trains
+    (items carry no pixel budget of their own)."""
     clip = {"type": "video", "video": str(videos_dir / "hevc_128x128.mp4"), "fps": 2, "max_frames": 2}
     row = {"messages": [{"role": "user", "content": [clip, {"type": "text", "text": "Describe the pattern."}]},
                         {"role": "assistant", "content": "A synthetic colour test pattern."}]}  # fmt: skip
@@ -525,10 +527,13 @@ def test_cli_min_pixels_flag_reaches_the_processor(tmp_path, small_checkpoint, v
                    "--output-dir", str(tmp_path / out), "--max-pixels", "16384", *flags]  # fmt: skip
         return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
 
-    refused = train(out="refused")
+    alone = train(out="alone")
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert alone.stdout.strip().splitlines()[-1].startswith("train_loss: first ")
+    refused = train("--min-pixels", "32768", out="refused")
     assert refused.returncode == 2, refused.stderr[-2000:]
     last = refused.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: min_pixels (131072) must be <= max_pixels (16384)"), last
+    assert last.startswith("error: --min-pixels (32768) must be <= --max-pixels (16384)"), last
     assert "Traceback" not in refused.stderr
     trained = train("--min-pixels", "4096", out="trained")
     assert trained.returncode == 0, trained.stderr[-2000:]

@@ -1,0 +1,119 @@
+"""Issue 26, item 4: the PyAV decode pass decodes only what the sampled frames need (seeks to the keyframe before a
+sampled frame once that keyframe lies past what was read, skips unreferenced unsampled frames), and the frames are
+bit for bit those of sequential decoding. Real clips from tests/data/videos plus a small long-GOP H.264 clip
+generated here with PyAV (keyframe every 50 frames, B-frames)."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+import processing_internvideo3 as P
+
+GOP = 50
+LONG_FRAMES = 64 * 60  # 64 frames sampled from it lie 60 apart: more than one GOP
+
+
+@pytest.fixture(scope="module")
+def long_gop_clip(tmp_path_factory):
+    """3,840 frames, 64x48, 30 fps H.264 (libx264, B-frames), a keyframe exactly every 50 frames; every frame
+    differs (a moving pattern plus its index in binary), so a wrong frame cannot pass for the right one."""
+    path = tmp_path_factory.mktemp("long_gop") / f"long_gop_{GOP}.mp4"
+    y, x = np.mgrid[0:48, 0:64]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"preset": "veryfast", "g": str(GOP), "keyint_min": str(GOP), "sc_threshold": "0", "bframes": "3"}
+        for i in range(LONG_FRAMES):
+            image = np.stack([(x * 4 + i * 3) % 256, (y * 5 + i * 7) % 256, np.full_like(x, (i * 11) % 256)], -1)
+            bits = (i >> np.arange(12)) & 1  # the frame index as 12 blocks of 4 pixels, black or white
+            image[:8, : 12 * 4] = np.repeat(bits * 255, 4)[None, :, None]
+            frame = av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def _sequential(monkeypatch):
+    """Make `load_video` decode as it did before seeking existed: the demux pass reports no keyframes."""
+    original = P._presentation_pts
+
+    def no_keyframes(*args, **kwargs):
+        *rest, _ = original(*args, **kwargs)
+        return (*rest, [])
+
+    monkeypatch.setattr(P, "_presentation_pts", no_keyframes)
+
+
+def _decoded_counter(monkeypatch) -> list[int]:
+    """Spy (not a stand-in) on `_decode_selected`: the number of frames each call decoded (its returned pts list)."""
+    counts: list[int] = []
+    original = P._decode_selected
+
+    def counting(*args, **kwargs):
+        result = original(*args, **kwargs)
+        counts.append(len(result[1]))
+        return result
+
+    monkeypatch.setattr(P, "_decode_selected", counting)
+    return counts
+
+
+SETTINGS = [
+    {},  # defaults: fps 2
+    {"fps": None, "max_frames": 64},
+    {"nframes": 64},
+    {"fps": 0.5},
+    {"fps": 30, "max_frames": 768},
+    {"video_start": 1.0, "video_end": 3.0, "nframes": 6},
+    {"video_start": 40.0, "nframes": 16},
+]
+
+
+def _load_or_error(path, settings):
+    try:
+        return P.load_video(path, **settings)
+    except (ValueError, P.VideoLoadError) as error:
+        return error
+
+
+def _clips(videos_dir):
+    return sorted(p for p in videos_dir.iterdir() if p.suffix in (".mp4", ".mkv", ".mov"))
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "default")
+def test_seeking_decode_gives_the_sequential_frames(videos_dir, long_gop_clip, monkeypatch, settings):
+    """Every shipped clip and the long-GOP clip, several sampling settings: frames (pixels), indices and timestamps
+    equal to sequential decoding; a clip that fails fails the same way."""
+    for path in [long_gop_clip, *_clips(videos_dir)]:
+        fast = _load_or_error(path, settings)
+        with monkeypatch.context() as m:
+            _sequential(m)
+            slow = _load_or_error(path, settings)
+        if isinstance(slow, Exception):
+            assert type(fast) is type(slow) and str(fast) == str(slow), path.name
+            continue
+        assert not isinstance(fast, Exception), (path.name, fast)
+        (frames, meta), (ref_frames, ref_meta) = fast, slow
+        assert meta.frames_indices == ref_meta.frames_indices and meta.timestamps == ref_meta.timestamps, path.name
+        assert frames.shape == ref_frames.shape and np.array_equal(frames, ref_frames), path.name
+
+
+def test_long_gop_clip_frames_are_the_encoded_ones(long_gop_clip):
+    """Independent of our sequential path: the frame index written into each sampled frame is the sampled index."""
+    frames, meta = P.load_video(long_gop_clip, fps=None, max_frames=64)
+    bits = (frames[:, 2:6, 2 : 12 * 4 : 4, 0] > 127).all(axis=1)  # [T, 12]
+    assert (bits.astype(np.int64) << np.arange(12)).sum(axis=1).tolist() == meta.frames_indices
+
+
+def test_sparse_samples_decode_only_what_they_need(long_gop_clip, monkeypatch):
+    """64 frames from 3,840 with a keyframe every 50: each sampled frame needs at most the 49 frames before it
+    since its keyframe, and unreferenced B-frames are skipped, so well under half the clip is decoded (sequential
+    decoding, before this change, decoded all 3,840: the last sampled frame is the last frame)."""
+    counts = _decoded_counter(monkeypatch)
+    frames, meta = P.load_video(long_gop_clip, fps=None, max_frames=64)
+    assert len(meta.frames_indices) == 64 and meta.frames_indices[-1] == LONG_FRAMES - 1
+    assert len(counts) == 1
+    assert counts[0] < LONG_FRAMES // 2, f"decoded {counts[0]} of {LONG_FRAMES} frames for 64 sampled"
