@@ -115,6 +115,17 @@ def _cases(processor: InternVideo3Processor, tmp: Path) -> dict:
     # Bad inputs: the text of the error (and of any warning) is part of what users see.
     (tmp / "empty.mp4").write_bytes(b"")
     (tmp / "notes.mp4").write_text("not a video\n")
+    faststart = tmp / "snow_dog_faststart.mp4"  # index in front, so a cut file opens and warns (TruncatedVideoWarning)
+    with av.open(str(TEST_VIDEOS_DIR / "snow_dog.mp4")) as source, \
+            av.open(str(faststart), "w", options={"movflags": "faststart"}) as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    data = faststart.read_bytes()
+    (tmp / "partial_download.mp4").write_bytes(data[: len(data) // 3])
+    cases["warn/partial_download"] = chat([video(tmp / "partial_download.mp4")], **BUDGET)
     cases["bad/corrupted"] = chat([video(TEST_VIDEOS_DIR / "corrupted.mp4")], **BUDGET)
     cases["bad/missing"] = chat([video(tmp / "missing.mp4")], **BUDGET)
     cases["bad/empty"] = chat([video(tmp / "empty.mp4")], **BUDGET)
