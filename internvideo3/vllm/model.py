@@ -1,0 +1,185 @@
+"""InternVideo3 in vLLM: the text decoder with M²LA through vLLM's MLA layer (SPEC §3-§5).
+
+Reused from vLLM: `MultiHeadLatentAttentionWrapper` / `MLAModules` (latent cache of r + d_r values per token and layer,
+absorbed decode, prefill expansion through `kv_b_proj`), MRoPE from `get_rope` (interleaved sections;
+`is_neox_style=False` is the pair-interleaved q_pe/k_pe layout of SPEC §5.3, the same rotation up to a channel
+permutation shared by q and k), vLLM's RMSNorm, parallel linears, embedding, LM head and `AutoWeightsLoader`.
+Written here: what our layout needs (checkpoint names as `from_pretrained` reads them, no latent norm unless the
+checkpoint has one, the optional q_norm over the first head_dim channels, separate gate/up projections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from vllm.model_executor.layers.logits_processor import LogitsProcessor
+from vllm.model_executor.layers.mla import MLAModules, MultiHeadLatentAttentionWrapper
+from vllm.model_executor.layers.rotary_embedding import get_rope
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+from vllm.model_executor.models.interfaces import SupportsMRoPE
+from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
+
+# The remote-code config's own functions (q_norm arithmetic, SPEC §9.4), importable as the package installs them.
+from modeling_internvideo3 import rms_norm
+
+
+class QProjWithNorm(nn.Module):
+    """q_proj followed by the converted Qwen3 q_norm (SPEC §9.4): the RMS of each head's first head_dim channels
+    scales the whole head. Returns (q [N, H·(d_n + d_r)], None) as vLLM's linears do."""
+
+    def __init__(self, q_proj: nn.Module, num_heads: int, head_dim: int, eps: float, prefix: str):
+        super().__init__()
+        self.q_proj = q_proj
+        self.num_heads = num_heads
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(head_dim), requires_grad=False)
+
+    def forward(self, x):
+        q = self.q_proj(x)[0]
+        q = q.view(q.shape[0], self.num_heads, -1)
+        q = rms_norm(q, self.weight, self.eps, channels=self.weight.shape[0])
+        return q.reshape(q.shape[0], -1), None
+
+
+class InternVideo3TextAttention(nn.Module):
+    def __init__(self, config, layer_idx: int, cache_config, quant_config, prefix: str):
+        super().__init__()
+        if getattr(config, "rope_frequency_planes", None) is not None:
+            raise NotImplementedError("vLLM plugin: rope_frequency_planes checkpoints are not supported yet")
+        H, d_n, d_r, d_v = (config.num_attention_heads, config.qk_nope_head_dim, config.qk_rope_head_dim,
+                            config.v_head_dim)
+        r = config.layer_kv_lora_rank(layer_idx)
+        D = config.hidden_size
+        bias = config.attention_bias
+        self.q_proj = ColumnParallelLinear(D, H * (d_n + d_r), bias=bias, quant_config=quant_config,
+                                           prefix=f"{prefix}.q_proj")
+        self.kv_a_proj_with_mqa = ReplicatedLinear(D, r + d_r, bias=bias, quant_config=quant_config,
+                                                   prefix=f"{prefix}.kv_a_proj_with_mqa")
+        # The released model has no latent norm (SPEC §3); vLLM's wrapper calls kv_a_layernorm unconditionally.
+        self.kv_a_layernorm = RMSNorm(r, eps=config.rms_norm_eps) if config.qk_latent_layernorm else nn.Identity()
+        self.kv_b_proj = ColumnParallelLinear(r, H * (d_n + d_v), bias=False, quant_config=quant_config,
+                                              prefix=f"{prefix}.kv_b_proj")
+        self.o_proj = RowParallelLinear(H * d_v, D, bias=False, quant_config=quant_config, prefix=f"{prefix}.o_proj")
+        rope_parameters = dict(config.rope_parameters)
+        rope_parameters.setdefault("mrope_section", list(config.mrope_section))
+        rope_parameters.setdefault("mrope_interleaved", config.mrope_interleaved)
+        self.rotary_emb = get_rope(d_r, max_position=config.max_position_embeddings,
+                                   rope_parameters=rope_parameters, is_neox_style=not config.rope_interleave)
+        q_module = self.q_proj
+        if config.q_norm:
+            self.q_norm = QProjWithNorm(self.q_proj, H, config.head_dim, config.rms_norm_eps, f"{prefix}.q_norm")
+            q_module = self.q_norm
+        self.mla_attn = MultiHeadLatentAttentionWrapper(
+            hidden_size=D, num_heads=H, scale=config.softmax_scale, qk_nope_head_dim=d_n, qk_rope_head_dim=d_r,
+            v_head_dim=d_v, q_lora_rank=None, kv_lora_rank=r,
+            mla_modules=MLAModules(
+                kv_a_layernorm=self.kv_a_layernorm, kv_b_proj=self.kv_b_proj, rotary_emb=self.rotary_emb,
+                o_proj=self.o_proj, fused_qkv_a_proj=None, kv_a_proj_with_mqa=self.kv_a_proj_with_mqa,
+                q_a_layernorm=None, q_b_proj=None, q_proj=q_module, indexer=None, is_sparse=False,
+                topk_indices_buffer=None,
+            ),
+            cache_config=cache_config, quant_config=quant_config, prefix=prefix,
+        )
+
+    def forward(self, positions, hidden_states):
+        return self.mla_attn(positions, hidden_states)
+
+
+class InternVideo3TextMLP(nn.Module):
+    def __init__(self, config, quant_config, prefix: str):
+        super().__init__()
+        D, F = config.hidden_size, config.intermediate_size
+        self.gate_proj = ColumnParallelLinear(D, F, bias=False, quant_config=quant_config, prefix=f"{prefix}.gate_proj")
+        self.up_proj = ColumnParallelLinear(D, F, bias=False, quant_config=quant_config, prefix=f"{prefix}.up_proj")
+        self.down_proj = RowParallelLinear(F, D, bias=False, quant_config=quant_config, prefix=f"{prefix}.down_proj")
+        if config.hidden_act != "silu":
+            raise NotImplementedError(f"vLLM plugin: hidden_act {config.hidden_act!r}")
+
+    def forward(self, x):
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)[0]) * self.up_proj(x)[0])[0]
+
+
+class InternVideo3TextDecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx, cache_config, quant_config, prefix: str):
+        super().__init__()
+        self.self_attn = InternVideo3TextAttention(config, layer_idx, cache_config, quant_config, f"{prefix}.self_attn")
+        self.mlp = InternVideo3TextMLP(config, quant_config, f"{prefix}.mlp")
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, positions, hidden_states):
+        # Plain residual adds (not vLLM's fused add-norm) keep the transformers model's fp32 order of operations.
+        hidden_states = hidden_states + self.self_attn(positions, self.input_layernorm(hidden_states))
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class InternVideo3TextModel(nn.Module):
+    def __init__(self, config, cache_config, quant_config, prefix: str):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, prefix=f"{prefix}.embed_tokens")
+        self.layers = nn.ModuleList(
+            InternVideo3TextDecoderLayer(config, i, cache_config, quant_config, f"{prefix}.layers.{i}")
+            for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, positions, inputs_embeds):
+        hidden_states = inputs_embeds
+        for layer in self.layers:
+            hidden_states = layer(positions, hidden_states)
+        return self.norm(hidden_states)
+
+
+class _Inner(nn.Module):
+    """`model.` of the checkpoint: `model.language_model.*` (and `model.visual.*`)."""
+
+    def __init__(self, config, cache_config, quant_config, prefix: str):
+        super().__init__()
+        self.language_model = InternVideo3TextModel(config.text_config, cache_config, quant_config,
+                                                    f"{prefix}.language_model")
+
+
+class InternVideo3ForConditionalGeneration(nn.Module, SupportsMRoPE):
+    """vLLM model for `InternVideo3ForConditionalGeneration` folders (module names = checkpoint names, SPEC §3)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        text_config = config.text_config
+        kv_ranks = {text_config.layer_kv_lora_rank(i) for i in range(text_config.num_hidden_layers)}
+        if len(kv_ranks) > 1:  # vLLM sizes one MLA head for all layers from the config (get_head_size)
+            raise NotImplementedError(f"vLLM plugin: per-layer kv_lora_rank_list {sorted(kv_ranks)}")
+        self.config = config
+        self.model = _Inner(config, vllm_config.cache_config, vllm_config.quant_config, maybe_prefix(prefix, "model"))
+        self.lm_head = ParallelLMHead(text_config.vocab_size, text_config.hidden_size,
+                                      prefix=maybe_prefix(prefix, "lm_head"))
+        if text_config.tie_word_embeddings:
+            self.lm_head = self.lm_head.tie_weights(self.model.language_model.embed_tokens)
+        self.logits_processor = LogitsProcessor(text_config.vocab_size)
+
+    def embed_input_ids(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.model.language_model.embed_tokens(input_ids)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_input_ids(input_ids)
+        return self.model.language_model(positions, inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def get_mrope_input_positions(self, input_tokens: list[int], mm_features) -> tuple[torch.Tensor, int]:
+        """[3, S] (T, H, W) positions and the delta of later positions; text only: three equal rows (SPEC §5.2)."""
+        if mm_features:
+            raise NotImplementedError("vLLM plugin: image/video input is not supported yet")
+        positions = torch.arange(len(input_tokens)).expand(3, -1)
+        return positions, 0
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loader = AutoWeightsLoader(self, ignore_unexpected_prefixes=["model.visual."])
+        return loader.load_weights(weights)
