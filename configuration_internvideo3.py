@@ -104,6 +104,11 @@ class InternVideo3TextConfig(PretrainedConfig):
             head_dim query channels of each head and scales the whole head: a converted Qwen3 source's q_norm kept
             exact (SPEC §9.4; converter `--q-norm exact`). Released checkpoints have none. Not inferred from the keys:
             a `q_norm.weight` left over from a Qwen3 checkpoint without this flag is an unexpected key.
+        k_norm (`bool`, False): a per-head RMSNorm `k_norm` (weight [head_dim], stored pair-interleaved like the k_pe
+            rows) applied to each block of head_dim channels of k_pe before RoPE: a converted Qwen3 source's k_norm
+            kept exact in the equal-cache exact form (SPEC §9.4: block g of k_pe is source KV head g's key). The cache
+            stores k_pe after it and RoPE, so the cache layout is unchanged. Needs rope_interleave and
+            qk_rope_head_dim a multiple of head_dim. Released checkpoints have none; not inferred from the keys.
         rope_frequency_planes (`list[list[int]]`, optional): per layer, the RoPE frequency of each of the
             qk_rope_head_dim / 2 planes of q_pe/k_pe, as an index i into the planes of a RoPE of width head_dim
             (inv_freq = theta^(-2i / head_dim), MRoPE axis of plane i). Lets a converted model keep several rotated
@@ -158,6 +163,7 @@ class InternVideo3TextConfig(PretrainedConfig):
         attention_dropout=0.0,
         qk_latent_layernorm=False,
         q_norm=False,
+        k_norm=False,
         rope_frequency_planes=None,
         rope_interleave=True,
         rope_theta=None,
@@ -199,6 +205,7 @@ class InternVideo3TextConfig(PretrainedConfig):
         self.attention_expand_budget_bytes = attention_expand_budget_bytes
         self.qk_latent_layernorm = bool(qk_latent_layernorm)
         self.q_norm = bool(q_norm)
+        self.k_norm = bool(k_norm)
         self.rope_frequency_planes = (
             [[int(i) for i in planes] for planes in rope_frequency_planes] if rope_frequency_planes is not None else None
         )
@@ -285,6 +292,10 @@ class InternVideo3TextConfig(PretrainedConfig):
         if self.q_norm and self.qk_nope_head_dim < self.head_dim:
             raise ValueError(f"q_norm needs qk_nope_head_dim >= head_dim ({self.head_dim}): its RMS is taken over "
                              f"the first head_dim query channels; got qk_nope_head_dim={self.qk_nope_head_dim}")
+        if self.k_norm and (not self.rope_interleave or self.qk_rope_head_dim % self.head_dim):
+            raise ValueError(f"k_norm needs rope_interleave and qk_rope_head_dim a multiple of head_dim "
+                             f"({self.head_dim}): it normalises each block of head_dim k_pe channels; got "
+                             f"qk_rope_head_dim={self.qk_rope_head_dim}, rope_interleave={self.rope_interleave}")
         if self.kv_lora_rank_list is not None:
             if len(self.kv_lora_rank_list) != self.num_hidden_layers:
                 raise ValueError(

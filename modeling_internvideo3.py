@@ -687,6 +687,7 @@ class InternVideo3TextAttention(nn.Module):
         self.kv_a_proj_with_mqa = nn.Linear(config.hidden_size, r + self.qk_rope_head_dim, bias=config.attention_bias)
         self.kv_a_layernorm = InternVideo3RMSNorm(r, eps=config.rms_norm_eps) if config.qk_latent_layernorm else None
         self.q_norm = InternVideo3RMSNorm(config.head_dim, eps=config.rms_norm_eps) if config.q_norm else None
+        self.k_norm = InternVideo3RMSNorm(config.head_dim, eps=config.rms_norm_eps) if config.k_norm else None
         planes = config.rope_frequency_planes[layer_idx] if config.rope_frequency_planes is not None else None
         # cos/sin arrive at the head_dim RoPE width in rotate-half layout; channels p and p + d_r/2 of this layer's
         # q_pe/k_pe rotate at the frequency of plane planes[p].
@@ -738,6 +739,10 @@ class InternVideo3TextAttention(nn.Module):
         q_nope, q_pe = q.split([d_n, d_r], dim=-1)  # [B, H, S, d_n], [B, H, S, d_r]
         ckv = self.kv_a_proj_with_mqa(hidden_states)  # [B, S, r + d_r]
         latent, k_pe = ckv.split([r, d_r], dim=-1)  # [B, S, r], [B, S, d_r]
+        if self.k_norm is not None:
+            # A converted Qwen3 k_norm kept exact (SPEC §9.4): each head_dim block of k_pe is one source KV head's
+            # key (pair-interleaved, as the norm weight), normalised before RoPE; the cache stores the result.
+            k_pe = self.k_norm(k_pe.unflatten(-1, (-1, self.k_norm.weight.shape[0]))).flatten(-2)
         if self.kv_a_layernorm is not None:
             latent = self.kv_a_layernorm(latent)
         latent = latent.unsqueeze(1)  # [B, 1, S, r]
@@ -936,6 +941,7 @@ _ATTENTION_KEY_SUFFIXES = (
     "kv_a_proj_with_mqa.bias",
     "kv_a_layernorm.weight",
     "q_norm.weight",
+    "k_norm.weight",
     "kv_b_proj.weight",
     "o_proj.weight",
 )

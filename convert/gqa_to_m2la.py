@@ -34,7 +34,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,7 @@ from .m2la_math import (
     ROPE_SELECTIONS,
     SourceAttention,
     build_m2la_layer,
+    exact_rope_components,
     key_plane_covariance,
     linearize_qk_norm,
     rorope_attention,
@@ -112,6 +113,16 @@ class TensorReader:
 
     def __contains__(self, key: str) -> bool:
         return key in self.weight_map
+
+    def parameter_count(self) -> int:
+        """Elements of all tensors (from the shard headers; no tensor is read)."""
+        total = 0
+        for name in sorted(set(self.weight_map.values())):
+            with _open_safetensors(self.folder / name) as f:
+                for key in f.keys():
+                    shape = f.get_slice(key).get_shape()
+                    total += int(torch.tensor(shape).prod()) if shape else 1
+        return total
 
     def get(self, key: str) -> torch.Tensor:
         """One tensor, copied out of its shard. The shard is opened per call (a header parse, well under a
@@ -462,6 +473,7 @@ def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
         qk_rope_head_dim=2 * len(weights.rope_planes), v_head_dim=d_v, attention_bias=weights.q_proj_bias is not None,
         rope_theta=arch.rope_theta, mrope_section=arch.mrope_section, mrope_interleaved=arch.mrope_interleaved,
         q_norm=weights.q_norm_weight is not None, rope_frequency_planes=[weights.rope_planes],
+        k_norm=weights.k_norm_weight is not None,
     )
     cfg._attn_implementation = "sdpa"
     attn = modeling.InternVideo3TextAttention(cfg, 0).float()
@@ -472,6 +484,8 @@ def m2la_attention(arch: SourceArch, weights, rank: int, d_n: int, d_v: int):
         attn.o_proj.weight.copy_(weights.o_proj_weight)
         if weights.q_norm_weight is not None:
             attn.q_norm.weight.copy_(weights.q_norm_weight)
+        if weights.k_norm_weight is not None:
+            attn.k_norm.weight.copy_(weights.k_norm_weight)
         if weights.q_proj_bias is not None:
             attn.q_proj.bias.copy_(weights.q_proj_bias)
             attn.kv_a_proj_with_mqa.bias.copy_(weights.kv_a_bias)
@@ -567,6 +581,11 @@ def video_calibration_batches(arch: SourceArch, reader: TensorReader, config, em
 
 
 Q_NORM_MODES = ("exact", "fit")
+K_NORM_MODES = ("exact", "fit")
+# The equal-cache exact form (SPEC §9.4: d_r = r = G·head_dim) widens q_proj by H·G·head_dim rows per layer over
+# the source's; `--cache-values` picks it by itself while that adds at most this share of the source's parameters
+# (issue 27: 17 % and 23 % on the two bench models, 55 % on Qwen3-VL-8B, which keeps the measured split).
+EXACT_FORM_MAX_EXTRA_PARAMS = 0.25
 
 
 QK_NORM_CHOICES = ("auto",) + QK_NORM_TREATMENTS
@@ -576,9 +595,12 @@ QK_NORM_CHOICES = ("auto",) + QK_NORM_TREATMENTS
 INPUT_FIT_TOKENS_PER_DIM = 8
 
 
-def split_cache_values(cache_values: int, num_kv_heads: int, head_dim: int, rope_dim: int | None = None
-                       ) -> tuple[int, int]:
+def split_cache_values(cache_values: int, num_kv_heads: int, head_dim: int, rope_dim: int | None = None,
+                       exact_form: bool = False) -> tuple[int, int]:
     """(kv_lora_rank r, RoPE width d_r) for a cache of `cache_values` = r + d_r values per token and layer.
+
+    exact_form: at the GQA cache size (2·G·head_dim) and without `rope_dim`, the equal-cache exact form r = d_r =
+    G·head_dim (SPEC §9.4; the caller decides whether its wider q_proj is acceptable, `exact_form_cost`).
 
     Best split measured on bench/convert_quality.py --study (bench/RESULTS.md, issue 13): the RoPE key takes
     d_r = min(2·head_dim, G·head_dim, 3/4 of the budget) (even), the latent the rest; so Qwen3-VL-8B's 1024 gives
@@ -588,6 +610,8 @@ def split_cache_values(cache_values: int, num_kv_heads: int, head_dim: int, rope
         ConversionError: a budget that leaves no latent, or more than the source's full [K; V] needs.
     """
     G, d = num_kv_heads, head_dim
+    if exact_form and rope_dim is None and cache_values == 2 * G * d:
+        return G * d, G * d
     d_r = rope_dim or max(2, min(2 * d, G * d, (3 * cache_values // 4) // 2 * 2))
     rank = cache_values - d_r
     if not 0 < rank <= 2 * G * d - d_r:
@@ -606,6 +630,7 @@ class ConvertOptions:
     rope_dim: int | None = None  # default: the source head_dim
     rope_selection: str = "qk"  # which rotated key components keep RoPE (m2la_math.ROPE_SELECTIONS)
     q_norm: str = "exact"  # Qwen3 q_norm: "exact" (runtime module q_norm) or "fit" (the --qk-norm treatment)
+    k_norm: str = "exact"  # Qwen3 k_norm: "exact" (module k_norm) where every key dim stays rotated, else the fit
     qk_nope_head_dim: int | None = None  # default: the source head_dim
     v_head_dim: int | None = None  # default: the source head_dim
     dtype: str | None = None  # bf16 | fp16 | fp32; default: the source's
@@ -660,7 +685,10 @@ class TargetLayout:
 
     ranks: kv_lora_rank per layer; d_n / d_r / d_v: nope, RoPE and value head widths; with_bias: `q_proj` and
     `kv_a_proj_with_mqa` get biases (source biases or an affine k_norm fit); exact_q_norm: Qwen3's q_norm stays a
-    module; qk_norm: the k_norm treatment ("auto" until `resolve_qk_norm` sees the calibration size)."""
+    module; qk_norm: the k_norm treatment ("auto" until `resolve_qk_norm` sees the calibration size); exact_k_norm:
+    Qwen3's k_norm stays a module (d_r = G·head_dim, `exact_rope_components`); exact_form: the equal-cache exact
+    form's cost and whether `--cache-values` chose it ({"chosen", "extra_query_params", "extra_fraction",
+    "bound"}; None without `--cache-values`)."""
 
     ranks: list
     d_n: int
@@ -670,10 +698,23 @@ class TargetLayout:
     exact_q_norm: bool
     qk_norm: str
     dtype: torch.dtype
+    exact_k_norm: bool = False
+    exact_form: dict | None = None
 
 
-def plan_layout(arch: SourceArch, o: ConvertOptions) -> TargetLayout:
+def exact_form_cost(arch: SourceArch, source_params: int) -> dict:
+    """The equal-cache exact form's extra `q_proj` parameters over the source's (H·G·head_dim rows of hidden_size
+    per layer: q_pe widens from nothing to G·head_dim) and their share of the source's `source_params`."""
+    extra = arch.num_layers * arch.num_heads * arch.num_kv_heads * arch.head_dim * arch.hidden_size
+    fraction = extra / max(source_params, 1)
+    return {"extra_query_params": extra, "extra_fraction": fraction, "bound": EXACT_FORM_MAX_EXTRA_PARAMS,
+            "chosen": False}
+
+
+def plan_layout(arch: SourceArch, o: ConvertOptions, source_params: int | None = None) -> TargetLayout:
     """Check the options against the source and choose the target layout.
+
+    `source_params` (the source's parameter count) prices the equal-cache exact form for `--cache-values`.
 
     Raises:
         ConversionError: a value out of range, an odd or too wide RoPE key, a rank list of the wrong length, a rank
@@ -681,8 +722,15 @@ def plan_layout(arch: SourceArch, o: ConvertOptions) -> TargetLayout:
     """
     check_options(o)
     G, d = arch.num_kv_heads, arch.head_dim
+    exact_form = None
     if o.cache_values is not None:
-        rank, d_r = split_cache_values(o.cache_values, G, d, o.rope_dim)
+        if source_params is not None:
+            exact_form = exact_form_cost(arch, source_params)
+            exact_form["chosen"] = (o.cache_values == 2 * G * d and o.rope_dim is None
+                                    and exact_form["extra_fraction"] <= EXACT_FORM_MAX_EXTRA_PARAMS)
+        rank, d_r = split_cache_values(o.cache_values, G, d, o.rope_dim, bool(exact_form and exact_form["chosen"]))
+        if exact_form is not None:  # the measured rule may give the same split (G <= 2)
+            exact_form["chosen"] = (rank, d_r) == (G * d, G * d)
         ranks = [rank] * arch.num_layers
     else:
         d_r = o.rope_dim or d
@@ -705,11 +753,16 @@ def plan_layout(arch: SourceArch, o: ConvertOptions) -> TargetLayout:
         raise ConversionError(f"--rope-selection must be one of {ROPE_SELECTIONS}")
     if o.q_norm not in Q_NORM_MODES:
         raise ConversionError(f"--q-norm must be one of {Q_NORM_MODES}")
+    if o.k_norm not in K_NORM_MODES:
+        raise ConversionError(f"--k-norm must be one of {K_NORM_MODES}")
+    exact_q_norm = arch.qk_norm and o.q_norm == "exact"
+    # k_norm stays exact where every key component keeps its rotation (SPEC §9.4): k_pe then holds the G raw keys.
+    exact_k_norm = arch.qk_norm and o.k_norm == "exact" and d_r == G * d
+    fitted = arch.qk_norm and o.qk_norm in ("auto", "lstsq", "lstsq-input") and not (exact_q_norm and exact_k_norm)
     return TargetLayout(
         ranks=ranks, d_n=d if o.qk_nope_head_dim is None else o.qk_nope_head_dim, d_r=d_r, d_v=o.v_head_dim or d,
-        with_bias=arch.attention_bias or (arch.qk_norm and o.qk_norm in ("auto", "lstsq", "lstsq-input")),
-        exact_q_norm=arch.qk_norm and o.q_norm == "exact", qk_norm=o.qk_norm,
-        dtype=DTYPES[o.dtype] if o.dtype else arch.dtype,
+        with_bias=arch.attention_bias or fitted, exact_q_norm=exact_q_norm, qk_norm=o.qk_norm,
+        dtype=DTYPES[o.dtype] if o.dtype else arch.dtype, exact_k_norm=exact_k_norm, exact_form=exact_form,
     )
 
 
@@ -740,6 +793,14 @@ def convert_attention(arch: SourceArch, src_attn: SourceAttention, xs: list, ran
     x_aug = torch.cat([x_flat, torch.ones(x_flat.shape[0], 1, dtype=torch.float64)], dim=1)
     sigma = x_aug.T @ x_aug / x_aug.shape[0]  # [D+1, D+1]
     del x_aug
+    if layout.exact_k_norm:
+        # Equal-cache exact form (SPEC §9.4): k_norm stays a module, so only a fitted q_norm needs stage 1.
+        fit_src = replace(src_attn, k_norm=None, q_norm=None if layout.exact_q_norm else src_attn.q_norm)
+        lin = linearize_qk_norm(fit_src, x_flat, layout.qk_norm)
+        U = torch.eye(G, dtype=torch.float64).expand(d // 2, G, G).clone()
+        return build_m2la_layer(src_attn, lin, sigma, U, rank, layout.d_n, layout.d_r, layout.d_v,
+                                balance=o.balance, with_bias=layout.with_bias, rope_components=exact_rope_components(G, d),
+                                exact_q_norm=layout.exact_q_norm, exact_k_norm=True)
     lin = linearize_qk_norm(src_attn, x_flat if arch.qk_norm else None, layout.qk_norm)
     del x_flat
     plane_cov = key_plane_covariance(lin.k, sigma, G, d)
@@ -755,7 +816,8 @@ def write_layer(writer: ShardWriter, reader: TensorReader, arch: SourceArch, i: 
     Returns the source keys of the layer (all handled)."""
     lp, a = f"{arch.prefix}layers.{i}.", f"{arch.prefix}layers.{i}.self_attn."
     for name, tensor in (("q_proj.weight", w.q_proj_weight), ("q_proj.bias", w.q_proj_bias),
-                         ("q_norm.weight", w.q_norm_weight), ("kv_a_proj_with_mqa.weight", w.kv_a_weight),
+                         ("q_norm.weight", w.q_norm_weight), ("k_norm.weight", w.k_norm_weight),
+                         ("kv_a_proj_with_mqa.weight", w.kv_a_weight),
                          ("kv_a_proj_with_mqa.bias", w.kv_a_bias), ("kv_b_proj.weight", w.kv_b_weight),
                          ("o_proj.weight", w.o_proj_weight)):
         if tensor is not None:
@@ -802,6 +864,7 @@ def finish_folder(tmp: Path, src: Path, arch: SourceArch, config, layout: Target
     d = arch.head_dim
     text_config = config.text_config if arch.is_vl else config
     text_config.q_norm = layout.exact_q_norm
+    text_config.k_norm = layout.exact_k_norm
     if layout.d_r != d or any(planes != list(range(d // 2)) for planes in rope_planes):
         text_config.rope_frequency_planes = rope_planes  # else the released layout: config stays as it was
     text_config.validate_m2la()
@@ -835,7 +898,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
     check_source_keys(arch, reader)
     check_output_free(out, o.overwrite)  # atomic_folder holds the output's lock and checks again
 
-    layout = plan_layout(arch, o)
+    layout = plan_layout(arch, o, reader.parameter_count())
     tokenizer = check_tokenizer(src, arch, o)
     config = build_target_config(arch, layout.ranks, layout.d_n, layout.d_r, layout.d_v, layout.with_bias,
                                  layout.dtype)
@@ -845,6 +908,8 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions | None = N
 
     report = {"layers": [], "config": config.to_dict(), "src": str(src), "out": str(out), "calibration_tokens": tokens,
               "qk_norm": layout.qk_norm if arch.qk_norm else None, "q_norm": o.q_norm if arch.qk_norm else None,
+              "k_norm": ("exact" if layout.exact_k_norm else "fit") if arch.qk_norm else None,
+              "exact_form": layout.exact_form,
               "rope_selection": o.rope_selection,
               "calibration_visual_tokens": sum(int(b.visual_mask.sum()) for b in batches if b.visual_mask is not None)}
     start = time.perf_counter()
@@ -1006,6 +1071,9 @@ def main(argv=None) -> dict:
                              "or uniformly over frequencies")
     parser.add_argument("--q-norm", choices=Q_NORM_MODES, default="exact",
                         help="Qwen3 q_norm: kept exact as the module q_norm (default) or fitted like k_norm (--qk-norm)")
+    parser.add_argument("--k-norm", choices=K_NORM_MODES, default="exact",
+                        help="Qwen3 k_norm: kept exact as the module k_norm where every key dim stays rotated "
+                             "(--rope-dim = KV heads x head_dim; default), else (and with 'fit') fitted (--qk-norm)")
     parser.add_argument("--qk-nope-dim", type=_flag_type("--qk-nope-dim"), default=None, help="q/k non-RoPE head width (default: the source head_dim)")
     parser.add_argument("--v-head-dim", type=_flag_type("--v-head-dim"), default=None, help="value head width (default: the source head_dim)")
     parser.add_argument("--calibration", nargs="*", type=_calibration_file, default=None,
@@ -1033,7 +1101,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     options = ConvertOptions(
         kv_lora_rank=args.kv_lora_rank, kv_lora_rank_list=args.kv_lora_rank_list,
-        cache_values=args.cache_values, rope_selection=args.rope_selection, q_norm=args.q_norm,
+        cache_values=args.cache_values, rope_selection=args.rope_selection, q_norm=args.q_norm, k_norm=args.k_norm,
         rope_dim=args.rope_dim, qk_nope_head_dim=args.qk_nope_dim, v_head_dim=args.v_head_dim, dtype=args.dtype,
         calibration=args.calibration, calibration_tokens=args.calibration_tokens,
         calibration_seq_len=args.calibration_seq_len, video_fps=args.video_fps,
@@ -1052,7 +1120,13 @@ def main(argv=None) -> dict:
               f"{s['rope_key_energy']:.3f}{extra}")
     cfg = report["config"].get("text_config", report["config"])
     print(f"recipe: latent {cfg['kv_lora_rank']} + RoPE key {cfg['qk_rope_head_dim']} values per token and layer, "
-          f"RoPE components by {report['rope_selection']}, q_norm {report['q_norm']}, k_norm {report['qk_norm']}")
+          f"RoPE components by {report['rope_selection']}, q_norm {report['q_norm']}, k_norm "
+          f"{'exact' if report['k_norm'] == 'exact' else report['qk_norm']}")
+    form = report.get("exact_form")
+    if form:
+        print(f"equal-cache exact form (r = d_r = KV heads x head_dim): {'chosen' if form['chosen'] else 'not chosen'}; "
+              f"its q_proj adds {form['extra_query_params']:,} parameters = {100 * form['extra_fraction']:.1f} % of "
+              f"the source's (bound {100 * form['bound']:.0f} %)")
     print(f"wrote {args.out} in {report['seconds']:.1f} s")
     return report
 

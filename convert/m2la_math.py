@@ -282,10 +282,19 @@ def select_rope_components(U: torch.Tensor, plane_cov: torch.Tensor, rope_dim: i
     return sorted(((i % G, i // G) for i in flat), key=lambda c: (c[1], c[0]))
 
 
+def exact_rope_components(num_kv_heads: int, head_dim: int) -> list[tuple[int, int]]:
+    """Every rotated key component in source-head order, [(g, j) for g in range(G) for j in range(d/2)]: with the
+    identity basis, k_pe (d_r = G·d, stored pair-interleaved) is then the G source KV heads' keys one block of head_dim
+    channels after the other, the planes repeat the source frequencies once per KV head, and each query head's q_pe
+    is its source query in its group's block, zeros elsewhere (SPEC §9.4, the equal-cache exact form)."""
+    return [(g, j) for g in range(num_kv_heads) for j in range(head_dim // 2)]
+
+
 @dataclass
 class M2LAWeights:
     """Target tensors of one layer (SPEC §3), float64. Biases are None when `with_bias` is False; q_norm_weight [d]
-    only with `exact_q_norm`; rope_planes: the source frequency plane of each of the d_r / 2 RoPE planes."""
+    only with `exact_q_norm`, k_norm_weight [d] (pair-interleaved) only with `exact_k_norm`; rope_planes: the source
+    frequency plane of each of the d_r / 2 RoPE planes."""
 
     q_proj_weight: torch.Tensor
     q_proj_bias: torch.Tensor | None
@@ -296,6 +305,7 @@ class M2LAWeights:
     stats: dict
     q_norm_weight: torch.Tensor | None = None
     rope_planes: list | None = None
+    k_norm_weight: torch.Tensor | None = None
 
 
 def _rotated_key_weights(k_aug: torch.Tensor, U: torch.Tensor, G: int, d: int) -> torch.Tensor:
@@ -316,6 +326,7 @@ def build_m2la_layer(
     with_bias: bool = True,
     rope_components: list | None = None,
     exact_q_norm: bool = False,
+    exact_k_norm: bool = False,
 ) -> M2LAWeights:
     """Stage 3: the M²LA tensors of one layer from the affine maps `lin`, the layer input moment `sigma` [D+1, D+1]
     and the RoRoPE basis U [F, G, G]. `with_bias=False` drops the (then all-zero) biases; the caller decides it once
@@ -326,10 +337,16 @@ def build_m2la_layer(
     p + d_r/2 are component p's two coordinates. Every other component of k' = U k joins [K_nope; V] unrotated.
     exact_q_norm: keep the source's q_norm as the runtime module `q_norm` (weight κ·w, returned as q_norm_weight):
     q_nope[:d] is the raw source query, the q_pe rows carry w. Otherwise q is `lin.q` (the stage-1 fit).
-    Exact when every key component is rotated (d_r = G·d), r = (G·d − d_r) + G·d, and the source has no k_norm.
+    exact_k_norm: keep the source's k_norm as the runtime module `k_norm` (weight returned as k_norm_weight, in the
+    pair-interleaved order of a k_pe block): needs every key component rotated in source-head order,
+    rope_components = [(g, j) for g in range(G) for j in range(d/2)] with U the identity (`exact_rope_components`),
+    so k_pe block g is source KV head g's raw key and the module normalises it per block before RoPE (SPEC §9.4).
+    Exact when every key component is rotated (d_r = G·d), r = (G·d − d_r) + G·d, and the source has no k_norm or
+    `exact_k_norm` keeps it.
 
     Raises:
-        ValueError: a rank above (G·d − d_r) + G·d, components that do not match d_r, or d_n / d_v narrower than d.
+        ValueError: a rank above (G·d − d_r) + G·d, components that do not match d_r, or d_n / d_v narrower than d;
+            `exact_k_norm` without a source k_norm, the identity basis and `exact_rope_components`.
     """
     H, G, d = src.num_heads, src.num_kv_heads, src.head_dim
     F, D = d // 2, src.wq.shape[1]
@@ -338,6 +355,15 @@ def build_m2la_layer(
         if d_r != d:
             raise ValueError(f"qk_rope_head_dim {d_r} differs from head_dim {d}: pass rope_components")
         rope_components = [(0, j) for j in range(F)]
+    k_norm_weight = None
+    if exact_k_norm:
+        identity = torch.equal(U, torch.eye(G, dtype=U.dtype).expand_as(U))
+        if src.k_norm is None or not identity or list(rope_components) != exact_rope_components(G, d):
+            raise ValueError("exact_k_norm needs a source k_norm, the identity basis U and the components "
+                             "exact_rope_components(G, d) (every key component rotated, in source-head order)")
+        # The raw keys go into k_pe; the module normalises each source head's block (stored pair-interleaved).
+        lin = replace(lin, k=augment(src.wk, src.bk))
+        k_norm_weight = src.k_norm.double()[interleave_permutation(d)]
     if 2 * len(rope_components) != d_r or len(set(rope_components)) != len(rope_components):
         raise ValueError(f"{len(rope_components)} distinct RoPE components needed for qk_rope_head_dim {d_r}")
     if d_v < d:
@@ -414,17 +440,29 @@ def build_m2la_layer(
     # Statistics (from second moments, no extra pass over the data).
     residual = cov - P @ (P.T @ cov @ P) @ P.T
     res_diag = residual.diagonal()
+    k_nope_error = float(res_diag[:n_k].sum() / max(cov.diagonal()[:n_k].sum(), 1e-30)) if n_k else 0.0
+    v_error = float(res_diag[n_k:].sum() / cov.diagonal()[n_k:].sum().clamp_min(1e-30))
+    key_in_rope = rope_energy / max(key_total, 1e-30)
+    key_in_latent = e_k * (1.0 - k_nope_error) / max(key_total, 1e-30)
     stats = {
         "rank": r,
         "full_rank": n_k + n_v,
         "rope_dim": d_r,
         "alpha": alpha,
         "kept_energy": float(evals[:r].sum() / evals.sum().clamp_min(1e-30)),
-        "k_nope_rel_error": float(res_diag[:n_k].sum() / max(cov.diagonal()[:n_k].sum(), 1e-30)) if n_k else 0.0,
-        "v_rel_error": float(res_diag[n_k:].sum() / cov.diagonal()[n_k:].sum().clamp_min(1e-30)),
-        "rope_key_energy": rope_energy / max(key_total, 1e-30),
+        "k_nope_rel_error": k_nope_error,
+        "v_rel_error": v_error,
+        "rope_key_energy": key_in_rope,
+        # Where each part's second moment E[x²] (over the calibration tokens, of the keys as the layer computes
+        # them after stage 1 and RoRoPE) goes: the RoPE key keeps its share rotated, the latent keeps the rest up
+        # to its K_nope error; values live only in the latent (issue 27, item 4).
+        "key_energy_kept": key_in_rope + key_in_latent,
+        "key_energy_in_rope": key_in_rope,
+        "key_energy_in_latent": key_in_latent,
+        "value_energy_kept": 1.0 - v_error,
         "qk_norm_fit_error_q": 0.0 if q_norm_weight is not None else lin.fit_error["q"],
-        "qk_norm_fit_error_k": lin.fit_error["k"],
+        "qk_norm_fit_error_k": 0.0 if k_norm_weight is not None else lin.fit_error["k"],
+        "k_norm_exact": k_norm_weight is not None,
     }
     qw, qb = split_augmented(q_new)
     aw, ab = split_augmented(kv_a)
@@ -438,6 +476,7 @@ def build_m2la_layer(
         stats=stats,
         q_norm_weight=q_norm_weight,
         rope_planes=[j for _, j in rope_components],
+        k_norm_weight=k_norm_weight,
     )
 
 

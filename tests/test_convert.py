@@ -525,3 +525,70 @@ def test_cli_module_runs_from_repository_root(sources, tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["attention_bias"] is True  # lstsq QK-norm fit
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         assert f.get_tensor("model.layers.0.self_attn.kv_b_proj.weight").dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 27: the equal-cache exact form; energy per layer in the report
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+@pytest.mark.parametrize("kind", ["qwen3", "qwen2", "llama"])
+def test_equal_cache_converts_exactly(tmp_path, kind, kv_heads):
+    """At --cache-values = the GQA cache (2·G·head_dim) the converter picks the exact form (r = d_r = G·head_dim:
+    every KV head's rotated key in the shared RoPE key, values in the latent; Qwen3's q_norm and k_norm kept as
+    modules) and the converted folder gives the source's fp32 logits within 1e-4 (Qwen3: QK-norm with non-trivial
+    weights, Qwen2: biases), and the same greedy tokens through the latent cache (absorbed decode)."""
+    model = make_source(kind, tmp_path / "src", kv_heads=kv_heads)
+    d = 16
+    report = convert(tmp_path / "src", tmp_path / "out", ConvertOptions(cache_values=2 * kv_heads * d, **FAST))
+    converted = load_converted(tmp_path / "out")
+    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(ids).logits
+        got = converted(ids, use_cache=False).logits
+        assert (got - expected).abs().max() < 1e-4
+        gen_src = model.generate(ids[:, :6], max_new_tokens=8, do_sample=False)
+        assert torch.equal(gen_src, converted.generate(ids[:, :6], max_new_tokens=8, do_sample=False))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["kv_lora_rank"], config["qk_rope_head_dim"]) == (kv_heads * d, kv_heads * d)
+    assert config["k_norm"] is (kind == "qwen3") and config["q_norm"] is (kind == "qwen3")
+    assert converted.config.k_norm is (kind == "qwen3")
+    form = report["exact_form"]
+    assert form["chosen"] and 0 < form["extra_fraction"] <= form["bound"] == 0.25
+
+
+def test_exact_form_is_priced_and_skipped_above_the_bound(sources, tmp_path):
+    """The exact form's extra q_proj parameters are reported; over the bound (here: a source whose q_proj would grow
+    by more than 25 % of its parameters: 8 KV heads) --cache-values keeps the measured split."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    wide = tf.LlamaForCausalLM(tf.LlamaConfig(**dict(TEXT_COMMON, num_attention_heads=8, head_dim=16, hidden_size=128),
+                                              num_key_value_heads=8, vocab_size=512, tie_word_embeddings=False))
+    wide.float().save_pretrained(tmp_path / "src")
+    small_tokenizer().save_pretrained(tmp_path / "src")
+    report = convert(tmp_path / "src", tmp_path / "out", ConvertOptions(cache_values=256, **FAST))
+    form = report["exact_form"]
+    assert form["extra_query_params"] == 2 * 8 * 8 * 16 * 128 and form["extra_fraction"] > 0.25
+    assert not form["chosen"]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["qk_rope_head_dim"] == 32  # 2·d, the rule
+
+
+def test_report_states_kept_key_and_value_energy(sources, tmp_path):
+    """conversion_report.json states per layer the share of the keys' energy kept rotated in the RoPE key and in
+    the latent, and of the values' energy kept in the latent: 1 where the conversion is lossless, below 1 and
+    growing with the rank otherwise."""
+    folder, _ = sources["qwen3"]
+    kept = {}
+    for rank, d_r in ((4, 8), (24, 8), (32, 32)):
+        out = tmp_path / f"r{rank}-{d_r}"
+        convert(folder, out, ConvertOptions(kv_lora_rank=rank, rope_dim=d_r, **FAST))
+        layers = json.loads((out / "conversion_report.json").read_text())["layers"]
+        for s in layers:
+            assert s["key_energy_kept"] == pytest.approx(s["key_energy_in_rope"] + s["key_energy_in_latent"])
+            assert 0 <= s["key_energy_kept"] <= 1 + 1e-9 and 0 <= s["value_energy_kept"] <= 1 + 1e-9
+        kept[rank, d_r] = [(s["key_energy_kept"], s["value_energy_kept"]) for s in layers]
+    for (k4, v4), (k24, v24), (k32, v32) in zip(kept[4, 8], kept[24, 8], kept[32, 32]):
+        assert k4 < k24 < 1 - 1e-6 and v4 < v24 < 1
+        assert k32 == pytest.approx(1.0) and v32 == pytest.approx(1.0)
