@@ -3,13 +3,24 @@ at several ranks and with each method step switched off, measure perplexity, log
 
     python bench/convert_quality.py --out /tmp/RESULTS_convert.md     # ≈ 9 min on a shared 2-core CPU
     python bench/convert_quality.py --train-minutes 1 --heal-steps 0   # quick look (prints only)
+    python bench/convert_quality.py --family byte --budgets --out /tmp/RESULTS_byte.md   # issue 27: second family
 
-Text: the documentation strings of ~90 Python standard-library modules
-(`internvideo3.convert.calibration.stdlib_docstrings`), split by module into train and held-out
-(`internvideo3.convert.quality.split_documents`). A byte-level BPE tokenizer with
-`--vocab` tokens is trained on the train split (the `tokenizers` library), so the source folder is a complete
-checkpoint (weights, config, tokenizer) that the CLI and `examples/heal_converted.py` take as they are. Random
-weights have no low-rank structure, which is why the model is trained first (SPEC §9.7).
+Families (`--family`; widths, text and sequence length default per family, each flag still overrides):
+- `bpe` (default): hidden 192, 8 query / 4 KV heads of 32. Text: the documentation strings of ~90 Python
+  standard-library modules (`internvideo3.convert.calibration.stdlib_docstrings`). A byte-level BPE tokenizer with
+  `--vocab` tokens is trained on the train split (the `tokenizers` library); rows of 128 tokens.
+- `byte` (issue 27): hidden 256, 8 query / 2 KV heads of 32, byte-level vocabulary (256 bytes + `<|endoftext|>`,
+  `internvideo3.convert.calibration.byte_tokenizer`, no training). Text: the Python language reference that ships
+  with the interpreter (`python_reference_topics`, `pydoc_data.topics`); rows of 256 bytes.
+
+Documents are split whole into train and held-out (`internvideo3.convert.quality.split_documents`). The source
+folder is a complete checkpoint (weights, config, tokenizer) that the CLI and `examples/heal_converted.py` take as
+they are. Random weights have no low-rank structure, which is why the model is trained first (SPEC §9.7).
+
+`--budgets` (issue 27): the converter's own split for `--cache-values` at the GQA cache (2·G·head_dim values per
+token and layer), half and a quarter of it, before and after `--distill-steps` of on-policy distillation from the
+source (`bench/heal_distill_vs_sft.py`'s `heal_distill`), plus `--search`: other splits, RoPE selections and k_norm
+fits at half and a quarter (before healing), with the per-layer energy each keeps.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import torch
 
 from _common import REPO_ROOT, module_from_file, qwen3_source_model
 
-from internvideo3.convert.calibration import stdlib_docstrings, train_tokenizer
+from internvideo3.convert.calibration import byte_tokenizer, python_reference_topics, stdlib_docstrings, train_tokenizer
 from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert, load_m2la
 from internvideo3.convert.quality import evaluate, heal, split_documents, token_rows
 
@@ -61,16 +72,36 @@ def layer_means(report) -> dict:
     return {k: sum(s[k] for s in layers) / len(layers) for k in keys}
 
 
+# Per-family defaults of the width and data flags (a flag given on the command line wins).
+FAMILIES = {
+    "bpe": dict(hidden=192, layers=4, heads=8, kv_heads=4, head_dim=32, seq_len=128),
+    "byte": dict(hidden=256, layers=4, heads=8, kv_heads=2, head_dim=32, seq_len=256),
+}
+
+
+def family_data(args):
+    """(tokenizer, train documents, held-out documents, a sentence describing them) of `args.family`."""
+    if args.family == "byte":
+        train_docs, held_docs = split_documents(python_reference_topics())
+        return (byte_tokenizer(), train_docs, held_docs,
+                "the Python language reference (`pydoc_data.topics`), byte-level tokens (256 bytes + EOS, no merges)")
+    train_docs, held_docs = split_documents(stdlib_docstrings())
+    return (train_tokenizer(train_docs, args.vocab), train_docs, held_docs,
+            f"Python standard-library docstrings (byte-level BPE, {args.vocab} tokens, trained on the same split)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="bpe",
+                        help="source model family: widths, text and tokenizer (see the module docstring)")
     parser.add_argument("--train-minutes", type=float, default=4.0)
-    parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--hidden", type=int, default=192)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary (family bpe)")
+    parser.add_argument("--hidden", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--heads", type=int, default=None)
+    parser.add_argument("--kv-heads", type=int, default=None)
+    parser.add_argument("--head-dim", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--ranks", default="32,64,96,128,224", help="ranks of the full method (224 = full)")
@@ -88,21 +119,31 @@ def main(argv=None):
     parser.add_argument("--study", action="store_true",
                         help="issue 13: the levers (RoPE width and selection, q_norm, k_norm, calibration size) at "
                              "equal cache budgets instead of the rank sweep")
+    parser.add_argument("--budgets", action="store_true",
+                        help="issue 27: the --cache-values splits at the GQA cache, half and a quarter, before and "
+                             "after distillation healing, instead of the rank sweep")
+    parser.add_argument("--search", action="store_true", help="with --budgets: also other splits at half and quarter")
+    parser.add_argument("--distill-steps", type=int, default=30, help="with --budgets: on-policy distillation steps")
+    parser.add_argument("--distill-lr", type=float, default=3e-4)
+    parser.add_argument("--prompt-len", type=int, default=32, help="distillation prompt tokens (train-row prefixes)")
+    parser.add_argument("--completion-len", type=int, default=64, help="tokens the student samples per prompt")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 because on a shared 2-core machine 2 threads ran these small matmuls "
                              "6x slower (measured) than 1")
     args = parser.parse_args(argv)
+    for name, value in FAMILIES[args.family].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     torch.set_num_threads(args.threads)
     command = "python bench/convert_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="convert_quality-"))
-    train_docs, held_docs = split_documents(stdlib_docstrings())
-    tokenizer = train_tokenizer(train_docs, args.vocab)
+    tokenizer, train_docs, held_docs, args.text = family_data(args)
     train_rows = token_rows(tokenizer, train_docs, args.seq_len)
     held = token_rows(tokenizer, held_docs, args.seq_len)[: args.held_rows]
-    print(f"data: train {train_rows.numel():,} tokens ({len(train_docs)} modules), held-out {held.numel():,} "
-          f"({len(held_docs)} modules), BPE vocabulary {len(tokenizer)}")
+    print(f"data: train {train_rows.numel():,} tokens ({len(train_docs)} documents), held-out {held.numel():,} "
+          f"({len(held_docs)} documents), vocabulary {len(tokenizer)}")
     source_info = work / "source" / "bench_source.json"
     if args.reuse_source and source_info.is_file():
         from transformers import AutoModelForCausalLM
@@ -136,6 +177,8 @@ def main(argv=None):
 
     if args.study:
         return study(args, command, work, model, held, train_rows, src_ppl, steps, started)
+    if args.budgets:
+        return budgets(args, command, work, model, tokenizer, held, train_rows, calib, src_ppl, steps, started)
     for rank in [int(r) for r in args.ranks.split(",")]:
         run("full method", min(rank, full), out=f"m2la-r{min(rank, full)}")
     for rank in [int(r) for r in args.ablation_ranks.split(",")] + [full]:
@@ -243,6 +286,113 @@ def study(args, command, work, model, held, train_rows, src_ppl, steps, started)
             f.write("\n" + section)
 
 
+ENERGY_KEYS = ("key_energy_in_rope", "key_energy_in_latent", "value_energy_kept", "attn_out_rel_error")
+TARGETS = {"equal": 1.001, "half": 1.05, "quarter": 1.15}  # issue 27, before healing; healed half: 1.02
+
+
+def budget_search_cases(args, budget: int, default: tuple[int, int]) -> list[tuple[str, int, dict]]:
+    """(label, d_r, options) of the alternatives to the converter's split `default` (r, d_r) at `budget` values:
+    every RoPE width of the sweep that leaves a latent of at least 8, then the other RoPE selections, k_norm fits
+    and a fitted q_norm at the default width. The latent gets the rest of the budget."""
+    G, d = args.kv_heads, args.head_dim
+    widths = sorted({d // 4, d // 2, 3 * d // 4, d, 3 * d // 2, 2 * d, 3 * d, G * d, 3 * budget // 4 // 2 * 2})
+    cases = [(f"d_r = {w}", w, {}) for w in widths
+             if w != default[1] and w <= G * d and budget - w >= 8 and budget - w <= 2 * G * d - w]
+    d_r = default[1]
+    cases += [(f"RoPE selection {rule}, d_r = {d_r}", d_r, dict(rope_selection=rule)) for rule in ("key", "uniform")]
+    cases += [(f"k_norm {fit}, d_r = {d_r}", d_r, dict(qk_norm=fit)) for fit in ("lstsq", "scale")]
+    cases.append((f"q_norm fitted, d_r = {d_r}", d_r, dict(q_norm="fit")))
+    return cases
+
+
+def budgets(args, command, work, model, tokenizer, held, train_rows, calib, src_ppl, steps, started):
+    """Issue 27: the converter's `--cache-values` split at the GQA cache, half and a quarter (and with --search, the
+    alternatives of `budget_search_cases`), held-out perplexity before and after `--distill-steps` of on-policy
+    distillation from the source. Prints and appends a markdown section; raw numbers in <work>/budgets.json."""
+    from heal_distill_vs_sft import heal_distill
+
+    G, d = args.kv_heads, args.head_dim
+    gqa = 2 * G * d
+    rows = []
+
+    def run(budget_name, budget, label, rank=None, d_r=None, **flags):
+        sizes = dict(cache_values=budget) if rank is None else dict(kv_lora_rank=rank, rope_dim=d_r)
+        options = ConvertOptions(dtype="fp32", calibration_ids=calib, progress=False, overwrite=True, **sizes, **flags)
+        out = work / f"budget-{budget}-{len(rows)}"
+        report = convert(work / "source", out, options)
+        ppl, kl = evaluate(load_m2la(out), held, reference=model)
+        layers = report["layers"]
+        row = dict(budget=budget_name, cache_values=budget, label=label, folder=str(out), rank=layers[0]["rank"],
+                   rope_dim=layers[0]["rope_dim"], ppl=ppl, ratio=ppl / src_ppl, kl=kl,
+                   exact_form=bool(report["exact_form"] and report["exact_form"]["chosen"]),
+                   k_norm=report["k_norm"], qk_norm=report["qk_norm"],
+                   per_layer=[{k: s[k] for k in ENERGY_KEYS} for s in layers],
+                   **{k: sum(s[k] for s in layers) / len(layers) for k in ENERGY_KEYS})
+        rows.append(row)
+        print(f"{budget_name:8s} {label:42s} r={row['rank']:4d} d_r={row['rope_dim']:4d} ppl {ppl:8.3f} "
+              f"({row['ratio']:.4f}x) KL {kl:.5f} key in RoPE {row['key_energy_in_rope']:.3f} in latent "
+              f"{row['key_energy_in_latent']:.3f} V kept {row['value_energy_kept']:.3f}", flush=True)
+        (work / "budgets.json").write_text(json.dumps(dict(rows=rows, source_ppl=src_ppl), indent=2))
+        return row
+
+    names = (("equal", gqa), ("half", gqa // 2), ("quarter", gqa // 4))
+    defaults = {name: run(name, budget, f"default (--cache-values {budget})") for name, budget in names}
+    heal_rows = [defaults["half"], defaults["quarter"], defaults["equal"]]  # the healing target first
+    if args.search:
+        for name, budget in names[1:]:
+            base = defaults[name]
+            found = [run(name, budget, label, budget - d_r, d_r, **flags)
+                     for label, d_r, flags in budget_search_cases(args, budget, (base["rank"], base["rope_dim"]))]
+            best = min(found, key=lambda r: r["ppl"])
+            if best["ppl"] < base["ppl"]:
+                best["label"] += " (best found)"
+            if best["ratio"] < base["ratio"] - 0.005:  # heal it too where it is clearly better than the default
+                heal_rows.insert(0, best)
+    heal_args = argparse.Namespace(steps=args.distill_steps, batch=args.batch, lr=args.distill_lr,
+                                   eval_every=args.distill_steps, prompt_len=args.prompt_len,
+                                   completion_len=args.completion_len)
+    for row in heal_rows if args.distill_steps > 0 else ():
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as scratch:
+            curve = heal_distill(row["folder"], work / "source", tokenizer, train_rows, held, heal_args, scratch)
+        row["healed_ppl"], row["heal_seconds"] = curve[args.distill_steps], time.perf_counter() - t0
+        row["healed_ratio"] = row["healed_ppl"] / src_ppl
+        print(f"healed {row['budget']:8s} {row['label']:42s} {row['ppl']:.3f} -> {row['healed_ppl']:.3f} "
+              f"({row['healed_ratio']:.4f}x, {row['heal_seconds']:.0f} s)", flush=True)
+        (work / "budgets.json").write_text(json.dumps(dict(rows=rows, source_ppl=src_ppl), indent=2))
+    section = render_budgets(args, command, steps, src_ppl, train_rows, held, rows, time.perf_counter() - started)
+    print(section)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + section)
+
+
+def render_budgets(args, command, steps, src_ppl, train_rows, held, rows, seconds) -> str:
+    gqa = 2 * args.kv_heads * args.head_dim
+    lines = [
+        f"### Family `{args.family}`: hidden {args.hidden}, {args.layers} layers, {args.heads} query / "
+        f"{args.kv_heads} KV heads of {args.head_dim} (GQA cache {gqa} values per token and layer)", "",
+        f"Command: `{command}` (total {seconds / 60:.1f} min). Trained {steps} AdamW steps of "
+        f"{args.batch}×{args.seq_len} tokens on {train_rows.numel():,} tokens of {args.text}; held-out "
+        f"{held.numel():,} tokens of other documents, **source perplexity {src_ppl:.3f}**. Calibration "
+        f"{args.calibration_rows}×{args.seq_len} train tokens. Healing: {args.distill_steps} steps of on-policy "
+        f"distillation from the source (`heal_distill` of bench/heal_distill_vs_sft.py, reverse KL, lr "
+        f"{args.distill_lr:g} constant, {args.batch} prompts of {args.prompt_len} tokens, {args.completion_len} "
+        f"sampled). Energy columns: layer means of the key energy kept rotated in the RoPE key, kept in the latent, "
+        f"and the value energy the latent keeps (conversion_report.json).", "",
+        "| budget | conversion | r + d_r | × source before | healed × source | KL before | key in RoPE "
+        "| key in latent | V kept | attn-out err |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        healed = f"{r['healed_ratio']:.4f}" if "healed_ratio" in r else ""
+        lines.append(
+            f"| {r['budget']} | {r['label']}{' (exact form)' if r['exact_form'] else ''} | {r['rank']} + "
+            f"{r['rope_dim']} | {r['ratio']:.4f} | {healed} | {r['kl']:.5f} | {r['key_energy_in_rope']:.3f} | "
+            f"{r['key_energy_in_latent']:.3f} | {r['value_energy_kept']:.3f} | {r['attn_out_rel_error']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_study(args, command, steps, src_ppl, train_rows, held, rows, seconds) -> str:
     gqa = 2 * args.kv_heads * args.head_dim
     lines = [
@@ -273,9 +423,8 @@ def render(args, command, steps, src_ppl, train_rows, held, rows, healing, full,
         f"(total {seconds / 60:.1f} min).", "",
         f"Source: Qwen3-style GQA LM with QK-norm, hidden {args.hidden}, {args.layers} layers, {args.heads} query / "
         f"{args.kv_heads} KV heads of {args.head_dim}, trained {args.train_minutes:g} min ({steps} AdamW steps of "
-        f"{args.batch}×{args.seq_len} tokens) on {train_rows.numel():,} tokens of Python standard-library docstrings "
-        f"(byte-level BPE, {args.vocab} tokens, trained on the same split). Held-out: {held.numel():,} tokens of other "
-        f"modules. **Source perplexity {src_ppl:.2f}.** Calibration: {args.calibration_rows}×{args.seq_len} train "
+        f"{args.batch}×{args.seq_len} tokens) on {train_rows.numel():,} tokens of {args.text}. Held-out: "
+        f"{held.numel():,} tokens of other documents. **Source perplexity {src_ppl:.2f}.** Calibration: {args.calibration_rows}×{args.seq_len} train "
         f"tokens. The shared RoPE key keeps d_r = head_dim = {args.head_dim}; [K_nope; V] has (G−1)·d + G·d = {full} "
         f"dims (the 8B: 1,920). The 8B's 896 + 128 = half of its GQA cache corresponds here to r = "
         f"{gqa // 2 - args.head_dim} ({gqa // 2} of {gqa} values).", "",

@@ -106,6 +106,32 @@ def train_tokenizer(documents, vocab_size: int):
                                    model_input_names=["input_ids", "attention_mask"])
 
 
+def byte_tokenizer():
+    """A byte-level `PreTrainedTokenizerFast` with no merges: ids 0-255 are the bytes themselves (the `tokenizers`
+    ByteLevel alphabet, GPT-2's byte-to-character map) and 256 is `<|endoftext|>` (EOS and pad), 257 tokens in all.
+    No training: any text round-trips, and a folder saved with it is a complete checkpoint."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {char: byte for byte, char in bytes_to_unicode().items()}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def python_reference_topics() -> tuple[str, ...]:
+    """One document per topic of the Python language reference that ships with the interpreter (`pydoc_data.topics`,
+    the text of `help("if")` etc.: 79 topics, about 465,000 characters of English prose with code examples), sorted
+    by topic name. Different text from `stdlib_docstrings` (the reference manual, not module docstrings)."""
+    from pydoc_data.topics import topics
+
+    return tuple(topics[name] for name in sorted(topics) if len(topics[name]) > 200)
+
+
 @functools.lru_cache(maxsize=1)
 def _shipped_tokenizer():
     from transformers import AutoTokenizer

@@ -592,3 +592,29 @@ def test_report_states_kept_key_and_value_energy(sources, tmp_path):
     for (k4, v4), (k24, v24), (k32, v32) in zip(kept[4, 8], kept[24, 8], kept[32, 32]):
         assert k4 < k24 < 1 - 1e-6 and v4 < v24 < 1
         assert k32 == pytest.approx(1.0) and v32 == pytest.approx(1.0)
+
+
+def test_byte_level_source_is_a_complete_checkpoint(tmp_path):
+    """The second bench family's tokenizer (`byte_tokenizer`: ids are the UTF-8 bytes, 256 = EOS, no merges) saved
+    with a Qwen3 source of vocabulary 257 travels into the converted folder, which encodes the language reference
+    (`python_reference_topics`) to its bytes and gives the source's logits at the GQA cache size."""
+    import transformers as tf
+
+    from internvideo3.convert.calibration import byte_tokenizer, python_reference_topics
+
+    tokenizer = byte_tokenizer()
+    text = python_reference_topics()[0][:300] + " é€"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids == list(text.encode("utf-8")) and len(tokenizer) == 257 and tokenizer.eos_token_id == 256
+    torch.manual_seed(0)
+    model = tf.Qwen3ForCausalLM(tf.Qwen3Config(**dict(TEXT_COMMON, num_key_value_heads=2), vocab_size=257,
+                                               tie_word_embeddings=False, rope_theta=10000.0)).eval()
+    model.save_pretrained(tmp_path / "src")
+    tokenizer.save_pretrained(tmp_path / "src")
+    convert(tmp_path / "src", tmp_path / "out", ConvertOptions(cache_values=64, **FAST))  # calibrated with its bytes
+    converted_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert converted_tokenizer(text, add_special_tokens=False)["input_ids"] == ids
+    assert converted_tokenizer.decode(ids) == text
+    batch = torch.tensor([ids[:40]])
+    with torch.no_grad():
+        assert (load_converted(tmp_path / "out")(batch).logits - model(batch).logits).abs().max() < 1e-4
