@@ -1,12 +1,14 @@
 """internvideo3: InternVideo3 (Qwen3-VL + M²LA latent attention) for transformers.
 
 The model itself ships as flat Hugging Face remote-code files at the repository root (`configuration_internvideo3.py`,
-`modeling_internvideo3.py`, `processing_internvideo3.py`, plus `kernels/latent_attention.py` flattened on export),
+`modeling_internvideo3.py`, `processing_internvideo3.py` and the processor's parts `image_processing_internvideo3.py`,
+`video_processing_internvideo3.py`, `video_decoding_internvideo3.py`, `vision_settings_internvideo3.py`, plus
+`kernels/latent_attention.py` flattened on export),
 loaded with `trust_remote_code=True`.
 
 What lands in site-packages (editable or not): the package `internvideo3` (agent, training), the repository's
 `convert/` and `kernels/` folders as its subpackages `internvideo3.convert` and `internvideo3.kernels`
-(`package_dir`), the real Qwen3 tokenizer of `assets/qwen3_tokenizer/` as data of `internvideo3.assets`, and the three
+(`package_dir`), the real Qwen3 tokenizer of `assets/qwen3_tokenizer/` as data of `internvideo3.assets`, and the
 project-named remote-code modules, so the tools import them from any directory and copy their files into the folders
 they write. No generic top-level name (`convert`, `kernels`, `tests`) is installed: in a checkout,
 `python -m convert.gqa_to_m2la` still works from the repository root (the folder itself is the package there), and
@@ -23,11 +25,19 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # Project-named top-level names only: never `convert`, `kernels` or `tests` (tests/test_install.py checks).
-    py_modules=["configuration_internvideo3", "modeling_internvideo3", "processing_internvideo3"],
+    py_modules=[
+        "configuration_internvideo3",
+        "modeling_internvideo3",
+        "processing_internvideo3",
+        "image_processing_internvideo3",
+        "video_processing_internvideo3",
+        "video_decoding_internvideo3",
+        "vision_settings_internvideo3",
+    ],
     packages=find_packages(include=["internvideo3", "internvideo3.*"])
     + ["internvideo3.convert", "internvideo3.kernels", "internvideo3.assets"],
     package_dir={"internvideo3.convert": "convert", "internvideo3.kernels": "kernels", "internvideo3.assets": "assets"},
-    package_data={"internvideo3.assets": ["qwen3_tokenizer/*"]},
+    package_data={"internvideo3.assets": ["qwen3_tokenizer/*", "chat_template.jinja"]},
     install_requires=[
         "transformers>=4.57.3,<6",
         "torch>=2.4,<3",

@@ -124,7 +124,7 @@ def write_qwen3_source(folder: Path, layers: int, seed: int = 0) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 def module_from_file(name: str, path: str | Path):
     """Import the Python file `path` as module `name` (registered in sys.modules), without touching sys.path: an
-    older `processing_internvideo3.py` written out of git, or an example script used as a library."""
+    example script used as a library."""
     spec = importlib.util.spec_from_file_location(name, str(path))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

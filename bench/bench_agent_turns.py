@@ -6,7 +6,7 @@
 The conversation: a question over one clip with the tools' default sampling (`ClipSettings()`: 2 fps, at most 64
 frames, 256 merged patches per frame: 192 MiB of float32 pixel rows), then each turn the reply and a text tool result.
 Per turn: wall seconds of `respond()` and the peak resident memory above the memory before the turn (MiB, sampled
-every 2 ms by a thread from /proc/self/statm), plus how often the processor patchified a video (`_patch_writer`).
+every 2 ms by a thread from /proc/self/statm), plus how often the processor patchified an item (its parts' `patch_writer`).
 The small checkpoint's replies are random text; what is measured is the per-turn cost around the model.
 """
 
@@ -68,8 +68,8 @@ def main(argv=None) -> None:
         model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     patchified = []
-    writer = processor._patch_writer
-    processor._patch_writer = lambda: patchified.append(1) or writer()
+    for part in (processor.image_processor, processor.video_processor):
+        part.patch_writer = lambda writer=part.patch_writer: patchified.append(1) or writer()
     chat = LatentCacheChat(model, processor)
     clip = ClipSettings().item(args.video, args.start, args.end)
     messages = [{"role": "user", "content": [clip, {"type": "text", "text": "What happens? Cite timestamps."}]}]

@@ -31,8 +31,8 @@ the same footage scaled to 1920x1080 and encoded H.264 at 30 fps; ours runs it w
 fresh process and reports peak RSS (`VmHWM`) above the process's RSS before the call, against the output bytes
 and the size of one decoded 1080p RGB frame (6,220,800 bytes).
 
-`--before REF` adds our processor as of git REF (e.g. `main`) as a column and to the memory line: its
-`processing_internvideo3.py` is extracted with `git show` into --workdir and imported from there.
+`--before REF` adds our processor as of git REF (e.g. `main`) as a column and to the memory line: its flat
+`*_internvideo3.py` modules are extracted with `git show` into --workdir and imported from there.
 
 Anchor environment (transformers' video path needs torchvision + torchcodec, which this package must not depend
 on), built once in the git-ignored `.venv-anchors/` at the repository root:
@@ -58,7 +58,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, module_from_file, proc_status_mib
+from _common import REPO_ROOT, proc_status_mib
 
 VIDEOS = Path(os.environ.get("INTERNVIDEO3_TEST_VIDEOS", REPO_ROOT / "tests" / "data" / "videos"))
 LONG_SECONDS = 164
@@ -133,7 +133,7 @@ def make_clips(workdir: Path) -> dict[str, Path]:
 def processing_module(module_dir: str | None):
     """`processing_internvideo3` of `module_dir` (an older version written by `--before`), else the installed one."""
     if module_dir:
-        return module_from_file("processing_internvideo3", Path(module_dir) / "processing_internvideo3.py")
+        sys.path.insert(0, module_dir)  # the older version's flat siblings import each other as top-level modules
     import processing_internvideo3  # noqa: PLC0415
 
     return processing_internvideo3
@@ -151,7 +151,7 @@ def worker(kind: str, module_dir: str | None, threads: int) -> None:
         from transformers import AutoTokenizer  # noqa: PLC0415
 
         P = processing_module(module_dir)
-        processor = P.InternVideo3Processor(AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
+        processor = P.InternVideo3Processor(tokenizer=AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
 
         def run(request):
             out = processor(videos=[request["path"]], **request.get("ours_kwargs", {}))
@@ -258,9 +258,10 @@ def clip_geometry(path: Path, **settings) -> tuple[int, int, int, tuple[int, int
     `settings` (e.g. max_frames) in their place."""
     from transformers import AutoTokenizer  # noqa: PLC0415
 
-    from processing_internvideo3 import FACTOR, InternVideo3Processor, load_video  # noqa: PLC0415
+    from processing_internvideo3 import InternVideo3Processor, load_video  # noqa: PLC0415
+    from vision_settings_internvideo3 import FACTOR  # noqa: PLC0415
 
-    processor = InternVideo3Processor(AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
+    processor = InternVideo3Processor(tokenizer=AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
     seen = {}
 
     def resize_to(n, h, w):
@@ -281,7 +282,7 @@ def rss_child(module_dir: str | None, path: str, threads: int) -> None:
     from transformers import AutoTokenizer  # noqa: PLC0415
 
     P = processing_module(module_dir)
-    processor = P.InternVideo3Processor(AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
+    processor = P.InternVideo3Processor(tokenizer=AutoTokenizer.from_pretrained(str(REPO_ROOT / "assets" / "qwen3_tokenizer")))
     before = int(proc_status_mib("VmRSS")["VmRSS"] * 2**20)
     start = time.perf_counter()
     out = processor(videos=[path], nframes=RSS_FRAMES)
@@ -310,12 +311,13 @@ def measure_rss(name: str, module_dir: str | None, path: Path, threads: int) -> 
 def _before_module(ref: str, workdir: Path) -> str:
     directory = workdir / f"before-{ref.replace('/', '_')}"
     directory.mkdir(parents=True, exist_ok=True)
-    source = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "show", f"{ref}:processing_internvideo3.py"], capture_output=True, text=True
-    )
-    if source.returncode:
-        raise SystemExit(f"error: --before {ref}: {source.stderr.strip()}")
-    (directory / "processing_internvideo3.py").write_text(source.stdout)
+    # every flat remote-code module of `ref` (the processor is split over several since issue 24)
+    listing = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-tree", "--name-only", ref], capture_output=True, text=True)
+    if listing.returncode:
+        raise SystemExit(f"error: --before {ref}: {listing.stderr.strip()}")
+    for name in (n for n in listing.stdout.split() if n.endswith("_internvideo3.py")):
+        source = subprocess.run(["git", "-C", str(REPO_ROOT), "show", f"{ref}:{name}"], capture_output=True, text=True)
+        (directory / name).write_text(source.stdout)
     return str(directory)
 
 

@@ -38,6 +38,10 @@ REMOTE_CODE_FILES = {
     "configuration_internvideo3.py": _module_file("configuration_internvideo3"),
     "modeling_internvideo3.py": _module_file("modeling_internvideo3"),
     "processing_internvideo3.py": _module_file("processing_internvideo3"),
+    "image_processing_internvideo3.py": _module_file("image_processing_internvideo3"),
+    "video_processing_internvideo3.py": _module_file("video_processing_internvideo3"),
+    "video_decoding_internvideo3.py": _module_file("video_decoding_internvideo3"),
+    "vision_settings_internvideo3.py": _module_file("vision_settings_internvideo3"),
     "latent_attention.py": PACKAGE_ROOT / "kernels" / "latent_attention.py",
 }
 
@@ -53,6 +57,11 @@ TEXT_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_internvideo3.InternVideo3TextForCausalLM",
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_internvideo3.InternVideo3Processor"}
+# the processor's parts (issue 24): each saved config names its own class and the processor
+PART_AUTO_MAPS = {
+    "preprocessor_config.json": {"AutoImageProcessor": "image_processing_internvideo3.InternVideo3ImageProcessor"},
+    "video_preprocessor_config.json": {"AutoVideoProcessor": "video_processing_internvideo3.InternVideo3VideoProcessor"},
+}
 TOKENIZER_DIR = PACKAGE_ROOT / "assets" / "qwen3_tokenizer"
 
 
@@ -327,7 +336,7 @@ def export_for_hub(
             path = tmp / name
             if path.is_file():
                 data = json.loads(path.read_text())
-                data.setdefault("auto_map", {}).update(PROCESSOR_AUTO_MAP)
+                data.setdefault("auto_map", {}).update({**PROCESSOR_AUTO_MAP, **PART_AUTO_MAPS.get(name, {})})
                 path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         portable_tokenizer_config(tmp)
         write_remote_code(tmp)

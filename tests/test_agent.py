@@ -427,8 +427,8 @@ def test_each_item_is_processed_once_per_conversation(model_and_processor, video
     model, processor = model_and_processor
     video = str(videos_dir / "snow_dog.mp4")
     patchified = []
-    writer = processor._patch_writer
-    monkeypatch.setattr(processor, "_patch_writer", lambda: patchified.append(1) or writer())
+    for part in (processor.image_processor, processor.video_processor):
+        monkeypatch.setattr(part, "patch_writer", lambda writer=part.patch_writer: patchified.append(1) or writer())
     encoded_rows = []
     hook = model.model.visual.register_forward_hook(lambda m, args, out: encoded_rows.append(int(args[0].shape[0])))
     chat = LatentCacheChat(model, processor)

@@ -9,8 +9,9 @@ import shutil
 
 from transformers import AutoProcessor
 
-from processing_internvideo3 import CHAT_TEMPLATE
-from tests.conftest import TOKENIZER_DIR
+from tests.conftest import REPO_ROOT, TOKENIZER_DIR
+
+CHAT_TEMPLATE = (REPO_ROOT / "assets" / "chat_template.jinja").read_text(encoding="utf-8")
 
 
 def assert_one_template_file(folder) -> None:

@@ -9,7 +9,8 @@ import av
 import numpy as np
 import pytest
 
-import processing_internvideo3 as P
+import video_decoding_internvideo3 as D
+import video_processing_internvideo3 as P
 
 GOP = 50
 LONG_FRAMES = 64 * 60  # 64 frames sampled from it lie 60 apart: more than one GOP
@@ -38,26 +39,26 @@ def long_gop_clip(tmp_path_factory):
 
 def _sequential(monkeypatch):
     """Make `load_video` decode as it did before seeking existed: the demux pass reports no keyframes."""
-    original = P._presentation_pts
+    original = D._presentation_pts
 
     def no_keyframes(*args, **kwargs):
         *rest, _ = original(*args, **kwargs)
         return (*rest, [])
 
-    monkeypatch.setattr(P, "_presentation_pts", no_keyframes)
+    monkeypatch.setattr(D, "_presentation_pts", no_keyframes)
 
 
 def _decoded_counter(monkeypatch) -> list[int]:
-    """Spy (not a stand-in) on `_decode_selected`: the number of frames each call decoded (its returned pts list)."""
+    """Spy (not a stand-in) on `decode_frames`: the number of frames each call decoded (its returned pts list)."""
     counts: list[int] = []
-    original = P._decode_selected
+    original = D.decode_frames
 
     def counting(*args, **kwargs):
         result = original(*args, **kwargs)
-        counts.append(len(result[1]))
+        counts.append(len(result.decoded_pts))
         return result
 
-    monkeypatch.setattr(P, "_decode_selected", counting)
+    monkeypatch.setattr(D, "decode_frames", counting)
     return counts
 
 

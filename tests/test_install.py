@@ -15,7 +15,9 @@ from conftest import REPO_ROOT, SCRIPTS_DIR
 PROBE = r"""
 import importlib.util, json
 names = ["convert", "kernels", "tests", "internvideo3.convert.gqa_to_m2la", "internvideo3.kernels.latent_attention",
-         "configuration_internvideo3", "modeling_internvideo3", "processing_internvideo3"]
+         "configuration_internvideo3", "modeling_internvideo3", "processing_internvideo3",
+         "image_processing_internvideo3", "video_processing_internvideo3", "video_decoding_internvideo3",
+         "vision_settings_internvideo3"]
 found = {name: importlib.util.find_spec(name) is not None for name in names}
 from internvideo3.convert.export import REMOTE_CODE_FILES, TOKENIZER_DIR
 found["tokenizer"] = (TOKENIZER_DIR / "tokenizer.json").is_file()
@@ -34,8 +36,11 @@ def test_only_project_names_are_importable_outside_the_repository(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert not found.pop("convert") and not found.pop("kernels") and not found.pop("tests")
-    assert found.pop("remote_code") == ["configuration_internvideo3.py", "latent_attention.py",
-                                        "modeling_internvideo3.py", "processing_internvideo3.py"]
+    assert found.pop("remote_code") == [
+        "configuration_internvideo3.py", "image_processing_internvideo3.py", "latent_attention.py",
+        "modeling_internvideo3.py", "processing_internvideo3.py", "video_decoding_internvideo3.py",
+        "video_processing_internvideo3.py", "vision_settings_internvideo3.py",
+    ]  # fmt: skip
     assert all(found.values()), found
 
 

@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from processing_internvideo3 import (
-    IMAGE_MAX_PIXELS,
-    IMAGE_MIN_PIXELS,
-    VIDEO_MAX_PIXELS,
-    VIDEO_MIN_PIXELS,
-    InternVideo3Processor,
-    VideoMetadata,
-    load_video,
-    smart_resize,
-)
+from processing_internvideo3 import InternVideo3Processor, VideoMetadata, load_video, smart_resize
+from vision_settings_internvideo3 import IMAGE_MAX_PIXELS, IMAGE_MIN_PIXELS, VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS
 from tests.conftest import DEMO_VIDEO, TOKENIZER_DIR
 
 IMAGE_PROMPT = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -172,7 +172,7 @@ def prepare(kind: str, args, callbacks=()):
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     # The call-level video budget is checked now, with the processor's defaults, not at the first batch.
-    processor._video_settings(_video_kwargs(args))
+    processor.video_processor.merge_settings(_video_kwargs(args))
     model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True, dtype=dtype)
     freezing = dict(freeze_vision_tower=args.freeze_vision_tower, freeze_merger=args.freeze_merger,
                     freeze_language_model=args.freeze_language_model)  # fmt: skip
