@@ -28,41 +28,16 @@ from PIL import Image
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-try:  # Hub export / checkpoint folder: flat sibling files (each entry module imports all it needs directly)
-    from .configuration_internvideo3 import numeric_range  # noqa: F401 - 4.57 copies only direct relative imports
-    from .vision_settings_internvideo3 import (
-        EXPLICIT_SIZE_MAX_TOKENS,
-        EXPLICIT_SIZE_MIN_TOKENS,
-        IMAGE_MAX_PIXELS,
-        IMAGE_MEAN,
-        IMAGE_MIN_PIXELS,
-        IMAGE_STD,
-        MERGE_SIZE,
-        PATCH_SIZE,
-        TEMPORAL_PATCH_SIZE,
-        VisionSettings,
-        check_settings,
-        given_keys,
-        resolve_bounds,
-        smart_resize,
-    )
-except ImportError:  # source checkout with the repository root on sys.path
-    from vision_settings_internvideo3 import (
-        EXPLICIT_SIZE_MAX_TOKENS,
-        EXPLICIT_SIZE_MIN_TOKENS,
-        IMAGE_MAX_PIXELS,
-        IMAGE_MEAN,
-        IMAGE_MIN_PIXELS,
-        IMAGE_STD,
-        MERGE_SIZE,
-        PATCH_SIZE,
-        TEMPORAL_PATCH_SIZE,
-        VisionSettings,
-        check_settings,
-        given_keys,
-        resolve_bounds,
-        smart_resize,
-    )
+# Flat sibling modules: in a Hub folder they form a generated package, of which transformers copies the siblings
+# named in a module's `from .name import` lines (4.57: only those of the module it loads, so each entry module
+# names every sibling it needs that way); in a checkout or an installed package they are top-level modules.
+try:
+    from .configuration_internvideo3 import numeric_range  # noqa: F401 - copies vision_settings' sibling (4.57)
+    from .vision_settings_internvideo3 import VisionSettings
+    from . import vision_settings_internvideo3 as vision_settings
+except ImportError:
+    from vision_settings_internvideo3 import VisionSettings
+    import vision_settings_internvideo3 as vision_settings
 
 __all__ = ["InternVideo3ImageProcessor", "PatchWriter", "as_frames", "load_image", "resize_frames"]
 
@@ -282,15 +257,40 @@ class PatchLayoutMixin:
         ValueError: an unknown `resize_backend` (naming it and the allowed values).
     """
 
-    def _set_layout(self, patch_size, temporal_patch_size, merge_size, image_mean, image_std, resize_backend):
+    # constructor arguments every part takes, with their defaults (SPEC §2 vision config)
+    LAYOUT_DEFAULTS = {
+        "patch_size": vision_settings.PATCH_SIZE, "temporal_patch_size": vision_settings.TEMPORAL_PATCH_SIZE,
+        "merge_size": vision_settings.MERGE_SIZE, "image_mean": vision_settings.IMAGE_MEAN,
+        "image_std": vision_settings.IMAGE_STD,
+    }  # fmt: skip
+
+    def _set_layout(self, resize_backend: str, layout: dict) -> dict:
+        """Set `resize_backend` and the `LAYOUT_DEFAULTS` keys popped from `layout` (a constructor's **kwargs);
+        returns what is left of `layout` for transformers' base class."""
         if resize_backend not in RESIZE_BACKENDS:
             raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {resize_backend!r}")
-        self.patch_size = patch_size
-        self.temporal_patch_size = temporal_patch_size
-        self.merge_size = merge_size
-        self.image_mean = list(image_mean)
-        self.image_std = list(image_std)
+        for name, default in self.LAYOUT_DEFAULTS.items():
+            value = layout.pop(name, default)
+            setattr(self, name, list(value) if name in ("image_mean", "image_std") else value)
         self.resize_backend = resize_backend
+        return layout
+
+    def explicit_size(self, settings: dict) -> tuple[int, int] | None:
+        """qwen-vl-utils: an explicit `resized_height` x `resized_width` (pixels) is only rounded to multiples of
+        the factor, within 4 and 16,384 tokens; None when `settings` gives none."""
+        if not (settings.get("resized_height") and settings.get("resized_width")):
+            return None
+        factor = self.factor
+        return vision_settings.smart_resize(
+            settings["resized_height"], settings["resized_width"], factor,
+            vision_settings.EXPLICIT_SIZE_MIN_TOKENS * factor**2, vision_settings.EXPLICIT_SIZE_MAX_TOKENS * factor**2,
+        )  # fmt: skip
+
+    @staticmethod
+    def _batch(data: dict, return_tensors) -> BatchFeature:
+        if return_tensors == "np":
+            data = {k: v.numpy() for k, v in data.items()}
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
     @property
     def factor(self) -> int:
@@ -306,7 +306,7 @@ class PatchLayoutMixin:
         on ours; the `auto_map` entry is what loads the class (with trust_remote_code=True)."""
         import inspect  # noqa: PLC0415
 
-        keep = set(inspect.signature(type(self).__init__).parameters) - {"self", "kwargs"}
+        keep = set(inspect.signature(type(self).__init__).parameters) - {"self", "kwargs"} | set(self.LAYOUT_DEFAULTS)
         keep |= {"auto_map", "_processor_class", "processor_class", "image_processor_type"}
         return {key: value for key, value in super().to_dict().items() if key in keep}
 
@@ -322,8 +322,8 @@ class InternVideo3ImageProcessor(PatchLayoutMixin, BaseImageProcessor):
     Args:
         min_pixels, max_pixels: per-image pixel bounds (defaults 65,536 / 16,777,216, the Qwen3-VL release); a bound
             given alone below/above the other default makes that default yield.
-        patch_size, temporal_patch_size, merge_size, image_mean, image_std: see `PatchLayoutMixin`.
         resize_backend: "pil" (default, = transformers' PIL image processor) or "torch".
+        patch_size, temporal_patch_size, merge_size, image_mean, image_std (keywords): see `PatchLayoutMixin`.
 
     Settings of one call (`min_pixels`, `max_pixels`, `image_min_pixels`, `image_max_pixels`, `resized_height`,
     `resized_width`) and of one chat item beat these (order: `vision_settings_internvideo3`).
@@ -336,24 +336,12 @@ class InternVideo3ImageProcessor(PatchLayoutMixin, BaseImageProcessor):
     # save_pretrained writes auto_map {"AutoImageProcessor": ...} and copies this file with its siblings
     _auto_class = "AutoImageProcessor"
 
-    def __init__(
-        self,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        patch_size: int = PATCH_SIZE,
-        temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
-        merge_size: int = MERGE_SIZE,
-        image_mean: Sequence[float] = IMAGE_MEAN,
-        image_std: Sequence[float] = IMAGE_STD,
-        resize_backend: str = "pil",
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self._set_layout(patch_size, temporal_patch_size, merge_size, image_mean, image_std, resize_backend)
-        self.min_pixels, self.max_pixels = resolve_bounds(
-            [given_keys({"min_pixels": min_pixels, "max_pixels": max_pixels})], ("min_pixels",), ("max_pixels",),
-            (IMAGE_MIN_PIXELS, IMAGE_MAX_PIXELS),
-        )  # fmt: skip
+    def __init__(self, min_pixels: int | None = None, max_pixels: int | None = None, resize_backend="pil", **kwargs):
+        super().__init__(**self._set_layout(resize_backend, kwargs))
+        given = vision_settings.given_keys({"min_pixels": min_pixels, "max_pixels": max_pixels})
+        self.min_pixels, self.max_pixels = vision_settings.resolve_bounds(
+            [given], ("min_pixels",), ("max_pixels",), (vision_settings.IMAGE_MIN_PIXELS, vision_settings.IMAGE_MAX_PIXELS)
+        )
 
     def merge_settings(self, *levels: dict | None) -> VisionSettings:
         """This processor's bounds updated by `levels` (call, then item; `None` values are not set), merged in the
@@ -363,15 +351,15 @@ class InternVideo3ImageProcessor(PatchLayoutMixin, BaseImageProcessor):
         Raises:
             ValueError: naming the setting, the value and the allowed range.
         """
-        levels = [given_keys(level) for level in levels]
+        levels = [vision_settings.given_keys(level) for level in levels]
         own = {"image_min_pixels": self.min_pixels, "image_max_pixels": self.max_pixels}
-        low, high = resolve_bounds(
+        low, high = vision_settings.resolve_bounds(
             [own, *levels], ("image_min_pixels", "min_pixels"), ("image_max_pixels", "max_pixels"), (None, None)
         )
         settings = {"image_min_pixels": low, "image_max_pixels": high}
         for level in levels:
             settings.update({k: level[k] for k in ("resized_height", "resized_width") if k in level})
-        check_settings(settings)
+        vision_settings.check_settings(settings)
         return VisionSettings(settings)
 
     def target_size(self, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
@@ -379,13 +367,8 @@ class InternVideo3ImageProcessor(PatchLayoutMixin, BaseImageProcessor):
         settings from `merge_settings`): transformers' Qwen2-VL/Qwen3-VL rule; an explicit `resized_height` /
         `resized_width` is only rounded to multiples of 32 (qwen-vl-utils)."""
         merged = settings if isinstance(settings, VisionSettings) else self.merge_settings(settings)
-        factor = self.factor
-        if merged.get("resized_height") and merged.get("resized_width"):
-            return smart_resize(
-                merged["resized_height"], merged["resized_width"], factor, EXPLICIT_SIZE_MIN_TOKENS * factor**2,
-                EXPLICIT_SIZE_MAX_TOKENS * factor**2,
-            )  # fmt: skip
-        return smart_resize(height, width, factor, merged["image_min_pixels"], merged["image_max_pixels"])
+        low, high = merged["image_min_pixels"], merged["image_max_pixels"]
+        return self.explicit_size(merged) or vision_settings.smart_resize(height, width, self.factor, low, high)
 
     def process(self, images: list, settings: list[VisionSettings], do_resize=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel_values [N, 1536] float32, image_grid_thw [len(images), 3] int64) for `images` (see `load_image`;
@@ -419,10 +402,7 @@ class InternVideo3ImageProcessor(PatchLayoutMixin, BaseImageProcessor):
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         merged = self.merge_settings(settings)
         pixel_values, grids = self.process(images, [merged] * len(images), do_resize)
-        data = {"pixel_values": pixel_values, "image_grid_thw": grids}
-        if return_tensors == "np":
-            data = {k: v.numpy() for k, v in data.items()}
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        return self._batch({"pixel_values": pixel_values, "image_grid_thw": grids}, return_tensors)
 
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)

@@ -20,7 +20,6 @@ keep two extra outer `<|vision_start|>`/`<|vision_end|>` tokens per video; this 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -30,47 +29,26 @@ import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-try:  # Hub export / checkpoint folder: flat sibling files (each entry module imports all it needs directly)
-    from .configuration_internvideo3 import numeric_range  # noqa: F401 - 4.57 copies only direct relative imports
+# Flat sibling modules: in a Hub folder they form a generated package, of which transformers copies the siblings
+# named in a module's `from .name import` lines (4.57: only those of the module it loads, so each entry module
+# names every sibling it needs that way); in a checkout or an installed package they are top-level modules.
+try:
+    from .configuration_internvideo3 import numeric_range  # noqa: F401 - copies vision_settings' sibling (4.57)
     from .image_processing_internvideo3 import InternVideo3ImageProcessor, load_image, resize_frames
     from .video_decoding_internvideo3 import (
-        TruncatedVideoWarning,
-        VideoLoadError,
-        VideoMetadata,
-        group_timestamps,
-        sample_frame_indices,
-    )
+        TruncatedVideoWarning, VideoLoadError, VideoMetadata, group_timestamps, sample_frame_indices,
+    )  # fmt: skip
     from .video_processing_internvideo3 import InternVideo3VideoProcessor, as_list, as_video_list, load_video
-    from .vision_settings_internvideo3 import (
-        IMAGE_ITEM_KEYS,
-        IMAGE_PAD,
-        TEXT_KWARGS,
-        VIDEO_PAD,
-        VIDEO_SETTING_KEYS,
-        VISION_END,
-        VISION_START,
-        smart_resize,
-    )
-except ImportError:  # source checkout with the repository root on sys.path
+    from .vision_settings_internvideo3 import smart_resize
+    from . import vision_settings_internvideo3 as vision_settings
+except ImportError:
     from image_processing_internvideo3 import InternVideo3ImageProcessor, load_image, resize_frames
     from video_decoding_internvideo3 import (
-        TruncatedVideoWarning,
-        VideoLoadError,
-        VideoMetadata,
-        group_timestamps,
-        sample_frame_indices,
-    )
+        TruncatedVideoWarning, VideoLoadError, VideoMetadata, group_timestamps, sample_frame_indices,
+    )  # fmt: skip
     from video_processing_internvideo3 import InternVideo3VideoProcessor, as_list, as_video_list, load_video
-    from vision_settings_internvideo3 import (
-        IMAGE_ITEM_KEYS,
-        IMAGE_PAD,
-        TEXT_KWARGS,
-        VIDEO_PAD,
-        VIDEO_SETTING_KEYS,
-        VISION_END,
-        VISION_START,
-        smart_resize,
-    )
+    from vision_settings_internvideo3 import smart_resize
+    import vision_settings_internvideo3 as vision_settings
 
 __all__ = [
     "InternVideo3ImageProcessor",
@@ -257,11 +235,11 @@ class InternVideo3Processor(ProcessorMixin):
             image_processor, tokenizer, video_processor,
             chat_template=chat_template if chat_template is not None else default_chat_template(),
         )  # fmt: skip
-        self.image_token, self.video_token = IMAGE_PAD, VIDEO_PAD
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
-        self.vision_start_token_id = tokenizer.convert_tokens_to_ids(VISION_START)
-        self.vision_end_token_id = tokenizer.convert_tokens_to_ids(VISION_END)
+        self.image_token, self.video_token = vision_settings.IMAGE_PAD, vision_settings.VIDEO_PAD
+        self.image_token_id = tokenizer.convert_tokens_to_ids(vision_settings.IMAGE_PAD)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(vision_settings.VIDEO_PAD)
+        self.vision_start_token_id = tokenizer.convert_tokens_to_ids(vision_settings.VISION_START)
+        self.vision_end_token_id = tokenizer.convert_tokens_to_ids(vision_settings.VISION_END)
 
     # ---- loading the parts (the hook transformers calls differs by release: vision_settings_internvideo3) ------
     @classmethod
@@ -305,20 +283,6 @@ class InternVideo3Processor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"]
 
-    # the processor-level settings, read from the parts (as before the split: `processor.fps`, `.min_pixels`, ...)
-    fps = _part_setting("video_processor", "fps")
-    min_frames = _part_setting("video_processor", "min_frames")
-    max_frames = _part_setting("video_processor", "max_frames")
-    video_budget = _part_setting("video_processor", "video_budget")
-    min_pixels = _part_setting("video_processor", "min_pixels")
-    max_pixels = _part_setting("video_processor", "max_pixels")
-    total_pixels = _part_setting("video_processor", "total_pixels")
-    size = _part_setting("video_processor", "size")
-    image_min_pixels = _part_setting("image_processor", "min_pixels")
-    image_max_pixels = _part_setting("image_processor", "max_pixels")
-    patch_size = _part_setting("video_processor", "patch_size")
-    temporal_patch_size = _part_setting("video_processor", "temporal_patch_size")
-    merge_size = _part_setting("video_processor", "merge_size")
 
     def video_target_size(self, num_frames: int, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
         """`InternVideo3VideoProcessor.target_size`: resized (height, width) in pixels of a clip."""
@@ -336,12 +300,13 @@ class InternVideo3Processor(ProcessorMixin):
     def _expand_text(self, texts: list[str], image_grids, video_grids, video_stamps) -> list[str]:
         """Replace each image/video placeholder by its tokens (SPEC §7). Raises ValueError on a count mismatch."""
         merge = self.merge_size**2
-        video_pattern = re.compile(re.escape(VISION_START + VIDEO_PAD + VISION_END) + "|" + re.escape(VIDEO_PAD))
+        start, pad, end = vision_settings.VISION_START, vision_settings.VIDEO_PAD, vision_settings.VISION_END
+        video_pattern = re.compile(re.escape(start + pad + end) + "|" + re.escape(pad))
         n_video_slots = sum(len(video_pattern.findall(t)) for t in texts)
         n_videos = 0 if video_grids is None else len(video_grids)
         if n_video_slots != n_videos:
             raise ValueError(f"the text has {n_video_slots} video placeholders but {n_videos} videos were given")
-        n_image_slots = sum(t.count(IMAGE_PAD) for t in texts)
+        n_image_slots = sum(t.count(vision_settings.IMAGE_PAD) for t in texts)
         n_images = 0 if image_grids is None else len(image_grids)
         if n_image_slots != n_images:
             raise ValueError(f"the text has {n_image_slots} image placeholders but {n_images} images were given")
@@ -352,18 +317,18 @@ class InternVideo3Processor(ProcessorMixin):
             i = counter["video"]
             counter["video"] += 1
             t, h, w = (int(v) for v in video_grids[i])
-            pads = VIDEO_PAD * (h * w // merge)
-            return "".join(f"<{video_stamps[i][g]:.1f} seconds>{VISION_START}{pads}{VISION_END}" for g in range(t))
+            pads = vision_settings.VIDEO_PAD * (h * w // merge)
+            return "".join(f"<{video_stamps[i][g]:.1f} seconds>{start}{pads}{end}" for g in range(t))
 
         def image_tokens(_match) -> str:
             i = counter["image"]
             counter["image"] += 1
-            return IMAGE_PAD * (int(image_grids[i].prod()) // merge)
+            return vision_settings.IMAGE_PAD * (int(image_grids[i].prod()) // merge)
 
         out = []
         for text in texts:
             text = video_pattern.sub(video_tokens, text)
-            out.append(re.sub(re.escape(IMAGE_PAD), image_tokens, text))
+            out.append(re.sub(re.escape(vision_settings.IMAGE_PAD), image_tokens, text))
         return out
 
 
@@ -429,9 +394,9 @@ class InternVideo3Processor(ProcessorMixin):
         for key in ("text_kwargs", "videos_kwargs", "images_kwargs"):  # transformers-style grouped kwargs
             kwargs.update(kwargs.pop(key, None) or {})
         kwargs.pop("return_metadata", None)
-        call_video = {k: kwargs.pop(k) for k in VIDEO_SETTING_KEYS if k in kwargs}
+        call_video = {k: kwargs.pop(k) for k in vision_settings.VIDEO_SETTING_KEYS if k in kwargs}
         call_image = _call_image_settings(call_video, kwargs)
-        text_kwargs = {k: kwargs.pop(k) for k in TEXT_KWARGS if k in kwargs}
+        text_kwargs = {k: kwargs.pop(k) for k in vision_settings.TEXT_KWARGS if k in kwargs}
         if kwargs:
             raise TypeError(f"InternVideo3Processor got unexpected keyword arguments: {sorted(kwargs)}")
 
@@ -517,9 +482,9 @@ class InternVideo3Processor(ProcessorMixin):
         """
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
-        call_video = {k: kwargs.pop(k) for k in VIDEO_SETTING_KEYS if k in kwargs}
+        call_video = {k: kwargs.pop(k) for k in vision_settings.VIDEO_SETTING_KEYS if k in kwargs}
         call_image = _call_image_settings(call_video, kwargs)
-        text_kwargs = {k: kwargs.pop(k) for k in TEXT_KWARGS if k in kwargs}
+        text_kwargs = {k: kwargs.pop(k) for k in vision_settings.TEXT_KWARGS if k in kwargs}
         for key in ("return_assistant_tokens_mask", "return_metadata", "num_frames_sampled"):
             kwargs.pop(key, None)
         rendered = self.tokenizer.apply_chat_template(
@@ -541,13 +506,13 @@ class InternVideo3Processor(ProcessorMixin):
             for kind, item in _vision_items(messages):
                 if kind == "image":
                     merged = self.image_processor.merge_settings(
-                        call_image, {k: item[k] for k in IMAGE_ITEM_KEYS if k in item}
+                        call_image, {k: item[k] for k in vision_settings.IMAGE_ITEM_KEYS if k in item}
                     )
                     images.append(_item_source(item, ("image", "path", "url", "image_url")))
                     image_settings.append(merged)
                 else:
                     merged = self.video_processor.merge_settings(
-                        call_video, {k: item[k] for k in VIDEO_SETTING_KEYS if k in item}
+                        call_video, {k: item[k] for k in vision_settings.VIDEO_SETTING_KEYS if k in item}
                     )
                     source = _item_source(item, ("video", "path", "url", "video_url"))
                     frames, meta = self.video_processor.decode(source, merged)
@@ -577,6 +542,19 @@ class InternVideo3Processor(ProcessorMixin):
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
         """Generated ids -> strings (used by transformers' image-text-to-text pipeline)."""
         return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+# the processor-level settings, read from the parts (as before the split: `processor.fps`, `.min_pixels`, ...)
+SETTING_ATTRIBUTES = {
+    **{name: ("video_processor", name) for name in (
+        "fps", "min_frames", "max_frames", "video_budget", "min_pixels", "max_pixels", "total_pixels", "size",
+        "patch_size", "temporal_patch_size", "merge_size",
+    )},
+    "image_min_pixels": ("image_processor", "min_pixels"),
+    "image_max_pixels": ("image_processor", "max_pixels"),
+}  # fmt: skip
+for _name, (_part, _setting) in SETTING_ATTRIBUTES.items():
+    setattr(InternVideo3Processor, _name, _part_setting(_part, _setting))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -32,26 +32,17 @@ import numpy as np
 import torch
 from transformers.video_utils import VideoMetadata as _TransformersVideoMetadata
 
-try:  # Hub export / checkpoint folder: flat sibling files
+# Flat sibling modules: in a Hub folder they form a generated package, of which transformers copies the siblings
+# named in a module's `from .name import` lines (4.57: only those of the module it loads, so each entry module
+# names every sibling it needs that way); in a checkout or an installed package they are top-level modules.
+try:
     from .image_processing_internvideo3 import resize_frames
-    from .vision_settings_internvideo3 import (
-        DEFAULT_FPS,
-        DEFAULT_MAX_FRAMES,
-        DEFAULT_MIN_FRAMES,
-        NETWORK_TIMEOUT_S,
-        TEMPORAL_PATCH_SIZE,
-        VFR_INTERVAL_TOLERANCE,
-    )
-except ImportError:  # source checkout with the repository root on sys.path
+    from .vision_settings_internvideo3 import DEFAULT_FPS
+    from . import vision_settings_internvideo3 as vision_settings
+except ImportError:
     from image_processing_internvideo3 import resize_frames
-    from vision_settings_internvideo3 import (
-        DEFAULT_FPS,
-        DEFAULT_MAX_FRAMES,
-        DEFAULT_MIN_FRAMES,
-        NETWORK_TIMEOUT_S,
-        TEMPORAL_PATCH_SIZE,
-        VFR_INTERVAL_TOLERANCE,
-    )
+    from vision_settings_internvideo3 import DEFAULT_FPS
+    import vision_settings_internvideo3 as vision_settings
 
 __all__ = [
     "DecodeRequest",
@@ -89,10 +80,10 @@ def sample_frame_indices(
     total_num_frames: int,
     source_fps: float | None,
     fps: float | None = DEFAULT_FPS,
-    min_frames: int = DEFAULT_MIN_FRAMES,
-    max_frames: int = DEFAULT_MAX_FRAMES,
+    min_frames: int = vision_settings.DEFAULT_MIN_FRAMES,
+    max_frames: int = vision_settings.DEFAULT_MAX_FRAMES,
     num_frames: int | None = None,
-    temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+    temporal_patch_size: int = vision_settings.TEMPORAL_PATCH_SIZE,
 ) -> tuple[np.ndarray, int]:
     """Indices of the frames to keep, uniformly spread over the clip (transformers' `Qwen3VLVideoProcessor.sample_frames`).
 
@@ -127,7 +118,9 @@ def sample_frame_indices(
     return indices, n
 
 
-def group_timestamps(timestamps: Sequence[float], temporal_patch_size: int = TEMPORAL_PATCH_SIZE) -> list[float]:
+def group_timestamps(
+    timestamps: Sequence[float], temporal_patch_size: int = vision_settings.TEMPORAL_PATCH_SIZE
+) -> list[float]:
     """Seconds shown for each temporal patch: mean of its first and last frame timestamp (SPEC §7).
 
     Same arithmetic as transformers' `Qwen3VLProcessor._calculate_timestamps` (a short last group is padded with its
@@ -266,7 +259,7 @@ def _download(url: str, directory: str) -> str:
     name = os.path.basename(url.split("?", 1)[0]) or "video"
     path = os.path.join(directory, name)
     try:
-        with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response, open(path, "wb") as out:
+        with urllib.request.urlopen(url, timeout=vision_settings.NETWORK_TIMEOUT_S) as response, open(path, "wb") as out:
             shutil.copyfileobj(response, out, length=1 << 20)
     except Exception as error:
         raise VideoLoadError(f"cannot download video {url!r}: {error}") from error
@@ -293,7 +286,9 @@ def _resolve_source(source) -> tuple[str, bool]:
 
 def _open(av, path: str, label: str):
     try:
-        return av.open(path, mode="r", timeout=NETWORK_TIMEOUT_S) if "://" in path else av.open(path, mode="r")
+        if "://" in path:
+            return av.open(path, mode="r", timeout=vision_settings.NETWORK_TIMEOUT_S)
+        return av.open(path, mode="r")
     except _av_errors(av) + (OSError, ValueError) as error:
         raise VideoLoadError(f"cannot open video {label!r}: {error}") from error
 
@@ -384,17 +379,18 @@ def _choose_frames(
     total = len(times)
     diffs = np.diff(times)
     median = float(np.median(diffs)) if total > 1 else 0.0
-    vfr = bool(total > 2 and median > 0 and np.max(np.abs(diffs - median)) > VFR_INTERVAL_TOLERANCE * median)
+    tolerance = vision_settings.VFR_INTERVAL_TOLERANCE * median
+    vfr = bool(total > 2 and median > 0 and np.max(np.abs(diffs - median)) > tolerance)
     if not source_fps:
         source_fps = (total - 1) / (times[-1] - times[0]) if total > 1 and times[-1] > times[0] else 1.0
     indices, n = sample_frame_indices(
         total,
         source_fps,
         fps=settings.get("fps", DEFAULT_FPS),
-        min_frames=settings.get("min_frames", DEFAULT_MIN_FRAMES),
-        max_frames=settings.get("max_frames", DEFAULT_MAX_FRAMES),
+        min_frames=settings.get("min_frames", vision_settings.DEFAULT_MIN_FRAMES),
+        max_frames=settings.get("max_frames", vision_settings.DEFAULT_MAX_FRAMES),
         num_frames=settings.get("nframes", settings.get("num_frames")),
-        temporal_patch_size=settings.get("temporal_patch_size", TEMPORAL_PATCH_SIZE),
+        temporal_patch_size=settings.get("temporal_patch_size", vision_settings.TEMPORAL_PATCH_SIZE),
     )
     if not vfr:
         return indices, times[indices], n, False, source_fps

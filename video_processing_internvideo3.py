@@ -24,105 +24,46 @@ Two pixel budgets, both producing multiples of 32 and both selectable per call a
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import BatchFeature
 
-try:  # Hub export / checkpoint folder: flat sibling files (each entry module imports all it needs directly)
-    from .configuration_internvideo3 import numeric_range  # noqa: F401 - 4.57 copies only direct relative imports
-    from .image_processing_internvideo3 import PatchLayoutMixin, as_frames, resize_frames
-    from .video_decoding_internvideo3 import (
-        TruncatedVideoWarning,
-        VideoLoadError,
-        VideoMetadata,
-        decode_file,
-        group_timestamps,
-        sample_frame_indices,
-        time_window,
-    )
-    from .vision_settings_internvideo3 import (
-        DEFAULT_FPS,
-        DEFAULT_MAX_FRAMES,
-        DEFAULT_MIN_FRAMES,
-        EXPLICIT_SIZE_MAX_TOKENS,
-        EXPLICIT_SIZE_MIN_TOKENS,
-        FRAME_PIXELS_SLACK,
-        IMAGE_MEAN,
-        IMAGE_STD,
-        MERGE_SIZE,
-        PATCH_SIZE,
-        TEMPORAL_PATCH_SIZE,
-        VIDEO_BUDGETS,
-        VIDEO_MAX_PIXELS,
-        VIDEO_MIN_PIXELS,
-        VIDEO_SETTING_KEYS,
-        VIDEO_SIZE,
-        VIDEO_TOTAL_PIXELS,
-        VideoProcessorBase,
-        VisionSettings,
-        check_settings,
-        given_keys,
-        resolve_bounds,
-        smart_resize,
-        smart_resize_volume,
-        yielded_min_pixels,
-    )
-except ImportError:  # source checkout with the repository root on sys.path
-    from image_processing_internvideo3 import PatchLayoutMixin, as_frames, resize_frames
-    from video_decoding_internvideo3 import (
-        TruncatedVideoWarning,
-        VideoLoadError,
-        VideoMetadata,
-        decode_file,
-        group_timestamps,
-        sample_frame_indices,
-        time_window,
-    )
-    from vision_settings_internvideo3 import (
-        DEFAULT_FPS,
-        DEFAULT_MAX_FRAMES,
-        DEFAULT_MIN_FRAMES,
-        EXPLICIT_SIZE_MAX_TOKENS,
-        EXPLICIT_SIZE_MIN_TOKENS,
-        FRAME_PIXELS_SLACK,
-        IMAGE_MEAN,
-        IMAGE_STD,
-        MERGE_SIZE,
-        PATCH_SIZE,
-        TEMPORAL_PATCH_SIZE,
-        VIDEO_BUDGETS,
-        VIDEO_MAX_PIXELS,
-        VIDEO_MIN_PIXELS,
-        VIDEO_SETTING_KEYS,
-        VIDEO_SIZE,
-        VIDEO_TOTAL_PIXELS,
-        VideoProcessorBase,
-        VisionSettings,
-        check_settings,
-        given_keys,
-        resolve_bounds,
-        smart_resize,
-        smart_resize_volume,
-        yielded_min_pixels,
-    )
+# Flat sibling modules: in a Hub folder they form a generated package, of which transformers copies the siblings
+# named in a module's `from .name import` lines (4.57: only those of the module it loads, so each entry module
+# names every sibling it needs that way); in a checkout or an installed package they are top-level modules.
+try:
+    from .configuration_internvideo3 import numeric_range  # noqa: F401 - copies vision_settings' sibling (4.57)
+    from .image_processing_internvideo3 import PatchLayoutMixin
+    from . import image_processing_internvideo3 as image_processing
+    from .video_decoding_internvideo3 import TruncatedVideoWarning, VideoLoadError, VideoMetadata
+    from . import video_decoding_internvideo3 as video_decoding
+    from .vision_settings_internvideo3 import VisionSettings
+    from . import vision_settings_internvideo3 as vision_settings
+except ImportError:
+    from image_processing_internvideo3 import PatchLayoutMixin
+    import image_processing_internvideo3 as image_processing
+    from video_decoding_internvideo3 import TruncatedVideoWarning, VideoLoadError, VideoMetadata
+    import video_decoding_internvideo3 as video_decoding
+    from vision_settings_internvideo3 import VisionSettings
+    import vision_settings_internvideo3 as vision_settings
 
 __all__ = ["InternVideo3VideoProcessor", "TruncatedVideoWarning", "VideoLoadError", "VideoMetadata", "load_video"]
 
 
 def load_video(
     source,
-    fps: float | None = DEFAULT_FPS,
-    min_frames: int = DEFAULT_MIN_FRAMES,
-    max_frames: int = DEFAULT_MAX_FRAMES,
+    fps: float | None = vision_settings.DEFAULT_FPS,
+    min_frames: int = vision_settings.DEFAULT_MIN_FRAMES,
+    max_frames: int = vision_settings.DEFAULT_MAX_FRAMES,
     nframes: int | None = None,
     video_start: float | None = None,
     video_end: float | None = None,
     source_fps: float | None = None,
     resize_to: tuple[int, int] | Callable[[int, int, int], tuple[int, int]] | None = None,
-    temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
+    temporal_patch_size: int = vision_settings.TEMPORAL_PATCH_SIZE,
     frame_sink: Callable[[list[int], np.ndarray, int], None] | None = None,
 ) -> tuple[np.ndarray | None, VideoMetadata]:
     """Decode and sample a video with PyAV (SPEC §7). No torchvision, torchcodec or decord.
@@ -172,7 +113,7 @@ def load_video(
         "fps": fps, "min_frames": min_frames, "max_frames": max_frames, "nframes": nframes,
         "video_start": video_start, "video_end": video_end, "temporal_patch_size": temporal_patch_size,
     }  # fmt: skip
-    check_settings({**sampling, "source_fps": source_fps})
+    vision_settings.check_settings({**sampling, "source_fps": source_fps})
     return decode_video(source, sampling, resize_to, frame_sink, source_fps)
 
 
@@ -182,7 +123,7 @@ def decode_video(source, sampling: dict, resize_to=None, frame_sink=None, source
     `temporal_patch_size`. Returns, errors and warnings as `load_video`; validates nothing."""
     if _is_frame_collection(source):
         return _load_frames_in_memory(source, sampling, source_fps, resize_to)
-    return decode_file(source, sampling, resize_to, frame_sink)
+    return video_decoding.decode_file(source, sampling, resize_to, frame_sink)
 
 
 
@@ -197,24 +138,25 @@ def _load_frames_in_memory(source, sampling: dict, source_fps, resize_to):
     total = len(source) if is_list else int(source.shape[0])
     if total == 0:
         raise VideoLoadError("cannot use video: it has zero frames")
-    rate = float(source_fps) if source_fps else float(sampling["fps"] or DEFAULT_FPS)
+    rate = float(source_fps) if source_fps else float(sampling["fps"] or vision_settings.DEFAULT_FPS)
     times = np.arange(total) / rate
-    window = time_window(times, sampling["video_start"], sampling["video_end"], "cannot use video")
-    local, n = sample_frame_indices(
+    window = video_decoding.time_window(times, sampling["video_start"], sampling["video_end"], "cannot use video")
+    local, n = video_decoding.sample_frame_indices(
         int(window.size), rate, fps=sampling["fps"], min_frames=sampling["min_frames"],
         max_frames=sampling["max_frames"], num_frames=sampling["nframes"],
         temporal_patch_size=sampling["temporal_patch_size"],
     )  # fmt: skip
     indices = window[local]
     if is_list:
-        video = as_frames([source[i] for i in indices.tolist()])
+        video = image_processing.as_frames([source[i] for i in indices.tolist()])
     else:
-        video = as_frames(source[torch.from_numpy(indices) if isinstance(source, torch.Tensor) else indices])
+        picked = source[torch.from_numpy(indices) if isinstance(source, torch.Tensor) else indices]
+        video = image_processing.as_frames(picked)
     if video.dtype != torch.uint8:  # load_video returns uint8: 0-255 floats rounded
         video = video.to(torch.float32).round().clamp(0, 255).to(torch.uint8)
     height, width = video.shape[-2:]
     if resize_to is not None:
-        video = resize_frames(video, resize_to(n, height, width) if callable(resize_to) else resize_to)
+        video = image_processing.resize_frames(video, resize_to(n, height, width) if callable(resize_to) else resize_to)
     metadata = VideoMetadata(
         total_num_frames=int(window.size), fps=rate, width=int(width), height=int(height), video_backend="frames",
         frames_indices=[int(i) for i in indices], timestamps=[float(times[i]) for i in indices],
@@ -292,7 +234,7 @@ def _metadata_timestamps(meta, num_frames: int, default_fps: float) -> list[floa
 
 # ---------------------------------------------------------------------------------------------------------------
 
-class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
+class InternVideo3VideoProcessor(PatchLayoutMixin, vision_settings.VideoProcessorBase):
     r"""Videos -> `pixel_values_videos` [sum of t·h·w, 1536] float32, `video_grid_thw` [n_videos, 3] int64 and the
     timestamps the prompt shows (SPEC §7): PyAV decoding and sampling, the two pixel budgets, patchification.
 
@@ -309,9 +251,9 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
             117,964,800 per clip: 128-768 tokens per frame, ~115K tokens per clip). A bound given alone beyond the
             other's default wins (`max_pixels=32768` alone sets `min_pixels` to 32,768 / 1.05).
         size: {"shortest_edge", "longest_edge"} of "total", pixels of the T×H×W volume (default 4,096 / 25,165,824).
-        patch_size, temporal_patch_size, merge_size, image_mean, image_std: see `PatchLayoutMixin`.
         resize_backend: "torch" (default, = transformers' `Qwen3VLVideoProcessor`) or "pil" (in-memory frames; files
             are always resized by the torch kernel while they decode).
+        patch_size, temporal_patch_size, merge_size, image_mean, image_std (keywords): see `PatchLayoutMixin`.
 
     Raises:
         ValueError: a setting out of range, `min_pixels > max_pixels`, or an unknown `video_budget` (naming it).
@@ -323,39 +265,34 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
 
     def __init__(
         self,
-        fps: float = DEFAULT_FPS,
-        min_frames: int = DEFAULT_MIN_FRAMES,
-        max_frames: int = DEFAULT_MAX_FRAMES,
+        fps: float = vision_settings.DEFAULT_FPS,
+        min_frames: int = vision_settings.DEFAULT_MIN_FRAMES,
+        max_frames: int = vision_settings.DEFAULT_MAX_FRAMES,
         video_budget: str = "per_frame",
         min_pixels: int | None = None,
         max_pixels: int | None = None,
-        total_pixels: int = VIDEO_TOTAL_PIXELS,
+        total_pixels: int = vision_settings.VIDEO_TOTAL_PIXELS,
         size: dict | None = None,
-        patch_size: int = PATCH_SIZE,
-        temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
-        merge_size: int = MERGE_SIZE,
-        image_mean: Sequence[float] = IMAGE_MEAN,
-        image_std: Sequence[float] = IMAGE_STD,
         resize_backend: str = "torch",
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self._set_layout(patch_size, temporal_patch_size, merge_size, image_mean, image_std, resize_backend)
-        if video_budget not in VIDEO_BUDGETS:
+        super().__init__(**self._set_layout(resize_backend, kwargs))
+        if video_budget not in vision_settings.VIDEO_BUDGETS:
             raise ValueError(f"video_budget must be 'per_frame' or 'total', got {video_budget!r}")
         self.fps = fps
         self.min_frames = min_frames
         self.max_frames = max_frames
         self.video_budget = video_budget
         # `None`: not given, the default applies (and yields to a given bound it conflicts with)
-        self.min_pixels, self.max_pixels = resolve_bounds(
-            [given_keys({"min_pixels": min_pixels, "max_pixels": max_pixels})], ("min_pixels",), ("max_pixels",),
-            (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS), yielded_low=yielded_min_pixels,
-        )  # fmt: skip
+        given = vision_settings.given_keys({"min_pixels": min_pixels, "max_pixels": max_pixels})
+        self.min_pixels, self.max_pixels = vision_settings.resolve_bounds(
+            [given], ("min_pixels",), ("max_pixels",), (vision_settings.VIDEO_MIN_PIXELS, vision_settings.VIDEO_MAX_PIXELS),
+            yielded_low=vision_settings.yielded_min_pixels,
+        )
         self.total_pixels = total_pixels
-        self.size = dict(size) if size is not None else dict(VIDEO_SIZE)
+        self.size = dict(size) if size is not None else dict(vision_settings.VIDEO_SIZE)
         # a bad value in video_preprocessor_config.json fails at load time, naming the setting
-        check_settings(self._own_settings(), explicit=("min_frames", "min_pixels", "max_pixels"))
+        vision_settings.check_settings(self._own_settings(), explicit=("min_frames", "min_pixels", "max_pixels"))
 
     def _own_settings(self) -> dict:
         return {
@@ -376,7 +313,7 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
             ValueError: naming the setting, the value and the allowed range (`check_settings`).
         """
         own = self._own_settings()
-        levels = [given_keys(level) for level in levels]
+        levels = [vision_settings.given_keys(level) for level in levels]
         settings = dict(own)
         for level in levels:
             settings.update(level)
@@ -389,12 +326,12 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
             if any(k in level for k in ("min_pixels", "max_pixels", "total_pixels")):
                 settings["video_budget"] = "per_frame"
                 break
-        if settings["video_budget"] not in VIDEO_BUDGETS:
+        if settings["video_budget"] not in vision_settings.VIDEO_BUDGETS:
             raise ValueError(f"video_budget must be 'per_frame' or 'total', got {settings['video_budget']!r}")
-        settings["min_pixels"], settings["max_pixels"] = resolve_bounds(
-            [own, *levels], ("min_pixels",), ("max_pixels",), (None, None), yielded_low=yielded_min_pixels
+        settings["min_pixels"], settings["max_pixels"] = vision_settings.resolve_bounds(
+            [own, *levels], ("min_pixels",), ("max_pixels",), (None, None), yielded_low=vision_settings.yielded_min_pixels
         )
-        check_settings(settings, explicit={k for level in levels for k in level})
+        vision_settings.check_settings(settings, explicit={k for level in levels for k in level})
         return VisionSettings(settings)
 
     def target_size(self, num_frames: int, height: int, width: int, settings: dict | None = None) -> tuple[int, int]:
@@ -407,17 +344,14 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
         """
         merged = settings if isinstance(settings, VisionSettings) else self.merge_settings(settings)
         factor = self.factor
-        if merged.get("resized_height") and merged.get("resized_width"):
-            # qwen-vl-utils: an explicit size is only rounded to the factor
-            return smart_resize(
-                merged["resized_height"], merged["resized_width"], factor, EXPLICIT_SIZE_MIN_TOKENS * factor**2,
-                EXPLICIT_SIZE_MAX_TOKENS * factor**2,
-            )  # fmt: skip
+        explicit = self.explicit_size(merged)
+        if explicit:
+            return explicit
         if merged["video_budget"] == "total":
             if height < factor or width < factor:  # scaled up first, as transformers 5.x does (4.57 raises)
                 scale = max(factor / height, factor / width)
                 height, width = int(height * scale), int(width * scale)
-            return smart_resize_volume(
+            return vision_settings.smart_resize_volume(
                 max(num_frames, self.temporal_patch_size), height, width, self.temporal_patch_size, factor,
                 merged["size"]["shortest_edge"], merged["size"]["longest_edge"],
             )  # fmt: skip
@@ -425,9 +359,9 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
         # the per-frame rule is the image rule (identical for every frame with both sides >= factor / 2)
         max_pixels = max(
             min(merged["max_pixels"], merged["total_pixels"] / padded_frames * self.temporal_patch_size),
-            int(merged["min_pixels"] * FRAME_PIXELS_SLACK),
+            int(merged["min_pixels"] * vision_settings.FRAME_PIXELS_SLACK),
         )
-        return smart_resize(height, width, factor, merged["min_pixels"], max_pixels)
+        return vision_settings.smart_resize(height, width, factor, merged["min_pixels"], max_pixels)
 
     def load_video(self, source, frame_sink=None, resize=True, **settings) -> tuple[np.ndarray | None, VideoMetadata]:
         """`load_video` with this processor's settings updated by `settings` (keys: `VIDEO_SETTING_KEYS`), frames
@@ -470,7 +404,7 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
                     video, meta = self.decode(video, merged)  # frame image files
                 elif do_sample_frames or (do_sample_frames is None and _frames_need_sampling(meta, len(video))):
                     video, meta = self.decode(video, merged, source_fps=_metadata_field(meta, "fps"))
-                frames = as_frames(video)
+                frames = image_processing.as_frames(video)
                 num = frames.shape[0]
                 stamp = _metadata_timestamps(meta, num, merged.get("fps") or self.fps)
                 sampled = meta.num_sampled_frames if isinstance(meta, VideoMetadata) and meta.num_sampled_frames else num
@@ -478,14 +412,14 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
                 already = isinstance(meta, VideoMetadata) and meta.resized and height % factor == 0 == width % factor
                 if not already and do_resize is not False:
                     target = self.target_size(sampled, height, width, merged)
-                    frames = resize_frames(frames, target, self.resize_backend)
+                    frames = image_processing.resize_frames(frames, target, self.resize_backend)
                 slots = num + (-num % self.temporal_patch_size)
                 for i, frame in enumerate(frames):
                     writer([i] if i < num - 1 else list(range(i, slots)), frame, slots)
                 patches, grid = writer.result()
             rows.append(patches)
             grids.append(grid)
-            stamps.append(group_timestamps(stamp, self.temporal_patch_size))
+            stamps.append(video_decoding.group_timestamps(stamp, self.temporal_patch_size))
         # one video (the usual request): its rows are the output, no copy of the whole clip
         pixel_values = rows[0] if len(rows) == 1 else torch.cat(rows)
         return pixel_values, torch.tensor(grids, dtype=torch.long), stamps
@@ -495,17 +429,14 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, VideoProcessorBase):
     ) -> BatchFeature:
         """`pixel_values_videos` and `video_grid_thw` of a video or a list of videos (as `process`); `settings`:
         this call's budget (`VIDEO_SETTING_KEYS`). Raises TypeError on an unknown keyword, else as `process`."""
-        unknown = set(settings) - set(VIDEO_SETTING_KEYS)
+        unknown = set(settings) - set(vision_settings.VIDEO_SETTING_KEYS)
         if unknown:
             raise TypeError(f"InternVideo3VideoProcessor got unexpected keyword arguments: {sorted(unknown)}")
         videos = as_video_list(videos)
         metadata = as_list(video_metadata, len(videos), "video_metadata")
         merged = self.merge_settings(settings)
         pixel_values, grids, _ = self.process(videos, metadata, [merged] * len(videos), do_sample_frames, do_resize)
-        data = {"pixel_values_videos": pixel_values, "video_grid_thw": grids}
-        if return_tensors == "np":
-            data = {k: v.numpy() for k, v in data.items()}
-        return BatchFeature(data=data, tensor_type=return_tensors)
+        return self._batch({"pixel_values_videos": pixel_values, "video_grid_thw": grids}, return_tensors)
 
     def __call__(self, videos, **kwargs) -> BatchFeature:
         return self.preprocess(videos, **kwargs)

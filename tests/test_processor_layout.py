@@ -12,8 +12,7 @@ import pytest
 from test_checkpoint import run_isolated
 from transformers import AutoProcessor, AutoTokenizer
 
-import image_processing_internvideo3
-import video_processing_internvideo3
+import vision_settings_internvideo3
 from processing_internvideo3 import InternVideo3Processor
 from tests.conftest import DEMO_VIDEO, REPO_ROOT, TOKENIZER_DIR
 
@@ -130,14 +129,13 @@ def test_settings_are_validated_once_where_they_enter(tokenizer, monkeypatch):
     inside `load_video` on the same values); the merged settings are passed on, never checked again."""
     processor = InternVideo3Processor(tokenizer=tokenizer)
     calls = []
-    for module in (video_processing_internvideo3, image_processing_internvideo3):
-        original = module.check_settings
+    original = vision_settings_internvideo3.check_settings
 
-        def spy(settings, *args, _original=original, **kwargs):
-            calls.append(dict(settings))
-            return _original(settings, *args, **kwargs)
+    def spy(settings, *args, **kwargs):
+        calls.append(dict(settings))
+        return original(settings, *args, **kwargs)
 
-        monkeypatch.setattr(module, "check_settings", spy)
+    monkeypatch.setattr(vision_settings_internvideo3, "check_settings", spy)
     messages = [{"role": "user", "content": [{"type": "video", "video": str(DEMO_VIDEO), **BUDGET},
                                              {"type": "text", "text": "?"}]}]  # fmt: skip
     processor.apply_chat_template(messages, tokenize=True, return_dict=True)
