@@ -51,16 +51,18 @@ def median_seconds(fn, device: torch.device, steps: int, warmup: int = 2) -> flo
     """Median wall time of `fn()` over `steps` calls after `warmup` (CUDA: synchronised per call), seconds."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, device) for _ in range(steps))
+
+
+def timed(fn, device: torch.device) -> float:
+    """Wall time of one `fn()` call in seconds (CUDA: synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def filled_static_caches(qwen, ours, context: int, room: int, device, dtype):
@@ -128,13 +130,7 @@ def bench_models(contexts, layers: int, steps: int, device, dtype, compile_: boo
         for _ in range(steps):  # interleaved: one step of every variant in turn, so load changes hit all alike
             for name, step in step_of.items():
                 before = dynamo_counts()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(timed(step, device))
                 after = dynamo_counts()
                 for k in new[name]:
                     new[name][k] += after[k] - before[k]

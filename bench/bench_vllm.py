@@ -27,21 +27,12 @@ WIDTHS = dict(head_dim=32, qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=
 
 
 def build(folder: Path) -> tuple[Path, Path]:
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
     from internvideo3.convert.export import load_processor, save_model_folder
-    from internvideo3.convert.small_checkpoint import small_model
+    from internvideo3.convert.small_checkpoint import save_gqa_twin, small_model
 
     model = small_model(**WIDTHS)
     ours = save_model_folder(model, load_processor(), folder / "ours")
-    t = model.config.text_config
-    gqa = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-        num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-        num_key_value_heads=t.source_num_key_value_heads, head_dim=32, max_position_embeddings=8192))
-    gqa.save_pretrained(folder / "qwen3")
-    AutoTokenizer.from_pretrained(ours, trust_remote_code=True).save_pretrained(folder / "qwen3")
-    return ours, folder / "qwen3"
+    return ours, save_gqa_twin(model, ours, folder / "qwen3", max_position_embeddings=8192)
 
 
 def measure(folder: str, new_tokens: int) -> dict:

@@ -67,6 +67,26 @@ def build_small_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = Fal
     return save_model_folder(small_model(seed), load_processor(), out, overwrite=overwrite, max_shard_size=max_shard_size)
 
 
+def save_gqa_twin(model: InternVideo3ForConditionalGeneration, tokenizer_folder: str | Path, out: str | Path,
+                  max_position_embeddings: int = 4096) -> Path:
+    """Write `out`: a randomly initialised transformers `Qwen3ForCausalLM` with the text widths of `model` before
+    conversion (vocabulary, hidden and intermediate sizes, layers, query heads, `source_num_key_value_heads` KV heads
+    of `head_dim`; float32 safetensors, config.json) and the tokenizer of `tokenizer_folder`: the GQA model whose
+    vLLM KV cache our latent cache is compared with (tests/test_vllm.py, bench/bench_vllm.py). Returns `out`."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    text = model.config.text_config
+    twin = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
+        num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
+        num_key_value_heads=text.source_num_key_value_heads, head_dim=text.head_dim,
+        max_position_embeddings=max_position_embeddings,
+    ))  # fmt: skip
+    twin.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_folder, trust_remote_code=True).save_pretrained(out)
+    return Path(out)
+
+
 def remote_code_is_current(folder: str | Path) -> bool:
     """True when every flat remote-code file in `folder` equals the repository's copy byte for byte."""
     folder = Path(folder)

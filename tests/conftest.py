@@ -57,3 +57,17 @@ def pristine_model():
 def model(pristine_model):
     """A copy per test: a test may change its dtype or attention implementation without reaching later tests."""
     return copy.deepcopy(pristine_model)
+
+
+def remux_faststart(source: Path, target: Path) -> Path:
+    """`source` remuxed into mp4 `target` without re-encoding, its index (moov) at the front (`movflags=faststart`):
+    a cut copy of it opens and demuxes, as a partial download does. Returns `target`."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(target), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:  # the demuxer's flush packets carry no data
+                packet.stream = stream
+                out.mux(packet)
+    return target

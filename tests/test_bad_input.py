@@ -12,13 +12,12 @@ import subprocess
 import sys
 import warnings
 
-import av
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from tests.conftest import SCRIPTS_DIR
+from tests.conftest import SCRIPTS_DIR, remux_faststart
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +166,7 @@ def test_zero_frame_video_is_a_clear_error(processor, video, do_sample_frames):
 @pytest.fixture(scope="module")
 def faststart_clip(videos_dir, tmp_path_factory):
     """snow_dog.mp4 (40 frames, 5 fps, 8 s) remuxed without re-encoding with its index at the front."""
-    path = tmp_path_factory.mktemp("faststart") / "snow_dog_faststart.mp4"
-    with av.open(str(videos_dir / "snow_dog.mp4")) as source, \
-            av.open(str(path), "w", options={"movflags": "faststart"}) as target:
-        stream = target.add_stream_from_template(source.streams.video[0])
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                target.mux(packet)
+    path = remux_faststart(videos_dir / "snow_dog.mp4", tmp_path_factory.mktemp("faststart") / "snow_dog_faststart.mp4")
     data = path.read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")  # the index really is at the front
     return path

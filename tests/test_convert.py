@@ -227,6 +227,16 @@ def test_rorope_basis_is_orthogonal_and_orders_energy(sources):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def assert_same_logits_and_greedy_tokens(source, converted) -> None:
+    """fp32 logits of 2 random 20-token prompts within 1e-4 of the source's (no cache), and the same 8 greedy tokens
+    after a 6-token prefix (through the converted model's latent cache)."""
+    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (converted(ids, use_cache=False).logits - source(ids).logits).abs().max() < 1e-4
+        expected = source.generate(ids[:, :6], max_new_tokens=8, do_sample=False)
+        assert torch.equal(expected, converted.generate(ids[:, :6], max_new_tokens=8, do_sample=False))
+
+
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_one_kv_head_full_rank_is_exact_end_to_end(tmp_path, kind):
     """One KV head, rank = head_dim: the converted folder (loaded with trust_remote_code, sharded output) gives the
@@ -236,14 +246,7 @@ def test_one_kv_head_full_rank_is_exact_end_to_end(tmp_path, kind):
     assert all(s["kept_energy"] > 1 - 1e-9 for s in report["layers"])
     assert (tmp_path / "out" / "model.safetensors.index.json").is_file()  # several shards + index
     converted = load_converted(tmp_path / "out")
-    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = model(ids).logits
-        got = converted(ids, use_cache=False).logits
-        assert (got - expected).abs().max() < 1e-4
-        gen_src = model.generate(ids[:, :6], max_new_tokens=8, do_sample=False)
-        gen_new = converted.generate(ids[:, :6], max_new_tokens=8, do_sample=False)
-    assert torch.equal(gen_src, gen_new)
+    assert_same_logits_and_greedy_tokens(model, converted)
 
 
 def test_biases_carried_exactly(sources, tmp_path):
@@ -543,13 +546,7 @@ def test_equal_cache_converts_exactly(tmp_path, kind, kv_heads):
     d = 16
     report = convert(tmp_path / "src", tmp_path / "out", ConvertOptions(cache_values=2 * kv_heads * d, **FAST))
     converted = load_converted(tmp_path / "out")
-    ids = torch.randint(0, 512, (2, 20), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        expected = model(ids).logits
-        got = converted(ids, use_cache=False).logits
-        assert (got - expected).abs().max() < 1e-4
-        gen_src = model.generate(ids[:, :6], max_new_tokens=8, do_sample=False)
-        assert torch.equal(gen_src, converted.generate(ids[:, :6], max_new_tokens=8, do_sample=False))
+    assert_same_logits_and_greedy_tokens(model, converted)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["kv_lora_rank"], config["qk_rope_head_dim"]) == (kv_heads * d, kv_heads * d)
     assert config["k_norm"] is (kind == "qwen3") and config["q_norm"] is (kind == "qwen3")

@@ -24,7 +24,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from processing_internvideo3 import InternVideo3Processor
-from tests.conftest import REPO_ROOT, TEST_VIDEOS_DIR, TOKENIZER_DIR
+from tests.conftest import REPO_ROOT, TEST_VIDEOS_DIR, TOKENIZER_DIR, remux_faststart
 
 FINGERPRINT = Path(__file__).parent / "fixtures" / "processor_fingerprint.json"
 BUDGET = {"fps": 2, "max_frames": 8, "max_pixels": 256 * 32 * 32}
@@ -115,14 +115,8 @@ def _cases(processor: InternVideo3Processor, tmp: Path) -> dict:
     # Bad inputs: the text of the error (and of any warning) is part of what users see.
     (tmp / "empty.mp4").write_bytes(b"")
     (tmp / "notes.mp4").write_text("not a video\n")
-    faststart = tmp / "snow_dog_faststart.mp4"  # index in front, so a cut file opens and warns (TruncatedVideoWarning)
-    with av.open(str(TEST_VIDEOS_DIR / "snow_dog.mp4")) as source, \
-            av.open(str(faststart), "w", options={"movflags": "faststart"}) as target:
-        stream = target.add_stream_from_template(source.streams.video[0])
-        for packet in source.demux(source.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                target.mux(packet)
+    # index in front, so a cut file opens and warns (TruncatedVideoWarning)
+    faststart = remux_faststart(TEST_VIDEOS_DIR / "snow_dog.mp4", tmp / "snow_dog_faststart.mp4")
     data = faststart.read_bytes()
     (tmp / "partial_download.mp4").write_bytes(data[: len(data) // 3])
     cases["warn/partial_download"] = chat([video(tmp / "partial_download.mp4")], **BUDGET)

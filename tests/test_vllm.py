@@ -103,21 +103,15 @@ def test_kv_capacity_is_the_latent(tmp_path):
     vLLM's Qwen3-VL module does not import here (its processor module imports torchvision, which this index has
     only as a CUDA build), so the GQA reference is vLLM's Qwen3 text model with the same text widths; the KV cache
     of Qwen3-VL is its text decoder's."""
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
-
     from internvideo3.convert.export import load_processor, save_model_folder
-    from internvideo3.convert.small_checkpoint import small_model
+    from internvideo3.convert.small_checkpoint import save_gqa_twin, small_model
 
     widths = dict(head_dim=32, qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, kv_lora_rank=32,
                   mrope_section=[4, 6, 6])
-    ours = save_model_folder(small_model(**widths), load_processor(), tmp_path / "ours")
-    text = small_model(**widths).config.text_config
-    gqa = Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
-        num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
-        num_key_value_heads=text.source_num_key_value_heads, head_dim=32, max_position_embeddings=4096))
-    gqa.save_pretrained(tmp_path / "qwen3")
-    AutoTokenizer.from_pretrained(ours, trust_remote_code=True).save_pretrained(tmp_path / "qwen3")
+    model = small_model(**widths)
+    ours = save_model_folder(model, load_processor(), tmp_path / "ours")
+    text = model.config.text_config
+    save_gqa_twin(model, ours, tmp_path / "qwen3")
 
     ours_tokens = engine_kv_tokens(ours, trust_remote_code=True)
     gqa_tokens = engine_kv_tokens(tmp_path / "qwen3", trust_remote_code=False)
