@@ -225,6 +225,13 @@ class InternVideo3Processor(ProcessorMixin):
         unknown = set(settings) - set(PROCESSOR_SETTINGS)
         if unknown:
             raise TypeError(f"InternVideo3Processor got unexpected arguments: {sorted(unknown)}")
+        for name, part, cls in (("image_processor", image_processor, InternVideo3ImageProcessor),
+                                ("video_processor", video_processor, InternVideo3VideoProcessor)):  # fmt: skip
+            if part is not None and not isinstance(part, cls):
+                raise TypeError(
+                    f"{name} must be an {cls.__name__}, got {type(part).__name__} (the arguments are image_processor, "
+                    "tokenizer, video_processor, as in Qwen3VLProcessor: pass the tokenizer as tokenizer=...)"
+                )
         if tokenizer is None:
             raise ValueError("InternVideo3Processor needs a tokenizer (a Qwen2/Qwen3 tokenizer)")
         if padding_side not in ("left", "right"):

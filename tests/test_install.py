@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, SCRIPTS_DIR
@@ -18,7 +19,16 @@ names = ["convert", "kernels", "tests", "internvideo3.convert.gqa_to_m2la", "int
          "configuration_internvideo3", "modeling_internvideo3", "processing_internvideo3",
          "image_processing_internvideo3", "video_processing_internvideo3", "video_decoding_internvideo3",
          "vision_settings_internvideo3"]
-found = {name: importlib.util.find_spec(name) is not None for name in names}
+import importlib.metadata
+from pathlib import Path
+REPO = Path("@REPO@")
+def ours(name):  # importable as ours, not another distribution's package (`kernels` is a transformers >= 5.25 dependency)
+    spec = importlib.util.find_spec(name)
+    if spec is None or name not in ("convert", "kernels", "tests"):
+        return spec is not None
+    ours_by_metadata = "internvideo3" in importlib.metadata.packages_distributions().get(name, [])
+    return ours_by_metadata or Path(spec.origin or "").resolve().is_relative_to(REPO / name)
+found = {name: ours(name) for name in names}
 from internvideo3.convert.export import REMOTE_CODE_FILES, TOKENIZER_DIR
 found["tokenizer"] = (TOKENIZER_DIR / "tokenizer.json").is_file()
 found["remote_code"] = sorted(name for name, path in REMOTE_CODE_FILES.items() if path.is_file())
@@ -32,7 +42,7 @@ def run_outside(command: list[str], tmp_path) -> subprocess.CompletedProcess:
 
 
 def test_only_project_names_are_importable_outside_the_repository(tmp_path):
-    result = run_outside([sys.executable, "-c", PROBE], tmp_path)
+    result = run_outside([sys.executable, "-c", PROBE.replace("@REPO@", str(REPO_ROOT))], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert not found.pop("convert") and not found.pop("kernels") and not found.pop("tests")
@@ -60,3 +70,18 @@ def test_export_console_script_flattens_the_kernel_from_any_directory(small_chec
     assert (folder / "latent_attention.py").read_bytes() == (REPO_ROOT / "kernels" / "latent_attention.py").read_bytes()
     assert (folder / "modeling_internvideo3.py").read_bytes() == (REPO_ROOT / "modeling_internvideo3.py").read_bytes()
     assert not any(p.is_dir() for p in folder.iterdir()), "remote code must be flat"
+
+
+def test_the_checkout_does_not_hide_the_hub_kernels_package(tmp_path):
+    """transformers >= 5.25 imports the PyPI package `kernels` (its dependency); with the repository root on sys.path
+    (`python -m pytest` there) the repository's `kernels/` folder must hand the name over to it, not shadow it."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("no `kernels` distribution installed (transformers < 5.25, or installed with --no-deps)")
+    code = "import kernels, transformers.activations; print(kernels.__file__)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Path(result.stdout.strip().splitlines()[-1]).resolve() != (REPO_ROOT / "kernels" / "__init__.py").resolve()

@@ -122,6 +122,8 @@ def test_the_parts_alone_give_the_processors_pixels(tokenizer):
         processor.video_processor(str(DEMO_VIDEO), fsp=2)
     with pytest.raises(ValueError, match="resize_backend must be one of"):
         type(processor.image_processor)(resize_backend="lanczos")
+    with pytest.raises(TypeError, match="image_processor must be an InternVideo3ImageProcessor, got Qwen2Tokenizer"):
+        InternVideo3Processor(tokenizer)  # the pre-split positional order: a clear error, not a broken processor
 
 
 def test_settings_are_validated_once_where_they_enter(tokenizer, monkeypatch):
