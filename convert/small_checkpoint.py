@@ -70,9 +70,18 @@ def build_small_checkpoint(out: str | Path, seed: int = 0, overwrite: bool = Fal
 def save_gqa_twin(model: InternVideo3ForConditionalGeneration, tokenizer_folder: str | Path, out: str | Path,
                   max_position_embeddings: int = 4096) -> Path:
     """Write `out`: a randomly initialised transformers `Qwen3ForCausalLM` with the text widths of `model` before
-    conversion (vocabulary, hidden and intermediate sizes, layers, query heads, `source_num_key_value_heads` KV heads
-    of `head_dim`; float32 safetensors, config.json) and the tokenizer of `tokenizer_folder`: the GQA model whose
-    vLLM KV cache our latent cache is compared with (tests/test_vllm.py, bench/bench_vllm.py). Returns `out`."""
+    conversion, and the tokenizer of `tokenizer_folder`: the GQA model whose vLLM KV cache our latent cache is
+    compared with (tests/test_vllm.py, bench/bench_vllm.py). Returns `out`.
+
+    With V = vocab_size, H = hidden_size, I = intermediate_size, n = num_attention_heads,
+    g = source_num_key_value_heads and d = head_dim of `model.config.text_config`:
+    - config.json (`Qwen3Config`: those widths, num_hidden_layers, num_key_value_heads = g, head_dim = d,
+      `max_position_embeddings`; untied embeddings) and generation_config.json;
+    - model.safetensors, every tensor float32: model.embed_tokens.weight and lm_head.weight (V, H), model.norm.weight
+      (H,); per layer self_attn.q_proj (n·d, H), k_proj and v_proj (g·d, H), o_proj (H, n·d), q_norm and k_norm
+      (d,), mlp.gate_proj and up_proj (I, H), down_proj (H, I), input_ and post_attention_layernorm (H,);
+    - the tokenizer's files as `save_pretrained` writes them (tokenizer.json, tokenizer_config.json,
+      chat_template.jinja)."""
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     text = model.config.text_config
