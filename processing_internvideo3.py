@@ -20,6 +20,7 @@ keep two extra outer `<|vision_start|>`/`<|vision_end|>` tokens per video; this 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ IMAGE_BOUND_SETTINGS = ("min_pixels", "max_pixels", "image_min_pixels", "image_m
 PROCESSOR_SETTINGS = (*VIDEO_PART_SETTINGS, *IMAGE_PART_SETTINGS, *SHARED_PART_SETTINGS, *IMAGE_BOUND_SETTINGS)
 
 
+@functools.lru_cache(maxsize=1)
 def default_chat_template() -> str | None:
     """The package's chat template (`assets/chat_template.jinja`), for processors built in Python; None where it is
     not installed (Hub remote code: there transformers loads the folder's `chat_template.jinja`)."""
@@ -116,17 +118,22 @@ def _build_parts(image_processor, video_processor, settings: dict):
         image_overrides["max_pixels"] = next(
             (settings[k] for k in ("image_max_pixels", "max_pixels") if settings.get(k) is not None), None
         )
-    if image_processor is None or image_overrides:
-        base = _part_settings(image_processor) if image_processor is not None else {}
-        if "min_pixels" in image_overrides and image_processor is not None:
-            base.pop("min_pixels", None), base.pop("max_pixels", None)  # the given bounds decide, as for defaults
-        image_processor = InternVideo3ImageProcessor(**{**base, **image_overrides})
-    if video_processor is None or video_overrides:
-        base = _part_settings(video_processor) if video_processor is not None else {}
-        if ("min_pixels" in video_overrides or "max_pixels" in video_overrides) and video_processor is not None:
-            base.pop("min_pixels", None), base.pop("max_pixels", None)
-        video_processor = InternVideo3VideoProcessor(**{**base, **video_overrides})
-    return image_processor, video_processor
+    return (
+        _configured(InternVideo3ImageProcessor, image_processor, image_overrides),
+        _configured(InternVideo3VideoProcessor, video_processor, video_overrides),
+    )
+
+
+def _configured(cls, part, overrides: dict):
+    """`part` (or a default `cls()` when None) with `overrides` applied over its settings: a new part when there are
+    overrides, `part` itself otherwise. Given pixel bounds replace the part's pair, so a bound given alone yields
+    against the defaults (as at construction), not against the part's other bound."""
+    if part is not None and not overrides:
+        return part
+    base = _part_settings(part) if part is not None else {}
+    if "min_pixels" in overrides or "max_pixels" in overrides:
+        base.pop("min_pixels", None), base.pop("max_pixels", None)
+    return cls(**{**base, **overrides})
 
 
 def _load_parts(folder, processor_dict: dict | None, kwargs: dict) -> dict:
@@ -225,13 +232,9 @@ class InternVideo3Processor(ProcessorMixin):
         unknown = set(settings) - set(PROCESSOR_SETTINGS)
         if unknown:
             raise TypeError(f"InternVideo3Processor got unexpected arguments: {sorted(unknown)}")
-        for name, part, cls in (("image_processor", image_processor, InternVideo3ImageProcessor),
-                                ("video_processor", video_processor, InternVideo3VideoProcessor)):  # fmt: skip
-            if part is not None and not isinstance(part, cls):
-                raise TypeError(
-                    f"{name} must be an {cls.__name__}, got {type(part).__name__} (the arguments are image_processor, "
-                    "tokenizer, video_processor, as in Qwen3VLProcessor: pass the tokenizer as tokenizer=...)"
-                )
+        for name, part in (("image_processor", image_processor), ("video_processor", video_processor)):
+            if part is not None:  # before the settings are applied to it
+                self.check_argument_for_proper_class(name, part)
         if tokenizer is None:
             raise ValueError("InternVideo3Processor needs a tokenizer (a Qwen2/Qwen3 tokenizer)")
         if padding_side not in ("left", "right"):
@@ -263,7 +266,7 @@ class InternVideo3Processor(ProcessorMixin):
         """transformers >= 5.25: `processor_dict` with the parts filled in (`_load_parts`), and the keyword
         arguments left for the constructor."""
         processor_dict.update(_load_parts(pretrained_model_name_or_path, processor_dict, kwargs))
-        for key in (*LOADING_KWARGS, "trust_remote_code", "return_unused_kwargs", "_from_auto", "_commit_hash"):
+        for key in (*LOADING_KWARGS, "return_unused_kwargs", "_from_auto", "_commit_hash"):
             kwargs.pop(key, None)
         return processor_dict, kwargs
 
@@ -274,7 +277,9 @@ class InternVideo3Processor(ProcessorMixin):
         if argument_name in expected:
             if not isinstance(argument, expected[argument_name]):
                 raise TypeError(
-                    f"{argument_name} must be an {expected[argument_name].__name__}, got {type(argument).__name__}"
+                    f"{argument_name} must be an {expected[argument_name].__name__}, got {type(argument).__name__} "
+                    "(the arguments are image_processor, tokenizer, video_processor, as in Qwen3VLProcessor: pass "
+                    "the tokenizer as tokenizer=...)"
                 )
             return expected[argument_name]
         if argument_name == "tokenizer":

@@ -489,6 +489,7 @@ class _ResizeStage:
         self.request = request
         self.shape = shape
         self.target: tuple[int, int] | None = None
+        self.target_chosen = False  # `target` is None both before the first frame and when nothing is resized
         self.error: BaseException | None = None
         self.queue: queue.Queue = queue.Queue(maxsize=DECODE_QUEUE_FRAMES)
         self.stop = threading.Event()
@@ -539,10 +540,11 @@ class _ResizeStage:
         request = self.request
         if self.shape is None:
             self.shape = array.shape[:2]
-        if self.target is None:
+        if not self.target_chosen:
             resize_to = request.resize_to
             target = resize_to(request.num_sampled, *self.shape) if callable(resize_to) else resize_to
             self.target = tuple(target) if target is not None else None
+            self.target_chosen = True
         if array.shape[:2] != tuple(self.shape):
             array = resize_frames(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None], self.shape)
             array = array[0].permute(1, 2, 0).numpy()

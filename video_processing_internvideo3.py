@@ -277,8 +277,6 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, vision_settings.VideoProcesso
         **kwargs,
     ):
         super().__init__(**self._set_layout(resize_backend, kwargs))
-        if video_budget not in vision_settings.VIDEO_BUDGETS:
-            raise ValueError(f"video_budget must be 'per_frame' or 'total', got {video_budget!r}")
         self.fps = fps
         self.min_frames = min_frames
         self.max_frames = max_frames
@@ -326,8 +324,6 @@ class InternVideo3VideoProcessor(PatchLayoutMixin, vision_settings.VideoProcesso
             if any(k in level for k in ("min_pixels", "max_pixels", "total_pixels")):
                 settings["video_budget"] = "per_frame"
                 break
-        if settings["video_budget"] not in vision_settings.VIDEO_BUDGETS:
-            raise ValueError(f"video_budget must be 'per_frame' or 'total', got {settings['video_budget']!r}")
         settings["min_pixels"], settings["max_pixels"] = vision_settings.resolve_bounds(
             [own, *levels], ("min_pixels",), ("max_pixels",), (None, None), yielded_low=vision_settings.yielded_min_pixels
         )

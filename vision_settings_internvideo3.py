@@ -148,6 +148,8 @@ def check_settings(settings: dict, explicit: Sequence[str] = ()) -> None:
         if name in _NUMERIC_SETTINGS and value is not None:
             check_setting(name, value)
     get = settings.get
+    if get("video_budget") is not None and get("video_budget") not in VIDEO_BUDGETS:
+        raise ValueError(f"video_budget must be 'per_frame' or 'total', got {get('video_budget')!r}")
     if get("min_frames") is not None and get("max_frames") is not None and "min_frames" in explicit:
         if get("min_frames") > get("max_frames"):
             raise ValueError(f"min_frames ({get('min_frames')}) must be <= max_frames ({get('max_frames')})")
