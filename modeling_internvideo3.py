@@ -1305,6 +1305,70 @@ class InternVideo3TextModel(InternVideo3PreTrainedModel):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def mrope_position_ids(
+    config: PretrainedConfig,
+    input_ids: torch.LongTensor,
+    image_grid_thw: torch.LongTensor | None = None,
+    video_grid_thw: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """3-D MRoPE positions as Qwen3-VL's `get_rope_index` (SPEC §5.4) for `config`, an `InternVideo3Config`.
+
+    Text advances all three axes by one per token; each image, and each video frame group (its own
+    `<|vision_start|>…<|vision_end|>` segment, grid (1, h/2, w/2)), is placed at (0, row, col) + offset; the next
+    text starts at max + 1. Padding (attention_mask == 0) is skipped and gets position 1.
+
+    Returns:
+        position_ids [3, B, S] long, rope_deltas [B, 1] long = max position + 1 - S (S the padded length), so
+        decoding continues at cache length + delta.
+
+    Raises:
+        ValueError: more image/video placeholder groups than grids.
+    """
+    m = config.vision_config.spatial_merge_size
+    B, S = input_ids.shape
+    if attention_mask is None or attention_mask.ndim != 2:
+        attention_mask = torch.ones_like(input_ids)
+    grids = {config.image_token_id: [], config.video_token_id: []}
+    if image_grid_thw is not None:
+        grids[config.image_token_id] = [[1, h, w] for t, h, w in image_grid_thw.tolist() for _ in range(t)]
+    if video_grid_thw is not None:
+        # Timestamps separate video frame groups, so each group is its own t = 1 grid.
+        grids[config.video_token_id] = [[1, h, w] for t, h, w in video_grid_thw.tolist() for _ in range(t)]
+    cursor = {config.image_token_id: 0, config.video_token_id: 0}
+    position_ids = torch.ones(3, B, S, dtype=torch.long, device=input_ids.device)
+    deltas = []
+    for b in range(B):
+        keep = attention_mask[b].bool()
+        tokens = input_ids[b][keep].tolist()
+        pieces, pos, i = [], 0, 0
+        while i < len(tokens):
+            token = tokens[i]
+            if token in grids:
+                if cursor[token] >= len(grids[token]):
+                    kind = "image" if token == config.image_token_id else "video"
+                    raise ValueError(f"more {kind} placeholder groups than {kind} grids ({len(grids[token])})")
+                _, h, w = grids[token][cursor[token]]
+                cursor[token] += 1
+                gh, gw = h // m, w // m
+                rows = torch.arange(gh).view(-1, 1).expand(gh, gw).flatten()
+                cols = torch.arange(gw).view(1, -1).expand(gh, gw).flatten()
+                pieces.append(torch.stack([torch.zeros_like(rows), rows, cols]) + pos)
+                pos += max(gh, gw)
+                i += gh * gw
+            else:
+                j = i
+                while j < len(tokens) and tokens[j] not in grids:
+                    j += 1
+                pieces.append(torch.arange(pos, pos + j - i).view(1, -1).expand(3, -1))
+                pos += j - i
+                i = j
+        positions = torch.cat(pieces, dim=1) if pieces else torch.zeros(3, 0, dtype=torch.long)
+        position_ids[:, b, keep] = positions.to(input_ids.device)
+        deltas.append((int(positions.max()) + 1 if positions.numel() else 0) - S)
+    return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
+
+
 class InternVideo3Model(InternVideo3PreTrainedModel):
     """Vision tower (`visual`) + M²LA text decoder (`language_model`), with placeholder injection and MRoPE positions."""
 
@@ -1359,62 +1423,8 @@ class InternVideo3Model(InternVideo3PreTrainedModel):
         video_grid_thw: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """3-D MRoPE positions as Qwen3-VL's `get_rope_index` (SPEC §5.4).
-
-        Text advances all three axes by one per token; each image, and each video frame group (its own
-        `<|vision_start|>…<|vision_end|>` segment, grid (1, h/2, w/2)), is placed at (0, row, col) + offset; the next
-        text starts at max + 1. Padding (attention_mask == 0) is skipped and gets position 1.
-
-        Returns:
-            position_ids [3, B, S] long, rope_deltas [B, 1] long = max position + 1 - S (S the padded length), so
-            decoding continues at cache length + delta.
-
-        Raises:
-            ValueError: more image/video placeholder groups than grids.
-        """
-        cfg = self.config
-        m = cfg.vision_config.spatial_merge_size
-        B, S = input_ids.shape
-        if attention_mask is None or attention_mask.ndim != 2:
-            attention_mask = torch.ones_like(input_ids)
-        grids = {cfg.image_token_id: [], cfg.video_token_id: []}
-        if image_grid_thw is not None:
-            grids[cfg.image_token_id] = [[1, h, w] for t, h, w in image_grid_thw.tolist() for _ in range(t)]
-        if video_grid_thw is not None:
-            # Timestamps separate video frame groups, so each group is its own t = 1 grid.
-            grids[cfg.video_token_id] = [[1, h, w] for t, h, w in video_grid_thw.tolist() for _ in range(t)]
-        cursor = {cfg.image_token_id: 0, cfg.video_token_id: 0}
-        position_ids = torch.ones(3, B, S, dtype=torch.long, device=input_ids.device)
-        deltas = []
-        for b in range(B):
-            keep = attention_mask[b].bool()
-            tokens = input_ids[b][keep].tolist()
-            pieces, pos, i = [], 0, 0
-            while i < len(tokens):
-                token = tokens[i]
-                if token in grids:
-                    if cursor[token] >= len(grids[token]):
-                        kind = "image" if token == cfg.image_token_id else "video"
-                        raise ValueError(f"more {kind} placeholder groups than {kind} grids ({len(grids[token])})")
-                    _, h, w = grids[token][cursor[token]]
-                    cursor[token] += 1
-                    gh, gw = h // m, w // m
-                    rows = torch.arange(gh).view(-1, 1).expand(gh, gw).flatten()
-                    cols = torch.arange(gw).view(1, -1).expand(gh, gw).flatten()
-                    pieces.append(torch.stack([torch.zeros_like(rows), rows, cols]) + pos)
-                    pos += max(gh, gw)
-                    i += gh * gw
-                else:
-                    j = i
-                    while j < len(tokens) and tokens[j] not in grids:
-                        j += 1
-                    pieces.append(torch.arange(pos, pos + j - i).view(1, -1).expand(3, -1))
-                    pos += j - i
-                    i = j
-            positions = torch.cat(pieces, dim=1) if pieces else torch.zeros(3, 0, dtype=torch.long)
-            position_ids[:, b, keep] = positions.to(input_ids.device)
-            deltas.append((int(positions.max()) + 1 if positions.numel() else 0) - S)
-        return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
+        """`mrope_position_ids` of this model's config (Qwen3-VL's `get_rope_index`, SPEC §5.4)."""
+        return mrope_position_ids(self.config, input_ids, image_grid_thw, video_grid_thw, attention_mask)
 
     def _placeholder_mask(self, input_ids, inputs_embeds, token_id) -> torch.Tensor:
         """[B, S] bool: the `token_id` placeholders, from input_ids or, given only embeddings, where the embedding is

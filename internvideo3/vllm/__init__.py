@@ -10,13 +10,16 @@ ARCHITECTURE = "InternVideo3ForConditionalGeneration"
 
 
 def register() -> None:
-    """Register the model class, the MLA config convertor for `model_type` "internvideo3" and the CPU MLA backend
-    for any latent width (vLLM's native CPU MLA decode kernel is 576-only). Idempotent."""
+    """Register the model class, the MLA config convertor for `model_type` "internvideo3", our PyAV video loader
+    (vLLM backend "internvideo3", chosen for our folders) and the CPU MLA backend for any latent width (vLLM's native
+    CPU MLA decode kernel is 576-only). Idempotent."""
     from vllm import ModelRegistry
 
     from .config import register_config_convertor
+    from .processing import register_video_loader
 
     register_config_convertor()
+    register_video_loader()
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "internvideo3.vllm.model:InternVideo3ForConditionalGeneration")
     from vllm.platforms import current_platform

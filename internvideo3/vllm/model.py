@@ -21,11 +21,17 @@ from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.mla import MLAModules, MultiHeadLatentAttentionWrapper
 from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
-from vllm.model_executor.models.interfaces import SupportsMRoPE
-from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
+from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal, _require_is_multimodal
+from vllm.model_executor.models.utils import AutoWeightsLoader, _merge_multimodal_embeddings, maybe_prefix
+from vllm.multimodal import MULTIMODAL_REGISTRY
 
-# The remote-code config's own functions (q_norm arithmetic, SPEC §9.4), importable as the package installs them.
-from modeling_internvideo3 import rms_norm
+# The remote-code model's own parts, importable as the package installs them: the q_norm arithmetic (SPEC §9.4),
+# the vision tower (transformers' Qwen3-VL class, SPEC §6) and the MRoPE positions (SPEC §5.4).
+from modeling_internvideo3 import InternVideo3VisionModel, mrope_position_ids, rms_norm
+
+from .processing import (
+    IMAGE_SLOT, VIDEO_SLOT, InternVideo3DummyInputsBuilder, InternVideo3MultiModalProcessor, InternVideo3ProcessingInfo,
+)
 
 
 class QProjWithNorm(nn.Module):
@@ -128,10 +134,13 @@ class InternVideo3TextModel(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, positions, inputs_embeds):
+    def forward(self, positions, inputs_embeds, deepstack_embeds=None):
+        """deepstack_embeds [L, N, D] or None: added after layer i (i < L), zero at text tokens (SPEC §6)."""
         hidden_states = inputs_embeds
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             hidden_states = layer(positions, hidden_states)
+            if deepstack_embeds is not None and i < deepstack_embeds.shape[0]:
+                hidden_states = hidden_states + deepstack_embeds[i]
         return self.norm(hidden_states)
 
 
@@ -140,12 +149,24 @@ class _Inner(nn.Module):
 
     def __init__(self, config, cache_config, quant_config, prefix: str):
         super().__init__()
+        # transformers' module, run eagerly by vLLM; its attention follows the config's implementation.
+        config.vision_config._attn_implementation = "sdpa"
+        self.visual = InternVideo3VisionModel(config.vision_config)
         self.language_model = InternVideo3TextModel(config.text_config, cache_config, quant_config,
                                                     f"{prefix}.language_model")
 
 
-class InternVideo3ForConditionalGeneration(nn.Module, SupportsMRoPE):
-    """vLLM model for `InternVideo3ForConditionalGeneration` folders (module names = checkpoint names, SPEC §3)."""
+@MULTIMODAL_REGISTRY.register_processor(
+    InternVideo3MultiModalProcessor, info=InternVideo3ProcessingInfo, dummy_inputs=InternVideo3DummyInputsBuilder
+)
+class InternVideo3ForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsMRoPE):
+    """vLLM model for `InternVideo3ForConditionalGeneration` folders (module names = checkpoint names, SPEC §3):
+    transformers' vision tower, the M²LA decoder on vLLM's MLA layer, DeepStack and MRoPE as our transformers model.
+
+    Raises:
+        NotImplementedError: per-layer `kv_lora_rank_list`, `rope_frequency_planes`, or a `hidden_act` other than
+            silu (layouts vLLM's single MLA head size or this port do not cover).
+    """
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
@@ -161,25 +182,73 @@ class InternVideo3ForConditionalGeneration(nn.Module, SupportsMRoPE):
         if text_config.tie_word_embeddings:
             self.lm_head = self.lm_head.tie_weights(self.model.language_model.embed_tokens)
         self.logits_processor = LogitsProcessor(text_config.vocab_size)
+        self.deepstack_levels = len(config.vision_config.deepstack_visual_indexes)
+        # DeepStack features of the tokens being embedded, from `embed_input_ids` to the `forward` that follows it.
+        self._deepstack_embeds: torch.Tensor | None = None
 
-    def embed_input_ids(self, input_ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.model.language_model.embed_tokens(input_ids)
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        if modality.startswith("image"):
+            return IMAGE_SLOT
+        if modality.startswith("video"):
+            return VIDEO_SLOT
+        raise ValueError(f"InternVideo3 takes image and video input, not {modality!r}")
+
+    def embed_multimodal(self, **kwargs) -> tuple[torch.Tensor, ...]:
+        """One [n_i, D · (1 + L)] tensor per item, in the order of the inputs: the merged embeddings of its n_i
+        placeholder tokens followed by its L DeepStack feature sets along the last axis (as vLLM's Qwen3-VL carries
+        them through the encoder cache)."""
+        items = []
+        for key in kwargs:  # the modalities in the order vLLM gave them
+            if key not in ("pixel_values", "pixel_values_videos") or kwargs[key] is None:
+                continue
+            grid = kwargs["image_grid_thw" if key == "pixel_values" else "video_grid_thw"]
+            pixels = kwargs[key]
+            pixels = torch.cat(list(pixels)) if isinstance(pixels, (list, tuple)) else pixels
+            grid = torch.stack(list(grid)) if isinstance(grid, (list, tuple)) else grid
+            out = self.model.visual(pixels.to(self.model.visual.dtype), grid.reshape(-1, 3))
+            joint = torch.cat([out.pooler_output, *out.deepstack_features], dim=-1)
+            merge = self.model.visual.spatial_merge_size**2
+            items.extend(torch.split(joint, (grid.reshape(-1, 3).prod(-1) // merge).tolist()))
+        return tuple(items)
+
+    def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, *, is_multimodal=None):
+        embed = self.model.language_model.embed_tokens
+        inputs_embeds = self._embed_text_input_ids(input_ids, embed, is_multimodal=is_multimodal)
+        self._deepstack_embeds = None
+        if multimodal_embeddings is None or len(multimodal_embeddings) == 0:
+            return inputs_embeds
+        is_multimodal = _require_is_multimodal(is_multimodal)
+        D = inputs_embeds.shape[-1]
+        lengths = [len(x) for x in multimodal_embeddings]
+        main, deep = torch.cat(list(multimodal_embeddings)).split([D, D * self.deepstack_levels], dim=-1)
+        deepstack = inputs_embeds.new_zeros(inputs_embeds.shape[0], D * self.deepstack_levels)
+        deepstack = _merge_multimodal_embeddings(deepstack, torch.split(deep, lengths), is_multimodal)
+        self._deepstack_embeds = deepstack.view(-1, self.deepstack_levels, D).permute(1, 0, 2)
+        return _merge_multimodal_embeddings(inputs_embeds, torch.split(main, lengths), is_multimodal)
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        deepstack = None
         if inputs_embeds is None:
             inputs_embeds = self.embed_input_ids(input_ids)
-        return self.model.language_model(positions, inputs_embeds)
+        elif self._deepstack_embeds is not None and self._deepstack_embeds.shape[1] == inputs_embeds.shape[0]:
+            deepstack = self._deepstack_embeds
+        self._deepstack_embeds = None
+        return self.model.language_model(positions, inputs_embeds, deepstack)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.logits_processor(self.lm_head, hidden_states)
 
     def get_mrope_input_positions(self, input_tokens: list[int], mm_features) -> tuple[torch.Tensor, int]:
-        """[3, S] (T, H, W) positions and the delta of later positions; text only: three equal rows (SPEC §5.2)."""
-        if mm_features:
-            raise NotImplementedError("vLLM plugin: image/video input is not supported yet")
-        positions = torch.arange(len(input_tokens)).expand(3, -1)
-        return positions, 0
+        """[3, S] (T, H, W) positions of the prompt and the delta of later positions (position = index + delta),
+        from our transformers model's `mrope_position_ids` with the items' grids in prompt order (SPEC §5.4)."""
+        grids = {"image": [], "video": []}
+        for feature in sorted(mm_features or [], key=lambda f: f.mm_position.offset):
+            grids[feature.modality].append(feature.data[f"{feature.modality}_grid_thw"].data.reshape(3))
+        image_grid = torch.stack(grids["image"]) if grids["image"] else None
+        video_grid = torch.stack(grids["video"]) if grids["video"] else None
+        positions, delta = mrope_position_ids(self.config, torch.tensor([input_tokens]), image_grid, video_grid)
+        return positions[:, 0], int(delta)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        loader = AutoWeightsLoader(self, ignore_unexpected_prefixes=["model.visual."])
-        return loader.load_weights(weights)
+        return AutoWeightsLoader(self).load_weights(weights)
