@@ -73,7 +73,9 @@ class InternVideo3VideoLoader(VideoLoader):
                 f.write(data)
             try:
                 frames, meta = processor.load_video(path, **settings)
-            except VideoLoadError as error:
+            except ValueError as error:
+                if type(error).__name__ != VideoLoadError.__name__:  # the served processor's own copy of the class
+                    raise
                 raise VideoLoadError(f"the request's video ({len(data)} bytes) cannot be decoded: "
                                      f"{str(error).replace(path, 'video')}") from None
         finally:
