@@ -205,11 +205,11 @@ class InternVideo3ForConditionalGeneration(nn.Module, SupportsMultiModal, Suppor
             grid = kwargs["image_grid_thw" if key == "pixel_values" else "video_grid_thw"]
             pixels = kwargs[key]
             pixels = torch.cat(list(pixels)) if isinstance(pixels, (list, tuple)) else pixels
-            grid = torch.stack(list(grid)) if isinstance(grid, (list, tuple)) else grid
-            out = self.model.visual(pixels.to(self.model.visual.dtype), grid.reshape(-1, 3))
+            grid = (torch.stack(list(grid)) if isinstance(grid, (list, tuple)) else grid).reshape(-1, 3)
+            out = self.model.visual(pixels.to(self.model.visual.dtype), grid)
             joint = torch.cat([out.pooler_output, *out.deepstack_features], dim=-1)
             merge = self.model.visual.spatial_merge_size**2
-            items.extend(torch.split(joint, (grid.reshape(-1, 3).prod(-1) // merge).tolist()))
+            items.extend(torch.split(joint, (grid.prod(-1) // merge).tolist()))
         return tuple(items)
 
     def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, *, is_multimodal=None):

@@ -101,6 +101,11 @@ def register_video_loader() -> None:
         VIDEO_PROCESSOR_MAPPING_NAMES["internvideo3"] = {"torchvision": name} if isinstance(sample, dict) else name
 
 
+def placeholder_text(mm_counts: Mapping[str, int]) -> str:
+    """One bare placeholder per item, images first (`_video_expansions` splits the processor's expansion of it)."""
+    return IMAGE_SLOT * mm_counts.get("image", 0) + VIDEO_SLOT * mm_counts.get("video", 0)
+
+
 def _video_metadata_class(hf_processor):
     """The `VideoMetadata` class of the processor's own module (remote code is a separate copy of our files)."""
     return sys.modules[type(hf_processor.video_processor).__module__].VideoMetadata
@@ -149,7 +154,7 @@ class InternVideo3DummyInputsBuilder(BaseDummyInputsBuilder[InternVideo3Processi
     """Profiling inputs: one 64×64 image (4 tokens) / a 2-frame 64×64 video (one frame group) per item."""
 
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
-        return IMAGE_SLOT * mm_counts.get("image", 0) + VIDEO_SLOT * mm_counts.get("video", 0)
+        return placeholder_text(mm_counts)
 
     def get_dummy_mm_data(self, seq_len: int, mm_counts: Mapping[str, int], mm_options=None):
         side = 2 * vision_settings.PATCH_SIZE * vision_settings.MERGE_SIZE
@@ -165,8 +170,7 @@ class InternVideo3MultiModalProcessor(BaseMultiModalProcessor[InternVideo3Proces
     placeholder's tokens (`video_token_ids`), all from `InternVideo3Processor` (module doc)."""
 
     def _get_hf_mm_text(self, mm_counts: Mapping[str, int]) -> str:
-        # bare placeholders, images first: `_video_expansions` splits the processor's expansion of this text
-        return IMAGE_SLOT * mm_counts.get("image", 0) + VIDEO_SLOT * mm_counts.get("video", 0)
+        return placeholder_text(mm_counts)
 
     def _get_hf_mm_inputs(self, mm_items, hf_kwargs):
         inputs = super()._get_hf_mm_inputs(mm_items, hf_kwargs)
