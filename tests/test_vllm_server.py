@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -39,7 +40,7 @@ def server(small_checkpoint, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(small_checkpoint),
          "--trust-remote-code", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
-         "--max-num-seqs", "4", "--host", "127.0.0.1", "--port", str(port), "--allowed-local-media-path", "/",
+         "--max-num-seqs", "8", "--host", "127.0.0.1", "--port", str(port), "--allowed-local-media-path", "/",
          "--media-io-kwargs", json.dumps({"video": VIDEO_SETTINGS})],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -111,13 +112,49 @@ def test_video_chat_completion_equals_transformers(server, videos_dir):
     assert body["choices"][0]["token_ids"] == expected.tolist()
 
 
-def test_bad_video_gets_an_error_and_the_server_keeps_serving(server, videos_dir):
-    """A corrupt clip: a 400 response with the decoder's reason; a missing file: vLLM's own error response (it reads
-    local files before any loader runs, answers 500 and hides the path). Then the server still answers."""
+def test_bad_video_gets_an_error_naming_the_file_and_the_server_keeps_serving(server, videos_dir):
+    """A corrupt clip and a missing file: 400 responses whose message names the file (vLLM strips directories from
+    error messages, so the name is the file name) and gives the reason. Then the server still answers."""
     url, folder = server
     status, body = post(url, {"model": folder, **video_chat(videos_dir / "corrupted.mp4", "What?")})
-    assert status == 400 and "cannot be decoded" in body["error"]["message"], body
+    message = body["error"]["message"]
+    assert status == 400 and "video_url 'corrupted.mp4'" in message and "cannot be decoded" in message, body
     status, body = post(url, {"model": folder, **video_chat(videos_dir / "missing.mp4", "What?")})
-    assert status >= 400 and "No such file" in body["error"]["message"], body
+    message = body["error"]["message"]
+    assert status == 400 and "video_url 'missing.mp4'" in message and "No such file" in message, body
+    status, _ = post(url, {"model": folder, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert status == 200
+
+
+def test_sixteen_concurrent_requests_with_two_bad_videos(server, videos_dir, tmp_path):
+    """16 chat requests at once (8 text, 6 video over 3 clips, 2 corrupt clips under their own names), bounded by
+    the client's timeout: the 14 good ones return the tokens they return when sent alone, each bad one gets a 400
+    naming its own file, and the server answers afterwards."""
+    url, folder = server
+    bad = []
+    for name in ("broken_first.mp4", "broken_second.mp4"):
+        (tmp_path / name).write_bytes((videos_dir / "corrupted.mp4").read_bytes())
+        bad.append(tmp_path / name)
+    clips = [videos_dir / "pole_vault.mp4", videos_dir / "snow_dog.mp4", videos_dir / "hevc_128x128.mp4"]
+    bodies = [{"messages": [{"role": "user", "content": f"Tell me about number {i}."}], "max_tokens": 8,
+               "temperature": 0, "ignore_eos": True, "return_token_ids": True} for i in range(8)]
+    bodies += [video_chat(clips[i % 3], f"Question {i} about the clip.", max_tokens=8) for i in range(6)]
+    bodies += [video_chat(path, "What happens?", max_tokens=8) for path in bad]
+    bodies = [{"model": folder, **b} for b in bodies]
+    bodies = bodies[::2] + bodies[1::2]  # text, video and bad requests interleaved
+    alone = [post(url, body) for body in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda body: post(url, body), bodies))
+    for body, (status, answer), (status_alone, answer_alone) in zip(bodies, together, alone):
+        part = body["messages"][0]["content"]
+        bad_file = next((p.name for p in bad if isinstance(part, list) and p.as_uri() in json.dumps(part)), None)
+        if bad_file:
+            assert status == status_alone == 400, answer
+            assert f"video_url {bad_file!r}" in answer["error"]["message"], answer
+        else:
+            assert status == status_alone == 200, answer
+            assert answer["choices"][0]["message"]["content"] == answer_alone["choices"][0]["message"]["content"]
+            assert answer["choices"][0]["token_ids"] == answer_alone["choices"][0]["token_ids"]
+    assert sum(status == 400 for status, _ in together) == 2
     status, _ = post(url, {"model": folder, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
     assert status == 200

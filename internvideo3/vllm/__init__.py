@@ -11,15 +11,18 @@ ARCHITECTURE = "InternVideo3ForConditionalGeneration"
 
 def register() -> None:
     """Register the model class, the MLA config convertor for `model_type` "internvideo3", our PyAV video loader
-    (vLLM backend "internvideo3", chosen for our folders) and the CPU MLA backend for any latent width (vLLM's native
+    (vLLM backend "internvideo3", chosen for our folders), the media connector whose errors name the request's file
+    (the default unless `VLLM_MEDIA_CONNECTOR` is set) and the CPU MLA backend for any latent width (vLLM's native
     CPU MLA decode kernel is 576-only). Idempotent."""
     from vllm import ModelRegistry
 
     from .config import register_config_convertor
+    from .media import register_media_connector
     from .processing import register_video_loader
 
     register_config_convertor()
     register_video_loader()
+    register_media_connector()
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "internvideo3.vllm.model:InternVideo3ForConditionalGeneration")
     from vllm.platforms import current_platform
