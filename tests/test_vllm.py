@@ -14,11 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import functools
+
 import pytest
 
 pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+# `LLM.apply_model` sends a function to the engine process (test_weight_update_in_place_...), by cloudpickle.
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 import torch  # noqa: E402
 
@@ -171,6 +175,43 @@ def test_image_prompt_equals_transformers(engine, reference, processor, videos_d
     assert_same((tokens, logprobs), expected)
 
 
+def _load_weights(weights: list[tuple[str, torch.Tensor]], model) -> None:
+    """Runs inside the engine (`LLM.apply_model`): what TRL's colocate `sync_weights` does, one parameter per call."""
+    for name, tensor in weights:
+        model.load_weights([(name, tensor)])
+
+
+def test_weight_update_in_place_reaches_prefill_and_decode(engine, reference):
+    """TRL's colocate weight sync calls the running engine's `model.load_weights` per parameter. After every
+    layer's `kv_b_proj` is replaced (scaled by 2), vLLM's greedy tokens and log-probabilities equal our transformers
+    model with the same weights: the decode's absorbed W_UK / W_UV (derived once, after the
+    first load; views of `kv_b_proj` in vLLM 0.32 when no dtype cast is needed) follow `kv_b_proj`, as the
+    prefill's expansion does. Both models get their weights back afterwards."""
+    names = [n for n, _ in reference.named_parameters() if n.endswith("kv_b_proj.weight")]
+    assert names
+    original = {n: p.detach().clone() for n, p in reference.named_parameters() if n in names}
+    (before,) = vllm_greedy(engine, [PROMPTS[3]])
+    try:
+        with torch.no_grad():
+            for name, p in reference.named_parameters():
+                if name in names:
+                    p.mul_(2.0)
+        engine.apply_model(functools.partial(_load_weights, [(n, original[n] * 2.0) for n in names]))
+        engine.reset_prefix_cache()
+        (got,) = vllm_greedy(engine, [PROMPTS[3]])
+        expected = reference_greedy(reference, PROMPTS[3])
+    finally:
+        with torch.no_grad():
+            for name, p in reference.named_parameters():
+                if name in names:
+                    p.copy_(original[name])
+        engine.apply_model(functools.partial(_load_weights, list(original.items())))
+        engine.reset_prefix_cache()
+    assert_same(got, expected)
+    assert max(abs(a - b) for a, b in zip(got[1], before[1])) > 1e-2  # the update changed the scores
+    assert_same(vllm_greedy(engine, [PROMPTS[3]])[0], reference_greedy(reference, PROMPTS[3]))  # restored
+
+
 def test_plugin_is_registered_through_the_entry_point():
     from importlib.metadata import entry_points
 
@@ -181,7 +222,11 @@ def test_plugin_is_registered_through_the_entry_point():
 def engine_kv_tokens(folder: Path, trust_remote_code: bool) -> int:
     """The KV capacity in tokens from the engine's own startup line (not from our formula)."""
     args = [sys.executable, str(Path(__file__).with_name("vllm_kv_capacity.py")), str(folder)]
-    run = subprocess.run(args + (["trust"] if trust_remote_code else []), capture_output=True, text=True, timeout=300)
+    # INFO: the line is vLLM's INFO log, and importing TRL (tests/test_vllm_trl.py, collected in the same run) sets
+    # VLLM_LOGGING_LEVEL=ERROR in os.environ.
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "INFO"}
+    run = subprocess.run(args + (["trust"] if trust_remote_code else []), capture_output=True, text=True, timeout=300,
+                         env=env)
     found = re.search(r"KV cache size: ([\d,]+) tokens", run.stdout + run.stderr)
     assert found, (run.stdout + run.stderr)[-3000:]
     return int(found.group(1).replace(",", ""))

@@ -146,6 +146,7 @@ class _VideoRolloutMixin:
     def _tokenize_prompts(self, prompts: list):
         prompts = [clean_messages(p) if isinstance(p, list) else p for p in prompts]
         prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+        prompt_ids = self._unpadded(prompt_ids)
         self._row_videos = None
         if "video_grid_thw" in fields:
             grids = fields["video_grid_thw"]
@@ -154,7 +155,29 @@ class _VideoRolloutMixin:
             grid_rows = list(torch.split(grids, counts))
             pixel_rows = list(torch.split(fields["pixel_values_videos"], [int(g.prod(-1).sum()) for g in grid_rows]))
             self._row_videos = [(p, g) for p, g in zip(pixel_rows, grid_rows)]
+            if getattr(self, "use_vllm", False):
+                # TRL sends vLLM the token ids and images only (trl/generation/vllm_generation.py, `generate`):
+                # the expanded video tokens would reach the engine without their frames, as text.
+                raise NotImplementedError("use_vllm=True with video prompts: TRL passes vLLM no videos, so the "
+                                          "rollouts would not see them; use use_vllm=False (transformers "
+                                          "generation) for prompts with videos")
         return prompt_ids, images, fields
+
+    def _unpadded(self, prompt_ids) -> list[list[int]]:
+        """One unpadded list of token ids per prompt, as TRL expects (it pads them itself, with a mask, for
+        generate(), and sends them as they are to vLLM). Our processor pads a batch into a tensor [B, S] (TRL drops
+        its attention mask): the padding is the run of pad tokens on the processor's padding side, never part of a
+        chat prompt (it starts with a role header and ends with the generation prompt)."""
+        pad = self.processing_class.tokenizer.pad_token_id
+        left = getattr(self.processing_class, "padding_side", "left") == "left"
+        rows = []
+        for ids in prompt_ids:
+            ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+            keep = len(ids)
+            while keep and ids[len(ids) - keep if left else keep - 1] == pad:
+                keep -= 1
+            rows.append(ids[len(ids) - keep:] if left else ids[:keep])
+        return rows
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)

