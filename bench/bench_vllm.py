@@ -1,12 +1,16 @@
 """InternVideo3 (plugin) vs vLLM's own GQA decoder at the same reduced width, both through vLLM, same run (issue 25).
 
-    .venv-vllm/bin/python bench/bench_vllm.py [--kv-gib 1] [--new-tokens 32]
+    .venv-vllm/bin/python bench/bench_vllm.py [--kv-mib 64] [--requests 32] [--new-tokens 32]
 
-Per model, one engine in a subprocess (fp32, eager, CPU): the KV capacity in tokens read from the engine's own
-startup line ("CPU KV cache size: N tokens"), the number of concurrent 4K-token requests that capacity holds without
-preemption (capacity // 4096: vLLM admits a request only when all of its blocks fit), and decode tokens/s at 1, 4 and
-16 concurrent requests (8-token prompts, `--new-tokens` greedy tokens each, wall time of `LLM.generate` including the
-8-token prefill). The GQA reference is vLLM's Qwen3 (Qwen3-VL's text decoder; vLLM's Qwen3-VL module does not import
+Per model, one engine in a subprocess (fp32, eager, CPU, prefix caching off), its KV cache `--kv-mib` MiB
+(`kv_cache_memory_bytes`), measured in the same engine:
+- the KV capacity in tokens, read from the engine's own startup line ("CPU KV cache size: N tokens");
+- concurrent 4K-token requests: `--requests` requests of 4,096 tokens each (4,032 prompt + 64 generated, distinct
+  prompts) submitted at once; the engine is stepped and after each step vLLM's own metrics are read
+  (`vllm:num_requests_running`, `vllm:num_preemptions`). Reported: the most requests running at once before the
+  first preemption, and the preemptions of the whole run;
+- decode tokens/s at 1, 4 and 16 concurrent requests (8-token prompts, `--new-tokens` greedy tokens each, wall time of
+  `LLM.generate` including the 8-token prefill). The GQA reference is vLLM's Qwen3 (Qwen3-VL's text decoder; vLLM's Qwen3-VL module does not import
 without torchvision here). Widths: hidden 64, 4 layers, 4 heads; ours r = d_r = d_n = d_v = 32; Qwen3 2 KV heads of 32.
 """
 
@@ -35,11 +39,35 @@ def build(folder: Path) -> tuple[Path, Path]:
     return ours, save_gqa_twin(model, ours, folder / "qwen3", max_position_embeddings=8192)
 
 
-def measure(folder: str, new_tokens: int) -> dict:
+REQUEST_TOKENS, REQUEST_NEW_TOKENS = 4096, 64
+
+
+def concurrency(llm, requests: int) -> dict:
+    """Step the engine over `requests` 4K-token requests submitted at once; vLLM's metrics after every step."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=REQUEST_NEW_TOKENS, ignore_eos=True)
+    engine = llm.llm_engine
+    for i in range(requests):
+        engine.add_request(f"long-{i}", {"prompt_token_ids": [2000 + i] * (REQUEST_TOKENS - REQUEST_NEW_TOKENS)}, params)
+    peak_clean = peak = preempted = steps = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        steps += 1
+        metrics = {m.name: m.value for m in llm.get_metrics() if hasattr(m, "value")}
+        running, preempted = int(metrics["vllm:num_requests_running"]), int(metrics["vllm:num_preemptions"])
+        peak = max(peak, running)
+        if preempted == 0:
+            peak_clean = max(peak_clean, running)
+    return {"peak_before_preemption": peak_clean, "peak": peak, "preemptions": preempted, "steps": steps}
+
+
+def measure(folder: str, new_tokens: int, kv_bytes: int, requests: int) -> dict:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=folder, trust_remote_code=True, dtype="float32", max_model_len=4096 + 64, enforce_eager=True,
-              max_num_seqs=16)
+    llm = LLM(model=folder, trust_remote_code=True, dtype="float32", max_model_len=REQUEST_TOKENS + 64,
+              enforce_eager=True, max_num_seqs=64, kv_cache_memory_bytes=kv_bytes, enable_prefix_caching=False,
+              disable_log_stats=False)
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     llm.generate([{"prompt_token_ids": [9707] * 8}], params, use_tqdm=False)  # warm-up
     rates = {}
@@ -48,39 +76,50 @@ def measure(folder: str, new_tokens: int) -> dict:
         start = time.perf_counter()
         llm.generate(prompts, params, use_tqdm=False)
         rates[n] = n * new_tokens / (time.perf_counter() - start)
-    return rates
+    start = time.perf_counter()
+    long = concurrency(llm, requests)
+    long["seconds"] = time.perf_counter() - start
+    return {"rates": rates, "long": long}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kv-gib", type=int, default=1)
+    parser.add_argument("--kv-mib", type=int, default=64, help="KV cache of each engine, MiB")
+    parser.add_argument("--requests", type=int, default=32, help="4K-token requests submitted at once")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.new_tokens)), flush=True)
+        result = measure(args.child, args.new_tokens, args.kv_mib << 20, args.requests)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     # The capacity line is an INFO log line (importing TRL sets VLLM_LOGGING_LEVEL=ERROR).
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(args.kv_gib), "VLLM_LOGGING_LEVEL": "INFO"}
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "INFO"}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, folder in zip(("InternVideo3 (M²LA)", "Qwen3 (GQA)"), build(Path(tmp))):
-            run = subprocess.run([sys.executable, __file__, "--child", str(folder), "--new-tokens",
-                                  str(args.new_tokens)], capture_output=True, text=True, env=env)
+            run = subprocess.run([sys.executable, __file__, "--child", str(folder), "--new-tokens", str(args.new_tokens),
+                                  "--kv-mib", str(args.kv_mib), "--requests", str(args.requests)],
+                                 capture_output=True, text=True, env=env)
             log = run.stdout + run.stderr
+            found = re.search(r"^RESULT (.*)$", log, re.MULTILINE)
+            if run.returncode or not found:
+                sys.exit(f"{name}: the engine run failed (exit {run.returncode}):\n{log[-4000:]}")
             tokens = int(re.search(r"KV cache size: ([\d,]+) tokens", log).group(1).replace(",", ""))
-            rates = json.loads(re.search(r"^RESULT (.*)$", log, re.MULTILINE).group(1))
-            rows[name] = (tokens, rates)
-    print(f"KV budget {args.kv_gib} GiB (VLLM_CPU_KVCACHE_SPACE), fp32, {args.new_tokens} new tokens per request")
-    print("| model | KV capacity (tokens) | concurrent 4K requests | decode tok/s @1 | @4 | @16 |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, (tokens, rates) in rows.items():
-        print(f"| {name} | {tokens:,} | {tokens // 4096} | " + " | ".join(f"{rates[k]:.1f}" for k in ("1", "4", "16"))
-              + " |")
+            rows[name] = (tokens, json.loads(found.group(1)))
+    print(f"KV budget {args.kv_mib} MiB per engine (kv_cache_memory_bytes), fp32; {args.requests} requests of "
+          f"{REQUEST_TOKENS} tokens at once; {args.new_tokens} new tokens per decode request")
+    print("| model | KV capacity (tokens) | concurrent 4K requests before the first preemption | preemptions "
+          "| 4K run s | decode tok/s @1 | @4 | @16 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (tokens, r) in rows.items():
+        long = r["long"]
+        print(f"| {name} | {tokens:,} | {long['peak_before_preemption']} | {long['preemptions']} | "
+              f"{long['seconds']:.1f} | " + " | ".join(f"{r['rates'][k]:.1f}" for k in ("1", "4", "16")) + " |")
     (a, ra), (b, rb) = rows.values()
-    print(f"| ratio | {a / b:.3f} | {(a // 4096) / (b // 4096):.3f} | "
-          + " | ".join(f"{ra[k] / rb[k]:.2f}" for k in ("1", "4", "16")) + " |")
+    print(f"| ratio | {a / b:.3f} | {ra['long']['peak_before_preemption'] / rb['long']['peak_before_preemption']:.3f} "
+          "| | | " + " | ".join(f"{ra['rates'][k] / rb['rates'][k]:.2f}" for k in ("1", "4", "16")) + " |")
 
 
 if __name__ == "__main__":

