@@ -10,8 +10,9 @@ Per model, one engine in a subprocess (fp32, eager, CPU, prefix caching off), it
   (`vllm:num_requests_running`, `vllm:num_preemptions`). Reported: the most requests running at once before the
   first preemption, and the preemptions of the whole run;
 - decode tokens/s at 1, 4 and 16 concurrent requests (8-token prompts, `--new-tokens` greedy tokens each, wall time of
-  `LLM.generate` including the 8-token prefill). The GQA reference is vLLM's Qwen3 (Qwen3-VL's text decoder; vLLM's Qwen3-VL module does not import
-without torchvision here). Widths: hidden 64, 4 layers, 4 heads; ours r = d_r = d_n = d_v = 32; Qwen3 2 KV heads of 32.
+  `LLM.generate` including the 8-token prefill).
+The GQA reference is vLLM's Qwen3 (Qwen3-VL's text decoder; vLLM's Qwen3-VL module does not import without
+torchvision here). Widths: hidden 64, 4 layers, 4 heads; ours r = d_r = d_n = d_v = 32; Qwen3 2 KV heads of 32.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def concurrency(llm, requests: int) -> dict:
     params = SamplingParams(temperature=0.0, max_tokens=REQUEST_NEW_TOKENS, ignore_eos=True)
     engine = llm.llm_engine
     for i in range(requests):
-        engine.add_request(f"long-{i}", {"prompt_token_ids": [2000 + i] * (REQUEST_TOKENS - REQUEST_NEW_TOKENS)}, params)
+        prompt = {"prompt_token_ids": [2000 + i] * (REQUEST_TOKENS - REQUEST_NEW_TOKENS)}  # distinct per request
+        engine.add_request(f"long-{i}", prompt, params)
     peak_clean = peak = preempted = steps = 0
     while engine.has_unfinished_requests():
         engine.step()
@@ -99,8 +101,8 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, folder in zip(("InternVideo3 (M²LA)", "Qwen3 (GQA)"), build(Path(tmp))):
-            run = subprocess.run([sys.executable, __file__, "--child", str(folder), "--new-tokens", str(args.new_tokens),
-                                  "--kv-mib", str(args.kv_mib), "--requests", str(args.requests)],
+            run = subprocess.run([sys.executable, __file__, "--child", str(folder), "--new-tokens",
+                                  str(args.new_tokens), "--kv-mib", str(args.kv_mib), "--requests", str(args.requests)],
                                  capture_output=True, text=True, env=env)
             log = run.stdout + run.stderr
             found = re.search(r"^RESULT (.*)$", log, re.MULTILINE)

@@ -44,7 +44,8 @@ def server(small_checkpoint, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("server") / "server.log", "w")
     proc = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "vllm"), "serve", str(small_checkpoint), "--trust-remote-code",
-         "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--max-num-seqs", "8", "--host", "127.0.0.1", "--port", str(port), "--allowed-local-media-path", "/",
+         "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--max-num-seqs", "8", "--host",
+         "127.0.0.1", "--port", str(port), "--allowed-local-media-path", "/",
          "--media-io-kwargs", json.dumps({"video": VIDEO_SETTINGS})],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

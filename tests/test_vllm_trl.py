@@ -76,8 +76,25 @@ def test_gspo_rollouts_come_from_the_engine_with_the_trainers_weights(trainer):
     assert after != before, "training changed nothing the test can see"
 
 
-def test_video_prompts_with_use_vllm_are_refused(trainer, videos_dir):
-    """TRL gives vLLM no videos: a video prompt with use_vllm=True is refused instead of rolled out blind."""
+def test_video_rollouts_reach_the_engine_with_their_frames(trainer, videos_dir):
+    """A GSPO generation batch of a video prompt through TRL's own `_generate_and_score_completions`: the engine gets
+    the clip's frames (the trainer's `_VideoEngine` checks that vLLM expanded the prompt to exactly the trainer's
+    prompt ids: timestamps, frame groups and video tokens), and the engine's log-probabilities of its samples agree
+    with the trainer's scoring forward, which sees the video's pixels. Before: refused with NotImplementedError (TRL
+    sends vLLM no videos)."""
+    from internvideo3.training.trainers import _VideoEngine
+
     video = {"type": "video", "video": str(videos_dir / "hevc_128x128.mp4"), "fps": 2, "max_frames": 2}
-    with pytest.raises(NotImplementedError, match="use_vllm=True with video prompts"):
-        trainer._tokenize_prompts([[{"role": "user", "content": [video, {"type": "text", "text": "What?"}]}]])
+    prompt = [{"role": "user", "content": [video, {"type": "text", "text": "What happens?"}]}]
+    trainer.model.train()
+    before = len(trainer._metrics["train"]["sampling/sampling_logp_difference/mean"])
+    output = trainer._generate_and_score_completions([{"prompt": prompt} for _ in range(4)])
+    assert isinstance(trainer.vllm_generation.llm, _VideoEngine) and not trainer.vllm_generation.llm.rows
+    grids = output["video_grid_thw"]
+    assert len(grids) == 4 and all(g.tolist() == grids[0].tolist() for g in grids), grids
+    video_pad = trainer.processing_class.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    n_video = int((output["prompt_ids"][0] == video_pad).sum())
+    assert n_video == int(grids[0].prod(-1).sum()) // 4 > 0  # the scored prompt holds the expanded video
+    differences = trainer._metrics["train"]["sampling/sampling_logp_difference/mean"][before:]
+    assert len(differences) == 1 and differences[0] < 5e-3, differences
+    assert trainer._metrics["train"]["sampling/sampling_logp_difference/max"][-1] < 3e-2

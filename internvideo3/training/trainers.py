@@ -14,8 +14,9 @@ messages, so:
   (student ‖ teacher) on the student's own samples; the teacher sees the same videos and images, and a
   transformers Qwen3-VL teacher gets the `mm_token_type_ids` its MRoPE needs.
 
-Rollouts use `generate()`, which fills our latent cache (`InternVideo3LatentCache`) by default. The model is reached
-only through the Auto classes (`trust_remote_code=True`): it lives in flat remote-code files, not in this package.
+Rollouts use `generate()`, which fills our latent cache (`InternVideo3LatentCache`) by default, or with
+`use_vllm=True, vllm_mode="colocate"` the plugin's engine, which gets each video prompt's frames (`_VideoEngine`).
+The model is reached only through the Auto classes (`trust_remote_code=True`): it lives in flat remote-code files, not in this package.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from contextlib import contextmanager
 import torch
 from transformers import TrainingArguments
 from trl import DistillationConfig, DistillationTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+import vision_settings_internvideo3 as vision_settings
 
 from .collator import InternVideo3SFTCollator
 from .data import clean_messages
@@ -156,12 +159,48 @@ class _VideoRolloutMixin:
             pixel_rows = list(torch.split(fields["pixel_values_videos"], [int(g.prod(-1).sum()) for g in grid_rows]))
             self._row_videos = [(p, g) for p, g in zip(pixel_rows, grid_rows)]
             if getattr(self, "use_vllm", False):
-                # TRL sends vLLM the token ids and images only (trl/generation/vllm_generation.py, `generate`):
-                # the expanded video tokens would reach the engine without their frames, as text.
-                raise NotImplementedError("use_vllm=True with video prompts: TRL passes vLLM no videos, so the "
-                                          "rollouts would not see them; use use_vllm=False (transformers "
-                                          "generation) for prompts with videos")
+                self._vllm_video_rows(prompts, prompt_ids)
         return prompt_ids, images, fields
+
+    def _vllm_video_rows(self, prompts: list, prompt_ids: list[list[int]]) -> None:
+        """Record, for each video prompt, what the colocated engine must get in place of TRL's row: the prompt with
+        unexpanded placeholders and each video's frames and metadata (`_VideoEngine`).
+
+        TRL sends vLLM the token ids and images only (trl/generation/vllm_generation.py, `generate`), and vLLM expands
+        placeholders itself, so the expanded ids alone would reach the engine as text. The frames are decoded by the
+        processor's own `decode` under the same merged settings as in `apply_chat_template` (the same frames; the
+        clip is decoded a second time, once per distinct prompt), with the metadata our vLLM video loader sends
+        (`resized`, no resampling).
+        Raises NotImplementedError in TRL's server mode (its client sends images only)."""
+        if getattr(self, "vllm_mode", None) != "colocate":
+            raise NotImplementedError("use_vllm=True with video prompts needs vllm_mode='colocate': TRL's vLLM server "
+                                      "client sends images only; or use use_vllm=False")
+        engine = self.vllm_generation
+        if not isinstance(engine.llm, _VideoEngine):
+            engine.llm = _VideoEngine(engine.llm)
+        processor = self.processing_class
+        video_processor = processor.video_processor
+        for prompt, ids in zip(prompts, prompt_ids):
+            items = [part for m in prompt for part in m["content"] if isinstance(m["content"], list)
+                     and isinstance(part, dict) and part.get("type") == "video"]  # fmt: skip
+            if not items or tuple(ids) in engine.llm.rows:  # TRL repeats each prompt num_generations times
+                continue
+            text = processor.apply_chat_template(prompt, tools=getattr(self, "tools", None) or None,
+                                                 chat_template=self.chat_template, add_generation_prompt=True,
+                                                 tokenize=False, **self.chat_template_kwargs)  # fmt: skip
+            videos = []
+            for item in items:
+                settings = video_processor.merge_settings(
+                    {k: item[k] for k in vision_settings.VIDEO_SETTING_KEYS if k in item}
+                )
+                source = next(item[k] for k in ("video", "path", "url", "video_url") if item.get(k) is not None)
+                source = source.get("url") if isinstance(source, dict) else source  # as the processor reads it
+                frames, meta = video_processor.decode(source, settings)
+                videos.append((frames, dataclasses.asdict(meta) | {"do_sample_frames": False}))
+            engine.llm.rows[tuple(ids)] = {
+                "prompt_token_ids": processor.tokenizer(text, add_special_tokens=False)["input_ids"],
+                "multi_modal_data": {"video": videos},
+            }
 
     def _unpadded(self, prompt_ids) -> list[list[int]]:
         """One unpadded list of token ids per prompt, as TRL expects (it pads them itself, with a mask, for
@@ -245,6 +284,43 @@ class _VideoRolloutMixin:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+class _VideoEngine:
+    """TRL's colocated `vllm.LLM` with video prompts: `generate` swaps each row whose token ids are a recorded video
+    prompt for its unexpanded prompt and frames (`_VideoRolloutMixin._vllm_video_rows`), keeps the row's images, and
+    checks that the engine expanded it to exactly the trainer's prompt ids (what the scoring forwards see). Every
+    other attribute is the engine's (TRL's weight sync, sleep and wake-up reach it unchanged).
+
+    Raises RuntimeError when the engine's prompt ids differ from the trainer's (the rollout would be scored on
+    another prompt)."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.rows: dict[tuple[int, ...], dict] = {}
+
+    def __getattr__(self, name):
+        return getattr(self.llm, name)
+
+    def generate(self, prompts, *args, **kwargs):
+        sent, expected = [], []
+        for row in prompts:
+            ids = tuple(row["prompt_token_ids"])
+            video = self.rows.get(ids)
+            if video is not None:
+                images = (row.get("multi_modal_data") or {}).get("image")
+                video = {**video, "multi_modal_data": {**video["multi_modal_data"],
+                                                       **({"image": images} if images is not None else {})}}
+            sent.append(video or row)
+            expected.append(ids)
+        outputs = self.llm.generate(sent, *args, **kwargs)
+        for output, ids in zip(outputs, expected):
+            if tuple(output.prompt_token_ids) != ids:
+                raise RuntimeError(f"the engine expanded a rollout prompt to {len(output.prompt_token_ids)} tokens, "
+                                   f"the trainer's processor to {len(ids)}: the rollout would be scored on another "
+                                   "prompt")
+        self.rows.clear()
+        return outputs
 
 
 def gspo_config(output_dir: str, **overrides) -> GRPOConfig:
