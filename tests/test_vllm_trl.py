@@ -61,8 +61,11 @@ def test_gspo_rollouts_come_from_the_engine_with_the_trainers_weights(trainer):
     trainer.train()
     steps = [entry for entry in trainer.state.log_history if "sampling/sampling_logp_difference/max" in entry]
     # Same weights (step 1) the engine's and the trainer's log-probabilities of the sampled tokens differ by about
-    # 1e-3 here (near-uniform distributions over 151k tokens); an engine with a stale LM head after the sync
-    # differed by a mean of 0.04 at step 2.
+    # 1e-3 here: TRL builds the engine with vLLM's dtype "auto", which runs a float32 checkpoint in bfloat16
+    # (vllm/config/model.py, "Downcast for float32 models"), while the trainer scores in float32 (a float32 engine
+    # on the same folder agrees with transformers to 1e-6). An engine with a stale LM head after the sync differed
+    # by a mean of 0.04 at step 2.
+    assert trainer.vllm_generation.llm.llm_engine.model_config.dtype == torch.bfloat16
     assert len(steps) == 2, steps
     for entry in steps:
         assert entry["sampling/sampling_logp_difference/mean"] < 5e-3, entry

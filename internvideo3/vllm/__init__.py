@@ -12,8 +12,9 @@ ARCHITECTURE = "InternVideo3ForConditionalGeneration"
 def register() -> None:
     """Register the model class, the MLA config convertor for `model_type` "internvideo3", our PyAV video loader
     (vLLM backend "internvideo3", chosen for our folders), the media connector whose errors name the request's file
-    (the default unless `VLLM_MEDIA_CONNECTOR` is set) and the CPU MLA backend for any latent width (vLLM's native
-    CPU MLA decode kernel is 576-only). Idempotent."""
+    (the default unless `VLLM_MEDIA_CONNECTOR` is set) and the MLA backend for any latent width: on CPU our decode
+    (vLLM's native CPU MLA decode kernel is 576-only), on CUDA vLLM's Triton MLA without the metadata's 320/512/576
+    head-size check (`triton_mla`). Idempotent."""
     from vllm import ModelRegistry
 
     from .config import register_config_convertor
@@ -26,8 +27,9 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "internvideo3.vllm.model:InternVideo3ForConditionalGeneration")
     from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     if current_platform.is_cpu():
-        from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
-
         register_backend(AttentionBackendEnum.CPU_MLA, "internvideo3.vllm.cpu_mla.LatentCPUMLABackend")
+    elif current_platform.is_cuda():
+        register_backend(AttentionBackendEnum.TRITON_MLA, "internvideo3.vllm.triton_mla.LatentTritonMLABackend")

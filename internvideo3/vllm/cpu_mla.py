@@ -10,19 +10,13 @@ native kernel as before.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
-from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadata, MLACommonMetadataBuilder
+from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadataBuilder
 from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend, CPUMLAImpl
 
+from .mla_metadata import LatentMLAMetadata
+
 NATIVE_HEAD_SIZE = 576
-
-
-@dataclasses.dataclass
-class LatentMLAMetadata(MLACommonMetadata):
-    def __post_init__(self):  # the parent rejects head sizes other than 320/512/576; this backend takes any
-        pass
 
 
 class LatentMLAMetadataBuilder(MLACommonMetadataBuilder):
