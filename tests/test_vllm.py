@@ -255,3 +255,75 @@ def test_kv_capacity_is_the_latent(tmp_path):
     print(f"KV capacity: ours {ours_tokens} tokens, Qwen3 {gqa_tokens} tokens, ratio {ours_tokens / gqa_tokens:.4f}")
     assert ratio == 2.0
     assert ours_tokens / gqa_tokens == pytest.approx(ratio, rel=1e-3)
+
+
+@pytest.mark.parametrize("form", ["default", "equal_cache"])
+def test_converted_text_model_equals_transformers(small_checkpoint, tmp_path, form):
+    """`vllm serve` takes the folders `internvideo3-convert` writes (issue 25: "a converted model"): a Qwen3 GQA
+    source (q_norm, k_norm, 2 KV heads) converted with the defaults has architecture `InternVideo3TextForCausalLM`,
+    a kept q_norm, per-layer `rope_frequency_planes` and biases; the equal-cache exact form (`rope_dim` =
+    `kv_lora_rank` = KV heads · head_dim) also keeps k_norm. Greedy tokens equal our transformers model's on the
+    same folder and log-probabilities agree within 1e-4, for prompts of several lengths. Before: the plugin had no
+    text-only architecture, and refused `rope_frequency_planes`."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+    from vllm import LLM
+
+    from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert
+    from internvideo3.convert.small_checkpoint import save_gqa_twin, small_model
+
+    source = save_gqa_twin(small_model(seed=1), small_checkpoint, tmp_path / "qwen3")
+    text = small_model(seed=1).config.text_config
+    width = text.source_num_key_value_heads * text.head_dim
+    options = dict(kv_lora_rank=width, rope_dim=width) if form == "equal_cache" else dict(kv_lora_rank=32)
+    folder = tmp_path / "converted"
+    convert(source, folder, ConvertOptions(calibration_tokens=128, calibration_seq_len=64, progress=False,
+                                           dtype="fp32", **options))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["InternVideo3TextForCausalLM"] and config["q_norm"] is True
+    assert config["rope_frequency_planes"] is not None and config["k_norm"] is (form == "equal_cache")
+    reference = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    llm = LLM(model=str(folder), trust_remote_code=True, dtype="float32", max_model_len=256, enforce_eager=True,
+              max_num_seqs=4)
+    try:
+        for prompt, got in zip(PROMPTS, vllm_greedy(llm, PROMPTS)):
+            assert_same(got, reference_greedy(reference, prompt))
+    finally:
+        del llm
+
+
+def test_converted_video_model_equals_transformers_on_a_video(tmp_path, videos_dir):
+    """A converted Qwen3-VL GQA source (defaults: q_norm kept, per-layer `rope_frequency_planes` out of MRoPE
+    sections [2, 3, 3]): a clip's `video_url` chat equals our transformers model on the same folder, prompt ids,
+    tokens and log-probabilities. The video's 3-D positions reach each plane through the MRoPE axis of its source
+    frequency, which text positions (equal rows) cannot check."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoProcessor
+    from vllm import LLM
+
+    from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert
+    from tests.test_convert import make_source
+
+    settings = {"fps": 1.0, "max_frames": 2, "max_pixels": 64 * 32 * 32}  # the source's 256 positions hold it
+    make_source("qwen3_vl", tmp_path / "qwen3_vl")
+    folder = tmp_path / "converted"
+    convert(tmp_path / "qwen3_vl", folder, ConvertOptions(kv_lora_rank=32, calibration_tokens=128,
+                                                          calibration_seq_len=64, progress=False, dtype="fp32"))
+    text = json.loads((folder / "config.json").read_text())["text_config"]
+    assert text["q_norm"] is True and text["rope_frequency_planes"] is not None
+    assert any(planes != list(range(len(planes))) for planes in text["rope_frequency_planes"])
+    reference = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    llm = LLM(model=str(folder), trust_remote_code=True, dtype="float32", max_model_len=256, enforce_eager=True,
+              max_num_seqs=2, allowed_local_media_path="/", media_io_kwargs={"video": settings})
+    try:
+        video = videos_dir / "pole_vault.mp4"
+        ((tokens, logprobs, prompt),) = vllm_chat(llm, [chat(video_part(video), "Describe the clip.")])
+    finally:
+        del llm
+    ref_prompt, expected = reference_chat(reference, processor, {"type": "video", "video": str(video)},
+                                          "Describe the clip.", **settings)
+    assert prompt == ref_prompt and processor.video_token_id in prompt
+    assert_same((tokens, logprobs), expected)

@@ -101,3 +101,45 @@ def test_video_rollouts_reach_the_engine_with_their_frames(trainer, videos_dir):
     differences = trainer._metrics["train"]["sampling/sampling_logp_difference/mean"][before:]
     assert len(differences) == 1 and differences[0] < 5e-3, differences
     assert trainer._metrics["train"]["sampling/sampling_logp_difference/max"][-1] < 3e-2
+
+
+def _mirrored(source, target):
+    """`source` re-encoded with every frame mirrored: the same frame count, rate and size, other pixels."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(target), "w") as out:
+        stream_in = src.streams.video[0]
+        stream = out.add_stream("mpeg4", rate=stream_in.average_rate)
+        stream.width, stream.height, stream.pix_fmt = stream_in.width, stream_in.height, "yuv420p"
+        for frame in src.decode(stream_in):
+            mirrored = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24")[:, ::-1].copy(), format="rgb24")
+            out.mux(stream.encode(mirrored.reformat(format="yuv420p")))
+        out.mux(stream.encode())
+    return target
+
+
+def test_two_clips_with_equal_prompt_ids_each_reach_the_engine(trainer, videos_dir, tmp_path):
+    """Two different clips of equal length and size under the same text expand to the same prompt ids; in one
+    engine call each row gets its own clip's frames (in TRL's row order): row 2's output equals the engine's
+    output on clip B alone and differs from clip A's."""
+    from vllm import SamplingParams
+
+    settings = {"fps": 2, "max_frames": 2}
+    clips = [videos_dir / "hevc_128x128.mp4", _mirrored(videos_dir / "hevc_128x128.mp4", tmp_path / "mirror.mp4")]
+    prompts = [[{"role": "user", "content": [{"type": "video", "video": str(c), **settings},
+                                             {"type": "text", "text": "What happens?"}]}] for c in clips]
+    ids, _, _ = trainer._tokenize_prompts(prompts)
+    assert ids[0] == ids[1], "the clips must expand alike for this test"
+    engine = trainer.vllm_generation.llm
+    entries = [dict(e) for e in engine.rows[tuple(ids[0])]]
+    assert len(entries) == 2
+    params = SamplingParams(temperature=0.0, max_tokens=4, logprobs=0, ignore_eos=True)
+
+    def scores(outputs):
+        return [[step[t].logprob for step, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)] for o in outputs]
+
+    together = scores(engine.generate([{"prompt_token_ids": ids[0]}, {"prompt_token_ids": ids[1]}], params,
+                                      use_tqdm=False))
+    alone = scores(engine.llm.generate(entries, params, use_tqdm=False))  # each clip's frames, sent directly
+    assert together == alone
+    assert together[0] != together[1], "the two clips must score differently for this test to see a mix-up"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from contextlib import contextmanager
 
 import torch
@@ -168,22 +169,28 @@ class _VideoRolloutMixin:
 
         TRL sends vLLM the token ids and images only (trl/generation/vllm_generation.py, `generate`), and vLLM expands
         placeholders itself, so the expanded ids alone would reach the engine as text. The frames are decoded by the
-        processor's own `decode` under the same merged settings as in `apply_chat_template` (the same frames; the
-        clip is decoded a second time, once per distinct prompt), with the metadata our vLLM video loader sends
-        (`resized`, no resampling).
-        Raises NotImplementedError in TRL's server mode (its client sends images only)."""
+        processor's own `decode` under the same merged settings as in `apply_chat_template` (the same frames; a clip
+        file is decoded a second time, once per distinct file and settings), with the metadata our vLLM video loader
+        sends (`resized`, no resampling).
+        Raises NotImplementedError in TRL's server mode (its client sends images only) and with vLLM tensor
+        parallelism (TRL gathers the group's prompts into one engine call)."""
         if getattr(self, "vllm_mode", None) != "colocate":
             raise NotImplementedError("use_vllm=True with video prompts needs vllm_mode='colocate': TRL's vLLM server "
                                       "client sends images only; or use use_vllm=False")
         engine = self.vllm_generation
+        if getattr(engine, "tensor_parallel_size", 1) > 1:
+            # TRL gathers the prompts of the whole TP group into one engine call; the frames are recorded per rank
+            raise NotImplementedError("use_vllm=True with video prompts and vllm_tensor_parallel_size > 1")
         if not isinstance(engine.llm, _VideoEngine):
             engine.llm = _VideoEngine(engine.llm)
+        engine.llm.rows.clear()  # these prompts are the next engine call's
         processor = self.processing_class
         video_processor = processor.video_processor
+        decoded = {}  # (file, settings) -> (frames, metadata): TRL repeats each prompt num_generations times
         for prompt, ids in zip(prompts, prompt_ids):
             items = [part for m in prompt for part in m["content"] if isinstance(m["content"], list)
                      and isinstance(part, dict) and part.get("type") == "video"]  # fmt: skip
-            if not items or tuple(ids) in engine.llm.rows:  # TRL repeats each prompt num_generations times
+            if not items:
                 continue
             text = processor.apply_chat_template(prompt, tools=getattr(self, "tools", None) or None,
                                                  chat_template=self.chat_template, add_generation_prompt=True,
@@ -195,12 +202,17 @@ class _VideoRolloutMixin:
                 )
                 source = next(item[k] for k in ("video", "path", "url", "video_url") if item.get(k) is not None)
                 source = source.get("url") if isinstance(source, dict) else source  # as the processor reads it
-                frames, meta = video_processor.decode(source, settings)
-                videos.append((frames, dataclasses.asdict(meta) | {"do_sample_frames": False}))
-            engine.llm.rows[tuple(ids)] = {
+                key = (source, repr(sorted(settings.items()))) if isinstance(source, (str, os.PathLike)) else None
+                if key is None or key not in decoded:
+                    frames, meta = video_processor.decode(source, settings)
+                    decoded[key] = (frames, dataclasses.asdict(meta) | {"do_sample_frames": False})
+                videos.append(decoded[key])
+            # Two clips of equal length and size under the same text have equal prompt ids: one entry per prompt,
+            # in order, which is the order TRL sends the rows in.
+            engine.llm.rows.setdefault(tuple(ids), []).append({
                 "prompt_token_ids": processor.tokenizer(text, add_special_tokens=False)["input_ids"],
                 "multi_modal_data": {"video": videos},
-            }
+            })
 
     def _unpadded(self, prompt_ids) -> list[list[int]]:
         """One unpadded list of token ids per prompt, as TRL expects (it pads them itself, with a mask, for
@@ -297,7 +309,7 @@ class _VideoEngine:
 
     def __init__(self, llm):
         self.llm = llm
-        self.rows: dict[tuple[int, ...], dict] = {}
+        self.rows: dict[tuple[int, ...], list[dict]] = {}  # prompt ids -> one entry per such prompt, in order
 
     def __getattr__(self, name):
         return getattr(self.llm, name)
@@ -306,7 +318,7 @@ class _VideoEngine:
         sent, expected = [], []
         for row in prompts:
             ids = tuple(row["prompt_token_ids"])
-            video = self.rows.get(ids)
+            video = self.rows[ids].pop(0) if self.rows.get(ids) else None
             if video is not None:
                 images = (row.get("multi_modal_data") or {}).get("image")
                 video = {**video, "multi_modal_data": {**video["multi_modal_data"],

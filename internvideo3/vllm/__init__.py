@@ -7,10 +7,12 @@ in every process it starts (API server, engine core, workers). Importing this pa
 from __future__ import annotations
 
 ARCHITECTURE = "InternVideo3ForConditionalGeneration"
+TEXT_ARCHITECTURE = "InternVideo3TextForCausalLM"  # converted text-only sources (SPEC §9)
 
 
 def register() -> None:
-    """Register the model class, the MLA config convertor for `model_type` "internvideo3", our PyAV video loader
+    """Register the model classes (video model, converted text-only model), the MLA config convertor for their
+    `model_type`s ("internvideo3", "internvideo3_text"), our PyAV video loader
     (vLLM backend "internvideo3", chosen for our folders), the media connector whose errors name the request's file
     (the default unless `VLLM_MEDIA_CONNECTOR` is set) and the MLA backend for any latent width: on CPU our decode
     (vLLM's native CPU MLA decode kernel is 576-only), on CUDA vLLM's Triton MLA without the metadata's 320/512/576
@@ -24,8 +26,9 @@ def register() -> None:
     register_config_convertor()
     register_video_loader()
     register_media_connector()
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, "internvideo3.vllm.model:InternVideo3ForConditionalGeneration")
+    for architecture in (ARCHITECTURE, TEXT_ARCHITECTURE):
+        if architecture not in ModelRegistry.get_supported_archs():
+            ModelRegistry.register_model(architecture, f"internvideo3.vllm.model:{architecture}")
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 

@@ -23,4 +23,5 @@ def register_config_convertor() -> None:
         def _get_qk_rope_head_dim(self) -> int:
             return int(self.hf_text_config.qk_rope_head_dim)
 
-    MODEL_ARCH_CONFIG_CONVERTORS.setdefault("internvideo3", InternVideo3ModelArchConfigConvertor)
+    for model_type in ("internvideo3", "internvideo3_text"):  # the video model; converted text-only models
+        MODEL_ARCH_CONFIG_CONVERTORS.setdefault(model_type, InternVideo3ModelArchConfigConvertor)

