@@ -257,14 +257,14 @@ def test_kv_capacity_is_the_latent(tmp_path):
     assert ours_tokens / gqa_tokens == pytest.approx(ratio, rel=1e-3)
 
 
-@pytest.mark.parametrize("form", ["default", "equal_cache"])
-def test_converted_text_model_equals_transformers(small_checkpoint, tmp_path, form):
+def test_converted_text_model_equals_transformers(small_checkpoint, tmp_path):
     """`vllm serve` takes the folders `internvideo3-convert` writes (issue 25: "a converted model"): a Qwen3 GQA
-    source (q_norm, k_norm, 2 KV heads) converted with the defaults has architecture `InternVideo3TextForCausalLM`,
-    a kept q_norm, per-layer `rope_frequency_planes` and biases; the equal-cache exact form (`rope_dim` =
-    `kv_lora_rank` = KV heads · head_dim) also keeps k_norm. Greedy tokens equal our transformers model's on the
-    same folder and log-probabilities agree within 1e-4, for prompts of several lengths. Before: the plugin had no
-    text-only architecture, and refused `rope_frequency_planes`."""
+    source (q_norm, k_norm, 2 KV heads) converted in the equal-cache exact form (`rope_dim` = `kv_lora_rank` = KV
+    heads · head_dim) has architecture `InternVideo3TextForCausalLM`, a kept q_norm and k_norm, per-layer
+    `rope_frequency_planes` and biases. Greedy tokens equal our transformers model's on the same folder and
+    log-probabilities agree within 1e-4, for prompts of several lengths. (The converter's default form, q_norm and
+    planes without k_norm, is served by the same code: the Qwen3-VL test below.) Before: the plugin had no text-only
+    architecture, and refused `rope_frequency_planes`."""
     import json
 
     from transformers import AutoModelForCausalLM
@@ -273,16 +273,15 @@ def test_converted_text_model_equals_transformers(small_checkpoint, tmp_path, fo
     from internvideo3.convert.gqa_to_m2la import ConvertOptions, convert
     from internvideo3.convert.small_checkpoint import save_gqa_twin, small_model
 
-    source = save_gqa_twin(small_model(seed=1), small_checkpoint, tmp_path / "qwen3")
-    text = small_model(seed=1).config.text_config
-    width = text.source_num_key_value_heads * text.head_dim
-    options = dict(kv_lora_rank=width, rope_dim=width) if form == "equal_cache" else dict(kv_lora_rank=32)
+    model = small_model(seed=1)
+    source = save_gqa_twin(model, small_checkpoint, tmp_path / "qwen3")
+    width = model.config.text_config.source_num_key_value_heads * model.config.text_config.head_dim
     folder = tmp_path / "converted"
-    convert(source, folder, ConvertOptions(calibration_tokens=128, calibration_seq_len=64, progress=False,
-                                           dtype="fp32", **options))
+    convert(source, folder, ConvertOptions(kv_lora_rank=width, rope_dim=width, calibration_tokens=128,
+                                           calibration_seq_len=64, progress=False, dtype="fp32"))
     config = json.loads((folder / "config.json").read_text())
-    assert config["architectures"] == ["InternVideo3TextForCausalLM"] and config["q_norm"] is True
-    assert config["rope_frequency_planes"] is not None and config["k_norm"] is (form == "equal_cache")
+    assert config["architectures"] == ["InternVideo3TextForCausalLM"]
+    assert config["q_norm"] is True and config["k_norm"] is True and config["rope_frequency_planes"] is not None
     reference = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32).eval()
     llm = LLM(model=str(folder), trust_remote_code=True, dtype="float32", max_model_len=256, enforce_eager=True,
               max_num_seqs=4)
