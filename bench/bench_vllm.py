@@ -10,7 +10,7 @@ Per model, one engine in a subprocess (fp32, eager, CPU, prefix caching off), it
   (`vllm:num_requests_running`, `vllm:num_preemptions`). Reported: the most requests running at once before the
   first preemption, and the preemptions of the whole run;
 - decode tokens/s at 1, 4 and 16 concurrent requests (8-token prompts, `--new-tokens` greedy tokens each, wall time of
-  `LLM.generate` including the 8-token prefill).
+  `LLM.generate` including the 8-token prefill; the median of `REPEATS` runs).
 The GQA reference is vLLM's Qwen3 (Qwen3-VL's text decoder; vLLM's Qwen3-VL module does not import without
 torchvision here). Widths: hidden 64, 4 layers, 4 heads; ours r = d_r = d_n = d_v = 32; Qwen3 2 KV heads of 32.
 """
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,7 @@ def build(folder: Path) -> tuple[Path, Path]:
 
 
 REQUEST_TOKENS, REQUEST_NEW_TOKENS = 4096, 64
+REPEATS = 5  # decode rates: the median of this many runs (single runs swing 2-4x at these widths)
 
 
 def concurrency(llm, requests: int) -> dict:
@@ -75,9 +77,12 @@ def measure(folder: str, new_tokens: int, kv_bytes: int, requests: int) -> dict:
     rates = {}
     for n in (1, 4, 16):
         prompts = [{"prompt_token_ids": [1000 + i] * 8} for i in range(n)]
-        start = time.perf_counter()
-        llm.generate(prompts, params, use_tqdm=False)
-        rates[n] = n * new_tokens / (time.perf_counter() - start)
+        runs = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            llm.generate(prompts, params, use_tqdm=False)
+            runs.append(n * new_tokens / (time.perf_counter() - start))
+        rates[n] = statistics.median(runs)
     start = time.perf_counter()
     long = concurrency(llm, requests)
     long["seconds"] = time.perf_counter() - start
