@@ -212,6 +212,39 @@ def test_weight_update_in_place_reaches_prefill_and_decode(engine, reference):
     assert_same(vllm_greedy(engine, [PROMPTS[3]])[0], reference_greedy(reference, PROMPTS[3]))  # restored
 
 
+def _prefill_backends(model) -> list[str]:
+    """Runs inside the engine (`LLM.apply_model`): the classes of the MLA layers' prefill backends."""
+    return sorted({type(m.prefill_backend).__name__ for m in model.modules()
+                   if getattr(m, "prefill_backend", None) is not None})
+
+
+def test_cpu_prefill_is_the_fused_sdpa_backend(engine):
+    """Every MLA layer of the engine prefills through the plugin's `FusedSDPAMLAPrefillBackend` (PyTorch's fused
+    SDPA; the equality tests above pass through it), not vLLM's explicit-score `CPU_SDPA_MLA`."""
+    assert engine.apply_model(_prefill_backends) == [["FusedSDPAMLAPrefillBackend"]]
+
+
+@pytest.mark.parametrize("lengths", [[5, 37], [1, 16, 3]])
+def test_fused_prefill_equals_vllms_explicit_attention(lengths):
+    """The fused per-request causal attention equals vLLM's explicit fp32 scores + mask + softmax (its parent's
+    `_ragged_sdpa`) on ragged requests, V narrower than Q/K as in MLA (d_v 32, d_n + d_r 48)."""
+    from vllm.v1.attention.backends.mla.prefill.cpu_sdpa import CPUSDPAMLAPrefillBackend
+
+    from internvideo3.vllm.cpu_mla import FusedSDPAMLAPrefillBackend
+
+    widths = dict(num_heads=4, scale=48**-0.5, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                  v_head_dim=32, vllm_config=None)
+    g = torch.Generator().manual_seed(0)
+    n = sum(lengths)
+    q, k, v = torch.randn(n, 4, 48, generator=g), torch.randn(n, 4, 48, generator=g), torch.randn(n, 4, 32, generator=g)
+    starts = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    args = (q, k, v, starts, starts, True, False)
+    fused = FusedSDPAMLAPrefillBackend(**widths)._ragged_sdpa(*args)
+    explicit = CPUSDPAMLAPrefillBackend(**widths)._ragged_sdpa(*args)
+    assert fused.shape == explicit.shape == (n, 4, 32)
+    assert (fused - explicit).abs().max().item() < 1e-5
+
+
 def test_plugin_is_registered_through_the_entry_point():
     from importlib.metadata import entry_points
 

@@ -15,7 +15,7 @@ def register() -> None:
     `model_type`s ("internvideo3", "internvideo3_text"), our PyAV video loader
     (vLLM backend "internvideo3", chosen for our folders), the media connector whose errors name the request's file
     (the default unless `VLLM_MEDIA_CONNECTOR` is set) and the MLA backend for any latent width: on CPU our decode
-    (vLLM's native CPU MLA decode kernel is 576-only), on CUDA vLLM's Triton MLA without the metadata's 320/512/576
+    (vLLM's native CPU MLA decode kernel is 576-only) and prefill through PyTorch's fused SDPA, on CUDA vLLM's Triton MLA without the metadata's 320/512/576
     head-size check (`triton_mla`). Idempotent."""
     from vllm import ModelRegistry
 
@@ -33,6 +33,9 @@ def register() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     if current_platform.is_cpu():
+        from vllm.v1.attention.backends.mla.prefill.registry import MLAPrefillBackendEnum, register_mla_prefill_backend
+
         register_backend(AttentionBackendEnum.CPU_MLA, "internvideo3.vllm.cpu_mla.LatentCPUMLABackend")
+        register_mla_prefill_backend(MLAPrefillBackendEnum.CPU, "internvideo3.vllm.cpu_mla.FusedSDPAMLAPrefillBackend")
     elif current_platform.is_cuda():
         register_backend(AttentionBackendEnum.TRITON_MLA, "internvideo3.vllm.triton_mla.LatentTritonMLABackend")

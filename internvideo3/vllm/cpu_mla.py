@@ -2,10 +2,11 @@
 
 vLLM's `CPUMLABackend` decodes with `torch.ops._C.mla_decode_kvcache`, compiled for 576 = 512 + 64 only, and
 `MLACommonMetadata.__post_init__` accepts head sizes 320/512/576 only. This subclass keeps everything else of vLLM's
-CPU MLA (prefill through vLLM's CPU SDPA MLA prefill with `kv_b_proj` expansion, the cache write, the scheduler's
-decode/prefill split) and replaces only the absorbed decode for other widths with a paged gather + fp32 softmax over
-the latent cache (SPEC §4: scores = (q_lat·cᵀ + q_pe·k_peᵀ)·scale, o_lat = softmax(scores)·c). For 576 it uses the
-native kernel as before.
+CPU MLA (prefill with `kv_b_proj` expansion, the cache write, the scheduler's decode/prefill split) and replaces only
+the absorbed decode for other widths with a paged gather + fp32 softmax over the latent cache (SPEC §4: scores =
+(q_lat·cᵀ + q_pe·k_peᵀ)·scale, o_lat = softmax(scores)·c). For 576 it uses the native kernel as before.
+`FusedSDPAMLAPrefillBackend` (registered as vLLM's `CPU` MLA prefill backend) runs that prefill's per-request causal
+attention through PyTorch's fused SDPA.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadataBuilder
 from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend, CPUMLAImpl
+from vllm.v1.attention.backends.mla.prefill.cpu_sdpa import CPUSDPAMLAPrefillBackend
 
 from .mla_metadata import LatentMLAMetadata
 
@@ -61,3 +63,27 @@ class LatentCPUMLAImpl(CPUMLAImpl):
             scores = (q[i].float() @ kv.T) * self.scale  # [H, T]
             out[i] = (torch.softmax(scores, dim=-1) @ kv[:, : self.kv_lora_rank]).to(out.dtype)
         return out, None
+
+
+class FusedSDPAMLAPrefillBackend(CPUSDPAMLAPrefillBackend):
+    """vLLM's CPU MLA prefill (`CPU_SDPA_MLA`) with each request's causal attention in PyTorch's fused
+    `scaled_dot_product_attention` instead of explicit fp32 scores, a [S, S] boolean mask and a softmax: the same
+    attention without the [H, S, S] tensors (268 MB per layer for one 4K prompt at 4 heads; vLLM calls its backend
+    "reference-quality", module docstring of vllm/v1/attention/backends/mla/cpu_mla.py). Inputs are cast to fp32 as
+    vLLM's does; V is zero-padded to the query head size (d_n + d_r) so the fused kernel takes it, and the padding
+    is sliced off. Calls that need the log-sum-exp (prefix / chunked context merges; vLLM-CPU turns both off for MLA)
+    keep vLLM's implementation."""
+
+    def _ragged_sdpa(self, q, k, v, q_cu_seq_lens, kv_cu_seq_lens, causal, return_softmax_lse):
+        if return_softmax_lse:
+            return super()._ragged_sdpa(q, k, v, q_cu_seq_lens, kv_cu_seq_lens, causal, return_softmax_lse)
+        pad = q.shape[-1] - v.shape[-1]
+        starts_q, starts_kv = q_cu_seq_lens.tolist(), kv_cu_seq_lens.tolist()  # one host read per call
+        out = []
+        for (q0, q1), (k0, k1) in zip(zip(starts_q, starts_q[1:]), zip(starts_kv, starts_kv[1:])):
+            q_r, k_r, v_r = (t.transpose(0, 1).unsqueeze(0).float() for t in (q[q0:q1], k[k0:k1], v[k0:k1]))
+            if pad > 0:
+                v_r = torch.nn.functional.pad(v_r, (0, pad))
+            o = torch.nn.functional.scaled_dot_product_attention(q_r, k_r, v_r, is_causal=causal, scale=self.scale)
+            out.append(o[0].transpose(0, 1)[..., : v.shape[-1]].to(v.dtype))  # [S, H, d_v]
+        return torch.cat(out, dim=0)
