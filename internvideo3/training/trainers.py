@@ -16,7 +16,8 @@ messages, so:
 
 Rollouts use `generate()`, which fills our latent cache (`InternVideo3LatentCache`) by default, or with
 `use_vllm=True, vllm_mode="colocate"` the plugin's engine, which gets each video prompt's frames (`_VideoEngine`).
-The model is reached only through the Auto classes (`trust_remote_code=True`): it lives in flat remote-code files, not in this package.
+The model is reached only through the Auto classes (`trust_remote_code=True`): it lives in flat remote-code files,
+not in this package.
 """
 
 from __future__ import annotations
@@ -328,9 +329,9 @@ class _VideoEngine:
         outputs = self.llm.generate(sent, *args, **kwargs)
         for output, ids in zip(outputs, expected):
             if tuple(output.prompt_token_ids) != ids:
-                raise RuntimeError(f"the engine expanded a rollout prompt to {len(output.prompt_token_ids)} tokens, "
-                                   f"the trainer's processor to {len(ids)}: the rollout would be scored on another "
-                                   "prompt")
+                raise RuntimeError(f"the engine expanded a rollout prompt to other token ids than the trainer's "
+                                   f"processor ({len(output.prompt_token_ids)} and {len(ids)} tokens): the rollout "
+                                   "would be scored on another prompt")
         self.rows.clear()
         return outputs
 
