@@ -54,16 +54,14 @@ def concurrency(llm, requests: int) -> dict:
     for i in range(requests):
         prompt = {"prompt_token_ids": [2000 + i] * (REQUEST_TOKENS - REQUEST_NEW_TOKENS)}  # distinct per request
         engine.add_request(f"long-{i}", prompt, params)
-    peak_clean = peak = preempted = steps = 0
+    peak_clean = preempted = 0
     while engine.has_unfinished_requests():
         engine.step()
-        steps += 1
         metrics = {m.name: m.value for m in llm.get_metrics() if hasattr(m, "value")}
         running, preempted = int(metrics["vllm:num_requests_running"]), int(metrics["vllm:num_preemptions"])
-        peak = max(peak, running)
         if preempted == 0:
             peak_clean = max(peak_clean, running)
-    return {"peak_before_preemption": peak_clean, "peak": peak, "preemptions": preempted, "steps": steps}
+    return {"peak_before_preemption": peak_clean, "preemptions": preempted}
 
 
 def measure(folder: str, new_tokens: int, kv_bytes: int, requests: int) -> dict:

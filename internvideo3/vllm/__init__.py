@@ -15,8 +15,8 @@ def register() -> None:
     `model_type`s ("internvideo3", "internvideo3_text"), our PyAV video loader
     (vLLM backend "internvideo3", chosen for our folders), the media connector whose errors name the request's file
     (the default unless `VLLM_MEDIA_CONNECTOR` is set) and the MLA backend for any latent width: on CPU our decode
-    (vLLM's native CPU MLA decode kernel is 576-only) and prefill through PyTorch's fused SDPA, on CUDA vLLM's Triton MLA without the metadata's 320/512/576
-    head-size check (`triton_mla`). Idempotent."""
+    (vLLM's native CPU MLA decode kernel is 576-only) and prefill through PyTorch's fused SDPA, on CUDA vLLM's
+    Triton MLA without the metadata's 320/512/576 head-size check (`triton_mla`). Idempotent."""
     from vllm import ModelRegistry
 
     from .config import register_config_convertor

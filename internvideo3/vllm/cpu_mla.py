@@ -15,6 +15,7 @@ import torch
 from vllm.model_executor.layers.attention.mla_attention import MLACommonMetadataBuilder
 from vllm.v1.attention.backends.mla.cpu_mla import CPUMLABackend, CPUMLAImpl
 from vllm.v1.attention.backends.mla.prefill.cpu_sdpa import CPUSDPAMLAPrefillBackend
+from vllm.v1.attention.backends.mla.prefill.zen_cpu_sdpa import ZenCPUSDPAMLAPrefillBackend
 
 from .mla_metadata import LatentMLAMetadata
 
@@ -77,13 +78,13 @@ class FusedSDPAMLAPrefillBackend(CPUSDPAMLAPrefillBackend):
     def _ragged_sdpa(self, q, k, v, q_cu_seq_lens, kv_cu_seq_lens, causal, return_softmax_lse):
         if return_softmax_lse:
             return super()._ragged_sdpa(q, k, v, q_cu_seq_lens, kv_cu_seq_lens, causal, return_softmax_lse)
-        pad = q.shape[-1] - v.shape[-1]
         starts_q, starts_kv = q_cu_seq_lens.tolist(), kv_cu_seq_lens.tolist()  # one host read per call
         out = []
         for (q0, q1), (k0, k1) in zip(zip(starts_q, starts_q[1:]), zip(starts_kv, starts_kv[1:])):
-            q_r, k_r, v_r = (t.transpose(0, 1).unsqueeze(0).float() for t in (q[q0:q1], k[k0:k1], v[k0:k1]))
-            if pad > 0:
-                v_r = torch.nn.functional.pad(v_r, (0, pad))
+            # vLLM's own [S, H, D] -> [1, H, S, D] layout with V padded to the query width (its Zen backend's)
+            q_r, k_r, v_r, d_v = ZenCPUSDPAMLAPrefillBackend._sdpa_layout(
+                *(t.float() for t in (q[q0:q1], k[k0:k1], v[k0:k1]))
+            )
             o = torch.nn.functional.scaled_dot_product_attention(q_r, k_r, v_r, is_causal=causal, scale=self.scale)
-            out.append(o[0].transpose(0, 1)[..., : v.shape[-1]].to(v.dtype))  # [S, H, d_v]
+            out.append(o[0].transpose(0, 1)[..., :d_v].to(v.dtype))  # [S, H, d_v]
         return torch.cat(out, dim=0)
