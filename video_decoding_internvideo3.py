@@ -5,7 +5,8 @@ qwen-vl-utils can open a file (they need torchcodec and FFmpeg); PyAV (`av`) shi
 imported only when a file is decoded.
 
     file --demux-only pass--> every frame's pts, keyframes --sampling (fps, min/max_frames, window)--> wanted pts
-         --decode pass (seeks to the keyframe before a wanted frame, decoding thread + resizing thread)-->
+         --decode pass (seeks to the keyframe before a wanted frame; far-apart spans decoded by one thread each,
+           on its own container; a resizing thread)-->
          kept frames uint8 [h, w, 3] (oriented, resized) -> a sink (a preallocated array, or the patch writer)
 
 `decode_file` decodes on settings validated already; the public `load_video` (video_processing_internvideo3.py)
@@ -420,7 +421,8 @@ def time_window(times: np.ndarray, video_start, video_end, what: str) -> np.ndar
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The decode pipeline: a decoding thread (this one) and a resizing thread, joined by a short queue
+# The decode pipeline: decoding threads (this one, and one per further span) and a resizing thread, joined by a
+# short queue
 # ---------------------------------------------------------------------------------------------------------------
 # RGB frames at the decoded size queued between the two threads: 2 keep both busy on two cores (issue 18's
 # measurement, bench/RESULTS.md); how often the resizing thread checks that it should stop, in seconds.
@@ -429,6 +431,11 @@ DECODE_QUEUE_POLL_S = 0.05
 # Kept frames resized per `resize_frames` call: one call per batch rather than per frame means fewer thread-pool
 # barriers, which dominate on a busy machine (bench/bench_preprocess.py).
 RESIZE_BATCH_FRAMES = 4
+# Threads (each with its own container) that decode far-apart spans of a seeking pass, at most one per core:
+# FFmpeg's frame threads restart after every seek and H.264 decoding scales to about 1.5x on two cores with them
+# (issue 26's measurement), so separate spans fill the cores; more than 4 gain little for the memory of each
+# decoder's frame pool.
+MAX_DECODE_SPANS = 4
 
 
 @dataclass
@@ -498,8 +505,17 @@ class _ResizeStage:
         self.thread = threading.Thread(target=self._run, name="internvideo3-resize", daemon=True)
         self.thread.start()
 
-    def put(self, slots: Sequence[int], array: np.ndarray) -> None:
-        self.queue.put((slots, array))
+    def put(self, slots: Sequence[int], array: np.ndarray) -> bool:
+        """Queue one frame (waits while the queue is full); False when the stage has stopped (aborted, or its
+        thread ended), so no decoding thread waits on a queue nobody reads."""
+        while True:
+            if self.stop.is_set() or not self.thread.is_alive():
+                return False
+            try:
+                self.queue.put((slots, array), timeout=DECODE_QUEUE_POLL_S)
+                return True
+            except queue.Full:
+                continue
 
     def finish(self) -> None:
         """The end of the frames: the thread resizes what is queued and buffered, then stops."""
@@ -572,7 +588,8 @@ def decode_frames(av, request: DecodeRequest, wanted: dict[int, list[int]], shap
     """Decode pass: hand only the frames whose pts are in `wanted` (pts -> output slots) to `request.sink`,
     converted to RGB, with the display matrix applied, resized to `request.resize_to` (memory: the kept frames
     only). With two or more keyframes (and not `numbered`) only what the wanted frames need is decoded (a seeking
-    pass), else every frame up to the last wanted one. The frames are the same either way: when the seeking pass
+    pass, whose far-apart spans are decoded in parallel, one thread and container each, up to one per core), else
+    every frame up to the last wanted one. The frames are the same either way: when the seeking pass
     fails to deliver a frame, meets a frame without pts, or a decoding error, the sequential pass runs instead (and
     reports, or raises, exactly what it always did). `shape`: the displayed size of an earlier pass, kept.
 
@@ -589,94 +606,215 @@ def decode_frames(av, request: DecodeRequest, wanted: dict[int, list[int]], shap
     return _decode_pass(av, request, wanted, shape, seeking=False)
 
 
-def _decode_pass(av, request: DecodeRequest, wanted: dict[int, list[int]], shape, seeking: bool) -> DecodeResult:
-    """One pass of `decode_frames`. Sequential (`seeking=False`): decode from the start; frames without a pts (or
-    every frame when `numbered`) take the next entry of `all_pts`. Seeking: whenever the keyframe before the next
-    wanted frame lies beyond every packet read so far, seek to it (the frames in between are not needed: a keyframe
-    starts a fresh decode, so the frames after it come out bit for bit as in sequential decoding), and packets of
-    frames that are not wanted are decoded with `skip_frame="NONREF"` (a frame no other frame references is then not
-    decoded at all; reference frames are, so wanted frames are unchanged); raises `_SeekingNotExact` on a frame
-    without pts. Only wanted frames are converted to RGB; decoding (on FFmpeg's frame + slice threads) and RGB
-    conversion run in this thread, resizing and the sink in `_ResizeStage`'s."""
-    keyframes = request.keyframes if seeking else None
-    all_pts, numbered = request.all_pts, request.numbered
-    delivered = [False] * request.num_slots
-    remaining = sum(len(slots) for slots in wanted.values())
-    seen: list[int] = []
-    orientation = None
-    stage = _ResizeStage(request, shape)
+def _cores() -> int:
+    """The cores this process may run on."""
     try:
-        with _open(av, request.path, request.label) as container:
-            stream = container.streams[request.stream_index]
-            stream.thread_type = "AUTO"  # frame + slice threads
-            order = sorted(wanted)  # wanted pts, presentation order
-            upcoming = 0  # index in `order` of the first wanted pts not yet decoded past
-            read_up_to = None  # largest pts of any packet read since the start
-            last_seek = None
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-            def seek_target():
-                # the keyframe before the next wanted frame, when sequential decoding has not reached it yet
-                if keyframes is None or upcoming >= len(order):
-                    return None
-                key = keyframes[max(bisect.bisect_right(keyframes, order[upcoming]) - 1, 0)]
-                if key <= (keyframes[0] if read_up_to is None else read_up_to):
-                    return None
-                return key if last_seek is None or key > last_seek else None
 
-            try:
-                packets = container.demux(stream)
-                while packets is not None:
-                    target = seek_target()
-                    if target is not None:
-                        container.seek(target, stream=stream)  # to the keyframe at or before; flushes the decoder
-                        last_seek, packets = target, container.demux(stream)
-                    for packet in packets:
-                        if keyframes is not None:
-                            if packet.pts is not None:
-                                read_up_to = packet.pts if read_up_to is None else max(read_up_to, packet.pts)
-                            wanted_packet = packet.pts is None or packet.pts in wanted
-                            stream.codec_context.skip_frame = "DEFAULT" if wanted_packet else "NONREF"
-                        for frame in packet.decode():
-                            pts = frame.pts
-                            if keyframes is not None and pts is None:
-                                raise _SeekingNotExact
-                            if numbered or pts is None:
-                                pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
-                            if pts is None:
-                                continue
-                            seen.append(int(pts))
-                            while upcoming < len(order) and order[upcoming] <= pts:
-                                upcoming += 1
-                            slots = wanted.get(int(pts))
-                            if not slots or delivered[slots[0]]:
-                                continue
-                            if orientation is None:
-                                # once per pass: reading `frame.side_data` makes PyAV keep that frame alive until
-                                # the cyclic garbage collector runs (hundreds of MB over a long 1080p clip)
-                                orientation = _rotation_of(frame, stream)
-                            stage.put(slots, _orient(frame.to_ndarray(format="rgb24"), *orientation))
-                            del frame
-                            for slot in slots:
-                                delivered[slot] = True
-                            remaining -= len(slots)
-                        if remaining <= 0 or stage.error is not None:
-                            packets = None
-                            break
-                        if seek_target() is not None:
-                            break  # seek, then read on from there
-                    else:
-                        packets = None  # end of the stream
-            except _av_errors(av) as error:
-                raise VideoLoadError(f"cannot decode video {request.label!r}: {error}") from error
+def _span_threads() -> int:
+    """Decoding threads for far-apart spans: one per core, at most `MAX_DECODE_SPANS`."""
+    return max(1, min(_cores(), MAX_DECODE_SPANS))
+
+
+def split_spans(order: Sequence[int], keyframes: Sequence[int], all_pts: Sequence[int], count: int) -> list[list[int]]:
+    """Wanted pts (sorted, presentation order) -> at most `count` contiguous spans that decode independently.
+
+    A span may start only before a wanted frame whose keyframe lies past the previous wanted frame: the seeking pass
+    seeks there anyway, so a span that seeks to that keyframe on its own container decodes nothing twice and gives
+    the same frames. The cuts are placed so each span decodes about the same number of frames (from the keyframe,
+    or from the previous wanted frame, up to each wanted frame; unreferenced frames are not told apart). Returns
+    [list(order)] when there is no such place or `count` < 2."""
+    order = list(order)
+    if count < 2 or len(order) < 2 or len(keyframes) < 2:
+        return [order]
+    cost, cuts, total = [], [], 0
+    for i, p in enumerate(order):
+        at = bisect.bisect_left(all_pts, p)
+        key = keyframes[max(bisect.bisect_right(keyframes, p) - 1, 0)]
+        if i and key > order[i - 1]:
+            cuts.append((total, i))
+            total += at - bisect.bisect_left(all_pts, key) + 1
+        else:
+            total += at - (bisect.bisect_left(all_pts, order[i - 1]) if i else bisect.bisect_left(all_pts, key)) + 1
+        cost.append(total)
+    starts = [0]
+    for k in range(1, count):
+        goal = total * k / count
+        best = min((c for c in cuts if c[1] > starts[-1]), key=lambda c: abs(c[0] - goal), default=None)
+        if best is not None and best[0] < total:
+            starts.append(best[1])
+    starts = sorted(set(starts))
+    return [order[a:b] for a, b in zip(starts, starts[1:] + [len(order)])]
+
+
+def _decode_pass(av, request: DecodeRequest, wanted: dict[int, list[int]], shape, seeking: bool) -> DecodeResult:
+    """One pass of `decode_frames`. Sequential (`seeking=False`): one thread decodes from the start. Seeking: the
+    wanted frames are cut into spans (`split_spans`), one per core, each decoded by its own thread on its own
+    container (this thread takes the first); FFmpeg's frame threads alone leave cores idle after every seek, and
+    decoding stays on one core between the threads' hand-offs. All feed one `_ResizeStage`. The frames are the same
+    as one span's: the stage takes its size from the first span's first frame (the others wait for it before
+    handing over a frame), and every frame goes to its own output slots.
+
+    An error in any span stops the others (each checks between packets) and is raised here once all have stopped,
+    this thread's first; Ctrl-C likewise, so no thread outlives the call."""
+    order = sorted(wanted)
+    spans = split_spans(order, request.keyframes, request.all_pts, _span_threads()) if seeking else [order]
+    delivered = [False] * request.num_slots
+    stage = _ResizeStage(request, shape)
+    cancel, first_put = threading.Event(), threading.Event()
+    if shape is not None or len(spans) == 1:
+        first_put.set()
+    outcomes: list[tuple[list[int], tuple | None] | BaseException | None] = [None] * len(spans)
+    # one span: FFmpeg's frame + slice threads (its automatic count); several: the cores shared out among them
+    # (on two cores two single-threaded decoders beat two frame-threaded ones, bench/RESULTS.md)
+    ffmpeg_threads = 0 if len(spans) == 1 else max(1, _cores() // len(spans))
+
+    def run(index: int) -> None:
+        span_wanted = {p: wanted[p] for p in spans[index]}
+        try:
+            outcomes[index] = _decode_span(
+                av, request, span_wanted, stage, seeking, delivered, cancel, first_put, index == 0, ffmpeg_threads
+            )
+        except BaseException as error:  # noqa: BLE001 - raised by the calling thread
+            outcomes[index] = error
+            cancel.set()
+        finally:
+            if index == 0:
+                first_put.set()
+
+    threads = [
+        threading.Thread(target=run, args=(i,), name=f"internvideo3-decode-{i}", daemon=True) for i in range(1, len(spans))
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        run(0)
+        _join(threads)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         stage.finish()
     except BaseException:
-        # an error or Ctrl-C here (also a second one while this cleans up) must not leave the thread waiting
+        # an error or Ctrl-C here (also a second one while this cleans up) must not leave a thread waiting
+        cancel.set()
+        _join(threads)
         stage.abort()
         raise
     if stage.error is not None:
         raise stage.error
+    seen = [p for outcome in outcomes for p in outcome[0]]
+    orientation = next((outcome[1] for outcome in outcomes if outcome[1] is not None), None)
     rotation = orientation[0] if orientation else 0.0
     return DecodeResult(delivered, seen, rotation, stage.shape, stage.target)
+
+
+def _join(threads: Sequence[threading.Thread]) -> None:
+    """Wait for `threads` (which stop within one packet once cancelled), through further Ctrl-C."""
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt:
+                continue
+
+
+def _decode_span(
+    av, request, wanted, stage, seeking, delivered, cancel, first_put, first, ffmpeg_threads
+) -> tuple[list[int], tuple | None]:
+    """Decode one span of `_decode_pass` on its own container: the frames whose pts are in `wanted` go, as RGB, to
+    `stage` (after `first_put` is set, unless this is the `first` span, which sets it with its first frame). Without
+    `seeking`: from the start; frames without a pts (or every frame when `numbered`) take the next entry of
+    `all_pts`. Seeking: whenever the keyframe before the next wanted frame lies beyond every packet read so far, seek
+    to it (the frames in between are not needed: a keyframe starts a fresh decode, so the frames after it come out
+    bit for bit as in sequential decoding), and packets of frames that are not wanted are decoded with
+    `skip_frame="NONREF"` (a frame no other frame references is then not decoded at all; reference frames are, so
+    wanted frames are unchanged); raises `_SeekingNotExact` on a frame without pts. Only wanted frames are
+    converted to RGB, on this thread (with `ffmpeg_threads` other than 1, FFmpeg's frame and slice threads decode
+    under it; 0: FFmpeg's automatic count). Returns (pts of every frame
+    decoded, in output order; orientation of the first wanted frame or None)."""
+    keyframes = request.keyframes if seeking else None
+    all_pts, numbered = request.all_pts, request.numbered
+    remaining = sum(len(slots) for slots in wanted.values())
+    seen: list[int] = []
+    orientation = None
+    with _open(av, request.path, request.label) as container:
+        stream = container.streams[request.stream_index]
+        stream.thread_count = ffmpeg_threads  # 0: FFmpeg's automatic count
+        if ffmpeg_threads != 1:
+            stream.thread_type = "AUTO"  # frame + slice threads
+        order = sorted(wanted)  # wanted pts, presentation order
+        upcoming = 0  # index in `order` of the first wanted pts not yet decoded past
+        read_up_to = None  # largest pts of any packet read since the start
+        last_seek = None
+
+        def seek_target():
+            # the keyframe before the next wanted frame, when sequential decoding has not reached it yet
+            if keyframes is None or upcoming >= len(order):
+                return None
+            key = keyframes[max(bisect.bisect_right(keyframes, order[upcoming]) - 1, 0)]
+            if key <= (keyframes[0] if read_up_to is None else read_up_to):
+                return None
+            return key if last_seek is None or key > last_seek else None
+
+        try:
+            packets = container.demux(stream)
+            while packets is not None:
+                target = seek_target()
+                if target is not None:
+                    container.seek(target, stream=stream)  # to the keyframe at or before; flushes the decoder
+                    last_seek, packets = target, container.demux(stream)
+                for packet in packets:
+                    if cancel.is_set():
+                        return seen, orientation
+                    if keyframes is not None:
+                        if packet.pts is not None:
+                            read_up_to = packet.pts if read_up_to is None else max(read_up_to, packet.pts)
+                        wanted_packet = packet.pts is None or packet.pts in wanted
+                        stream.codec_context.skip_frame = "DEFAULT" if wanted_packet else "NONREF"
+                    for frame in packet.decode():
+                        pts = frame.pts
+                        if keyframes is not None and pts is None:
+                            raise _SeekingNotExact
+                        if numbered or pts is None:
+                            pts = all_pts[len(seen)] if len(seen) < len(all_pts) else None
+                        if pts is None:
+                            continue
+                        seen.append(int(pts))
+                        while upcoming < len(order) and order[upcoming] <= pts:
+                            upcoming += 1
+                        slots = wanted.get(int(pts))
+                        if not slots or delivered[slots[0]]:
+                            continue
+                        if orientation is None:
+                            # once per span: reading `frame.side_data` makes PyAV keep that frame alive until the
+                            # cyclic garbage collector runs (hundreds of MB over a long 1080p clip)
+                            orientation = _rotation_of(frame, stream)
+                        array = _orient(frame.to_ndarray(format="rgb24"), *orientation)
+                        del frame
+                        if not first:
+                            while not first_put.wait(DECODE_QUEUE_POLL_S):
+                                if cancel.is_set():
+                                    return seen, orientation
+                        if not stage.put(slots, array):
+                            return seen, orientation  # the stage stopped
+                        if first:
+                            first_put.set()
+                        for slot in slots:
+                            delivered[slot] = True
+                        remaining -= len(slots)
+                    if remaining <= 0 or stage.error is not None:
+                        packets = None
+                        break
+                    if seek_target() is not None:
+                        break  # seek, then read on from there
+                else:
+                    packets = None  # end of the stream
+        except _av_errors(av) as error:
+            raise VideoLoadError(f"cannot decode video {request.label!r}: {error}") from error
+    return seen, orientation
 
 
 def decode_file(source, sampling: dict, resize_to=None, frame_sink=None) -> tuple[np.ndarray | None, VideoMetadata]:

@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,7 @@ LONG_SECONDS = 164
 # once from pole_vault.mp4 (looped, upscaled) into ~/.cache (160 MB, not in git), timed at 64 frames and at fps 2
 # capped at 768 frames
 LONG_GOP_CLIP = Path.home() / ".cache" / "internvideo3" / "bench_long" / "pole_vault_720p30_gop250_600s.mp4"
-LONG_GOP_RUNS = {"10 min 720p, 64 frames": {"max_frames": 64}, "10 min 720p, fps 2 (768)": {"max_frames": 768}}
+LONG_GOP_RUNS = {"10 min 720p, max_frames 64": {"max_frames": 64}, "10 min 720p, capped at 768": {"max_frames": 768}}
 RSS_FRAMES = 768
 
 
@@ -166,9 +167,10 @@ def worker(kind: str, module_dir: str | None, threads: int) -> None:
         if kind == "transformers":
 
             def run(request):
+                kwargs = request.get("transformers_kwargs", {})
                 out = video_processor(
-                    videos=[request["path"]], size=request["size"], fps=2.0, do_sample_frames=True, return_tensors="pt",
-                    **request.get("transformers_kwargs", {}),
+                    videos=[request["path"]], size=request["size"], fps=None if "num_frames" in kwargs else 2.0,
+                    do_sample_frames=True, return_tensors="pt", **kwargs,
                 )
                 return out["pixel_values_videos"], out["video_grid_thw"]
 
@@ -321,6 +323,11 @@ def _before_module(ref: str, workdir: Path) -> str:
     return str(directory)
 
 
+def _saved(workdir: Path, worker: str, clip: str) -> Path:
+    """Where the first run keeps `worker`'s whole output on `clip` (torch.save)."""
+    return workdir / (re.sub(r"[^A-Za-z0-9.]+", "_", f"{worker}-{clip}") + ".pt")
+
+
 def _machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -384,7 +391,8 @@ def main() -> None:
             n, h, w, target = clip_geometry(long_clip, **settings)
             requests[name] = {
                 "path": str(long_clip), "size": transformers_size(n, h, w, target), "nframes": n + n % 2,
-                "ours_kwargs": settings, "transformers_kwargs": settings,
+                # transformers' `sample_frames` reads max_frames from the processor, not the call: it gets our count
+                "ours_kwargs": settings, "transformers_kwargs": {"num_frames": n + n % 2},
             }  # fmt: skip
             speed_clips.append(name)
             print(f"{name}: {n} frames of {h}x{w} -> {target[0]}x{target[1]}")
@@ -393,6 +401,8 @@ def main() -> None:
             if name not in LONG_GOP_RUNS:  # imports and first-call costs: the short clips are enough
                 w.ask(warmup=True, **requests[name])
 
+    # whole outputs kept from the first run, compared with ours after the table
+    compared = ["ours"] + [w.name for w in workers if w.name.startswith("ours @") or w.name == "transformers + torchcodec"]
     times = {(w.name, name): [] for w in workers for name in speed_clips}
     run_loads: list[float] = []
     results = {}
@@ -400,7 +410,7 @@ def main() -> None:
         for name in speed_clips:
             order = workers[run % len(workers) :] + workers[: run % len(workers)]  # rotate who goes first
             for w in order:
-                save = str(args.workdir / f"{w.name.split()[0]}-{name.replace(' ', '_').replace('/', '_')}.pt") if run == 0 and w.name in ("ours", "transformers + torchcodec") else None
+                save = str(_saved(args.workdir, w.name, name)) if run == 0 and w.name in compared else None
                 reply = w.ask(save=save, **requests[name])
                 times[(w.name, name)].append(reply["seconds"])
                 results[(w.name, name)] = reply
@@ -435,13 +445,12 @@ def main() -> None:
             for name in speed_clips
         )
         print(f"ours vs transformers + torchcodec: {ratios} (issue 18 target: >= 1.5x on both clips)")
-    if not args.skip_anchors:
-        import torch  # noqa: PLC0415
+    import torch  # noqa: PLC0415
 
+    for other in compared[1:]:
         for name in speed_clips:
-            a = torch.load(args.workdir / f"ours-{name.replace(' ', '_').replace('/', '_')}.pt")
-            b = torch.load(args.workdir / f"transformers-{name.replace(' ', '_').replace('/', '_')}.pt")
-            print(f"{name}: max |ours - transformers| over the whole output = {float((a - b).abs().max()):.6g} "
+            a, b = torch.load(_saved(args.workdir, "ours", name)), torch.load(_saved(args.workdir, other, name))
+            print(f"{name}: max |ours - {other}| over the whole output = {float((a - b).abs().max()):.6g} "
                   f"({int((a != b).sum()):,} of {a.numel():,} values differ)")  # fmt: skip
 
     if not args.skip_rss:

@@ -89,17 +89,22 @@ def test_seeking_decode_gives_the_sequential_frames(videos_dir, long_gop_clip, m
     """Every shipped clip and the long-GOP clip, several sampling settings: frames (pixels), indices and timestamps
     equal to sequential decoding; a clip that fails fails the same way."""
     for path in [long_gop_clip, *_clips(videos_dir)]:
-        fast = _load_or_error(path, settings)
-        with monkeypatch.context() as m:
-            _sequential(m)
-            slow = _load_or_error(path, settings)
-        if isinstance(slow, Exception):
-            assert type(fast) is type(slow) and str(fast) == str(slow), path.name
-            continue
-        assert not isinstance(fast, Exception), (path.name, fast)
-        (frames, meta), (ref_frames, ref_meta) = fast, slow
-        assert meta.frames_indices == ref_meta.frames_indices and meta.timestamps == ref_meta.timestamps, path.name
-        assert frames.shape == ref_frames.shape and np.array_equal(frames, ref_frames), path.name
+        _assert_as_sequential(path, settings, _load_or_error(path, settings), monkeypatch)
+
+
+def _assert_as_sequential(path, settings, fast, monkeypatch):
+    """`fast` (a `load_video` result or error) equals sequential decoding's: frames (pixels), indices, timestamps;
+    or the same error."""
+    with monkeypatch.context() as m:
+        _sequential(m)
+        slow = _load_or_error(path, settings)
+    if isinstance(slow, Exception):
+        assert type(fast) is type(slow) and str(fast) == str(slow), path.name
+        return
+    assert not isinstance(fast, Exception), (path.name, fast)
+    (frames, meta), (ref_frames, ref_meta) = fast, slow
+    assert meta.frames_indices == ref_meta.frames_indices and meta.timestamps == ref_meta.timestamps, path.name
+    assert frames.shape == ref_frames.shape and np.array_equal(frames, ref_frames), path.name
 
 
 def test_long_gop_clip_frames_are_the_encoded_ones(long_gop_clip):
@@ -118,3 +123,79 @@ def test_sparse_samples_decode_only_what_they_need(long_gop_clip, monkeypatch):
     assert len(meta.frames_indices) == 64 and meta.frames_indices[-1] == LONG_FRAMES - 1
     assert len(counts) == 1
     assert counts[0] < LONG_FRAMES // 2, f"decoded {counts[0]} of {LONG_FRAMES} frames for 64 sampled"
+
+
+def test_split_spans_cuts_only_where_a_seek_happens_and_balances_work():
+    """`split_spans`: spans start only where the keyframe before a wanted frame lies past the previous wanted
+    frame (no frame decoded twice), keep the order, and share the frames to decode about equally."""
+    all_pts = list(range(100))
+    keyframes = list(range(0, 100, 10))
+    order = [5, 25, 27, 45, 65, 85, 88]
+    for count in (2, 3, 4):
+        spans = D.split_spans(order, keyframes, all_pts, count)
+        assert [p for span in spans for p in span] == order and 1 < len(spans) <= count
+        for before, span in zip(spans, spans[1:]):
+            assert span[0] // 10 * 10 > before[-1]  # its keyframe lies past the previous span's last frame
+    assert D.split_spans(order, keyframes, all_pts, 2) == [[5, 25, 27, 45], [65, 85, 88]]  # 21 vs 16 frames
+    assert D.split_spans(order, keyframes, all_pts, 1) == [order]
+    assert D.split_spans([21, 23, 28], keyframes, all_pts, 4) == [[21, 23, 28]]  # one keyframe interval: no cut
+
+
+def _span_threads_used(monkeypatch, count: int) -> list[str]:
+    """Let seeking passes use `count` span threads; returns the names of the threads that decoded a span."""
+    import threading
+
+    monkeypatch.setattr(D, "_span_threads", lambda: count)
+    names: list[str] = []
+    original = D._decode_span
+
+    def recording(*args, **kwargs):
+        names.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(D, "_decode_span", recording)
+    return names
+
+
+@pytest.mark.parametrize("settings", SETTINGS[1:5] + SETTINGS[6:], ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_spans_on_their_own_threads_give_the_sequential_frames(videos_dir, long_gop_clip, monkeypatch, settings):
+    """Far-apart spans decoded by three threads, each on its own container: the long-GOP clip is split (more than
+    one thread decodes), and every clip's frames, indices and timestamps equal sequential decoding's."""
+    for path in [long_gop_clip, *_clips(videos_dir)]:
+        with monkeypatch.context() as m:
+            names = _span_threads_used(m, 3)
+            fast = _load_or_error(path, settings)
+        if path == long_gop_clip:
+            assert len(set(names)) > 1, names
+        _assert_as_sequential(path, settings, fast, monkeypatch)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+@pytest.mark.parametrize("where", ["calling thread", "span thread"])
+def test_an_error_in_one_span_stops_every_thread(long_gop_clip, monkeypatch, error, where):
+    """An error or Ctrl-C while one span converts a frame (in the calling thread's span or another's) is raised by
+    `load_video` once every decoding and resizing thread has stopped; the next call works."""
+    import threading
+
+    before = set(threading.enumerate())
+    names = _span_threads_used(monkeypatch, 3)
+    original = D._orient
+
+    def failing(*args):
+        thread = threading.current_thread()
+        if thread is (threading.main_thread() if where == "calling thread" else thread_named("internvideo3-decode-2")):
+            raise error("boom")
+        return original(*args)
+
+    def thread_named(name):
+        return next((t for t in threading.enumerate() if t.name == name), None)
+
+    monkeypatch.setattr(D, "_orient", failing)
+    with pytest.raises(error):
+        P.load_video(long_gop_clip, fps=None, max_frames=64)
+    assert len(set(names)) == 3
+    alive = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not alive, f"threads left running: {alive}"
+    monkeypatch.setattr(D, "_orient", original)
+    frames, meta = P.load_video(long_gop_clip, fps=None, max_frames=64)
+    assert frames.shape[0] == 64
