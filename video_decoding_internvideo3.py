@@ -630,7 +630,7 @@ def split_spans(order: Sequence[int], keyframes: Sequence[int], all_pts: Sequenc
     order = list(order)
     if count < 2 or len(order) < 2 or len(keyframes) < 2:
         return [order]
-    cost, cuts, total = [], [], 0
+    cuts, total = [], 0  # cuts: (frames to decode before it, index in `order`)
     for i, p in enumerate(order):
         at = bisect.bisect_left(all_pts, p)
         key = keyframes[max(bisect.bisect_right(keyframes, p) - 1, 0)]
@@ -639,7 +639,6 @@ def split_spans(order: Sequence[int], keyframes: Sequence[int], all_pts: Sequenc
             total += at - bisect.bisect_left(all_pts, key) + 1
         else:
             total += at - (bisect.bisect_left(all_pts, order[i - 1]) if i else bisect.bisect_left(all_pts, key)) + 1
-        cost.append(total)
     starts = [0]
     for k in range(1, count):
         goal = total * k / count
@@ -653,8 +652,8 @@ def split_spans(order: Sequence[int], keyframes: Sequence[int], all_pts: Sequenc
 def _decode_pass(av, request: DecodeRequest, wanted: dict[int, list[int]], shape, seeking: bool) -> DecodeResult:
     """One pass of `decode_frames`. Sequential (`seeking=False`): one thread decodes from the start. Seeking: the
     wanted frames are cut into spans (`split_spans`), one per core, each decoded by its own thread on its own
-    container (this thread takes the first); FFmpeg's frame threads alone leave cores idle after every seek, and
-    decoding stays on one core between the threads' hand-offs. All feed one `_ResizeStage`. The frames are the same
+    container (this thread takes the first): FFmpeg's frame threads refill after every seek and one frame-threaded
+    decoder used 1.5 of two cores (issue 26). All feed one `_ResizeStage`. The frames are the same
     as one span's: the stage takes its size from the first span's first frame (the others wait for it before
     handing over a frame), and every frame goes to its own output slots.
 
@@ -722,7 +721,16 @@ def _join(threads: Sequence[threading.Thread]) -> None:
 
 
 def _decode_span(
-    av, request, wanted, stage, seeking, delivered, cancel, first_put, first, ffmpeg_threads
+    av,
+    request: DecodeRequest,
+    wanted: dict[int, list[int]],
+    stage: _ResizeStage,
+    seeking: bool,
+    delivered: list[bool],
+    cancel: threading.Event,
+    first_put: threading.Event,
+    first: bool,
+    ffmpeg_threads: int,
 ) -> tuple[list[int], tuple | None]:
     """Decode one span of `_decode_pass` on its own container: the frames whose pts are in `wanted` go, as RGB, to
     `stage` (after `first_put` is set, unless this is the `first` span, which sets it with its first frame). Without
