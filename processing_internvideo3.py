@@ -6,7 +6,8 @@ Hugging Face remote code (SPEC §8): this flat file and its siblings travel with
 and `AutoVideoProcessor` load the parts alone. The parts, by file:
 
     vision_settings_internvideo3.py   constants, validation, the merge order, transformers version differences
-    video_decoding_internvideo3.py    PyAV demuxing/decoding, frame sampling, timestamps
+    video_decoding_internvideo3.py    PyAV demuxing, frame sampling, timestamps
+    video_frames_internvideo3.py      the decode pass: seeking spans on their own threads, RGB, resizing thread
     video_processing_internvideo3.py  InternVideo3VideoProcessor: budgets, in-memory frames, pixel_values_videos
     image_processing_internvideo3.py  InternVideo3ImageProcessor: images, resizing, the shared patch writer
     processing_internvideo3.py        InternVideo3Processor: prompt expansion, tokenization, the chat template
@@ -39,6 +40,7 @@ try:
     from .video_decoding_internvideo3 import (
         TruncatedVideoWarning, VideoLoadError, VideoMetadata, group_timestamps, sample_frame_indices,
     )  # fmt: skip
+    from .video_frames_internvideo3 import decode_frames  # noqa: F401 - copies video_decoding's sibling (4.57)
     from .video_processing_internvideo3 import InternVideo3VideoProcessor, as_list, as_video_list, load_video
     from .vision_settings_internvideo3 import smart_resize
     from . import vision_settings_internvideo3 as vision_settings

@@ -2,7 +2,8 @@
 
 The model itself ships as flat Hugging Face remote-code files at the repository root (`configuration_internvideo3.py`,
 `modeling_internvideo3.py`, `processing_internvideo3.py` and the processor's parts `image_processing_internvideo3.py`,
-`video_processing_internvideo3.py`, `video_decoding_internvideo3.py`, `vision_settings_internvideo3.py`, plus
+`video_processing_internvideo3.py`, `video_decoding_internvideo3.py`, `video_frames_internvideo3.py`,
+`vision_settings_internvideo3.py`, plus
 `kernels/latent_attention.py` flattened on export),
 loaded with `trust_remote_code=True`.
 
@@ -32,6 +33,7 @@ setup(
         "image_processing_internvideo3",
         "video_processing_internvideo3",
         "video_decoding_internvideo3",
+        "video_frames_internvideo3",
         "vision_settings_internvideo3",
     ],
     packages=find_packages(include=["internvideo3", "internvideo3.*"])

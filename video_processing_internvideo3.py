@@ -40,6 +40,7 @@ try:
     from . import image_processing_internvideo3 as image_processing
     from .video_decoding_internvideo3 import TruncatedVideoWarning, VideoLoadError, VideoMetadata
     from . import video_decoding_internvideo3 as video_decoding
+    from .video_frames_internvideo3 import decode_frames  # noqa: F401 - copies video_decoding's sibling (4.57)
     from .vision_settings_internvideo3 import VisionSettings
     from . import vision_settings_internvideo3 as vision_settings
 except ImportError:

@@ -41,6 +41,7 @@ REMOTE_CODE_FILES = {
     "image_processing_internvideo3.py": _module_file("image_processing_internvideo3"),
     "video_processing_internvideo3.py": _module_file("video_processing_internvideo3"),
     "video_decoding_internvideo3.py": _module_file("video_decoding_internvideo3"),
+    "video_frames_internvideo3.py": _module_file("video_frames_internvideo3"),
     "vision_settings_internvideo3.py": _module_file("vision_settings_internvideo3"),
     "latent_attention.py": PACKAGE_ROOT / "kernels" / "latent_attention.py",
 }

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import video_decoding_internvideo3 as D
+import video_frames_internvideo3 as F
 import video_processing_internvideo3 as P
 
 GOP = 50
@@ -132,28 +133,28 @@ def test_split_spans_cuts_only_where_a_seek_happens_and_balances_work():
     keyframes = list(range(0, 100, 10))
     order = [5, 25, 27, 45, 65, 85, 88]
     for count in (2, 3, 4):
-        spans = D.split_spans(order, keyframes, all_pts, count)
+        spans = F.split_spans(order, keyframes, all_pts, count)
         assert [p for span in spans for p in span] == order and 1 < len(spans) <= count
         for before, span in zip(spans, spans[1:]):
             assert span[0] // 10 * 10 > before[-1]  # its keyframe lies past the previous span's last frame
-    assert D.split_spans(order, keyframes, all_pts, 2) == [[5, 25, 27, 45], [65, 85, 88]]  # 21 vs 16 frames
-    assert D.split_spans(order, keyframes, all_pts, 1) == [order]
-    assert D.split_spans([21, 23, 28], keyframes, all_pts, 4) == [[21, 23, 28]]  # one keyframe interval: no cut
+    assert F.split_spans(order, keyframes, all_pts, 2) == [[5, 25, 27, 45], [65, 85, 88]]  # 21 vs 16 frames
+    assert F.split_spans(order, keyframes, all_pts, 1) == [order]
+    assert F.split_spans([21, 23, 28], keyframes, all_pts, 4) == [[21, 23, 28]]  # one keyframe interval: no cut
 
 
 def _span_threads_used(monkeypatch, count: int) -> list[str]:
     """Let seeking passes use `count` span threads; returns the names of the threads that decoded a span."""
     import threading
 
-    monkeypatch.setattr(D, "_span_threads", lambda: count)
+    monkeypatch.setattr(F, "_span_threads", lambda: count)
     names: list[str] = []
-    original = D._decode_span
+    original = F._decode_span
 
     def recording(*args, **kwargs):
         names.append(threading.current_thread().name)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(D, "_decode_span", recording)
+    monkeypatch.setattr(F, "_decode_span", recording)
     return names
 
 
@@ -179,7 +180,7 @@ def test_an_error_in_one_span_stops_every_thread(long_gop_clip, monkeypatch, err
 
     before = set(threading.enumerate())
     names = _span_threads_used(monkeypatch, 3)
-    original = D._orient
+    original = F._orient
 
     def failing(*args):
         thread = threading.current_thread()
@@ -190,12 +191,12 @@ def test_an_error_in_one_span_stops_every_thread(long_gop_clip, monkeypatch, err
     def thread_named(name):
         return next((t for t in threading.enumerate() if t.name == name), None)
 
-    monkeypatch.setattr(D, "_orient", failing)
+    monkeypatch.setattr(F, "_orient", failing)
     with pytest.raises(error):
         P.load_video(long_gop_clip, fps=None, max_frames=64)
     assert len(set(names)) == 3
     alive = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert not alive, f"threads left running: {alive}"
-    monkeypatch.setattr(D, "_orient", original)
+    monkeypatch.setattr(F, "_orient", original)
     frames, meta = P.load_video(long_gop_clip, fps=None, max_frames=64)
     assert frames.shape[0] == 64

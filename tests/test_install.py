@@ -19,7 +19,7 @@ import importlib.util, json
 names = ["convert", "kernels", "tests", "internvideo3.convert.gqa_to_m2la", "internvideo3.kernels.latent_attention",
          "configuration_internvideo3", "modeling_internvideo3", "processing_internvideo3",
          "image_processing_internvideo3", "video_processing_internvideo3", "video_decoding_internvideo3",
-         "vision_settings_internvideo3"]
+         "video_frames_internvideo3", "vision_settings_internvideo3"]
 import importlib.metadata
 from pathlib import Path
 REPO = Path("@REPO@")
@@ -50,7 +50,7 @@ def test_only_project_names_are_importable_outside_the_repository(tmp_path):
     assert found.pop("remote_code") == [
         "configuration_internvideo3.py", "image_processing_internvideo3.py", "latent_attention.py",
         "modeling_internvideo3.py", "processing_internvideo3.py", "video_decoding_internvideo3.py",
-        "video_processing_internvideo3.py", "vision_settings_internvideo3.py",
+        "video_frames_internvideo3.py", "video_processing_internvideo3.py", "vision_settings_internvideo3.py",
     ]  # fmt: skip
     assert all(found.values()), found
 

@@ -18,7 +18,8 @@ from tests.conftest import DEMO_VIDEO, REPO_ROOT, TOKENIZER_DIR
 
 REMOTE_CODE = [
     "configuration_internvideo3.py", "processing_internvideo3.py", "image_processing_internvideo3.py",
-    "video_processing_internvideo3.py", "video_decoding_internvideo3.py", "vision_settings_internvideo3.py",
+    "video_processing_internvideo3.py", "video_decoding_internvideo3.py", "video_frames_internvideo3.py",
+    "vision_settings_internvideo3.py",
 ]  # fmt: skip
 BUDGET = {"fps": 2, "max_frames": 4, "max_pixels": 128 * 32 * 32}
 
