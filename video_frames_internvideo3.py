@@ -103,8 +103,8 @@ def _rotation_of(frame, stream) -> tuple[float, np.ndarray | None]:
 # The decode pipeline: decoding threads (this one, and one per further span) and a resizing thread, joined by a
 # short queue
 # ---------------------------------------------------------------------------------------------------------------
-# RGB frames at the decoded size queued between the two threads: 2 keep both busy on two cores (issue 18's
-# measurement, bench/RESULTS.md); how often the resizing thread checks that it should stop, in seconds.
+# RGB frames at the decoded size queued for the resizing thread: 2 keep decoding and resizing busy on two cores
+# (issue 18's measurement, bench/RESULTS.md); how often the resizing thread checks that it should stop, in seconds.
 DECODE_QUEUE_FRAMES = 2
 DECODE_QUEUE_POLL_S = 0.05
 # Kept frames resized per `resize_frames` call: one call per batch rather than per frame means fewer thread-pool
@@ -119,7 +119,7 @@ MAX_DECODE_SPANS = 4
 
 @dataclass
 class DecodeRequest:
-    """One file's decode pass: what to decode and where the kept frames go (built by `decode_video`).
+    """One file's decode pass: what to decode and where the kept frames go (built by `decode_file`).
 
     Attributes:
         path: local path or URL PyAV opens; `label`: how messages name it (the caller's path or URL).
@@ -162,13 +162,13 @@ class _SeekingNotExact(Exception):
 
 
 class _ResizeStage:
-    """The pipeline's second thread: (slots, RGB frame [H, W, 3] uint8) items from a queue of at most
+    """The pipeline's resizing thread: (slots, RGB frame [H, W, 3] uint8) items from a queue of at most
     `DECODE_QUEUE_FRAMES` -> resized `RESIZE_BATCH_FRAMES` at a time -> `request.sink`. On two cores resizing then
     overlaps decoding instead of following it (the heavy steps release the GIL).
 
     `shape` (the displayed size) is taken from the first frame unless an earlier pass gave it; a frame of another
-    size (a resolution change mid-stream) is first resized to it. An error in this thread is kept in `error` (the
-    decoding thread raises it) and the queue drained, never blocked. A daemon thread: even one that was never joined
+    size (a resolution change mid-stream) is first resized to it. An error in this thread is kept in `error`
+    (`_decode_pass` raises it) and the queue drained, never blocked. A daemon thread: even one that was never joined
     cannot keep the interpreter from exiting."""
 
     def __init__(self, request: DecodeRequest, shape: tuple[int, int] | None):
@@ -309,31 +309,31 @@ def split_spans(order: Sequence[int], keyframes: Sequence[int], all_pts: Sequenc
     order = list(order)
     if count < 2 or len(order) < 2 or len(keyframes) < 2:
         return [order]
-    cuts, total = [], 0  # cuts: (frames to decode before it, index in `order`)
+    cuts, total, last = [], 0, None  # cuts: (frames decoded before it, index in `order`); last: the previous frame's
     for i, p in enumerate(order):
-        at = bisect.bisect_left(all_pts, p)
+        at = bisect.bisect_left(all_pts, p)  # this frame's index in `all_pts`
         key = keyframes[max(bisect.bisect_right(keyframes, p) - 1, 0)]
-        if i and key > order[i - 1]:
-            cuts.append((total, i))
-            total += at - bisect.bisect_left(all_pts, key) + 1
+        if last is None or key > order[i - 1]:  # decoding (re)starts at the keyframe
+            if last is not None:
+                cuts.append((total, i))
+            start = bisect.bisect_left(all_pts, key)
         else:
-            total += at - (bisect.bisect_left(all_pts, order[i - 1]) if i else bisect.bisect_left(all_pts, key)) + 1
+            start = last
+        total += at - start + 1
+        last = at
     starts = [0]
     for k in range(1, count):
-        goal = total * k / count
-        best = min((c for c in cuts if c[1] > starts[-1]), key=lambda c: abs(c[0] - goal), default=None)
-        if best is not None and best[0] < total:
-            starts.append(best[1])
-    starts = sorted(set(starts))
+        later = [cut for cut in cuts if cut[1] > starts[-1]]
+        if later:
+            starts.append(min(later, key=lambda cut: abs(cut[0] - total * k / count))[1])
     return [order[a:b] for a, b in zip(starts, starts[1:] + [len(order)])]
 
 
 def _decode_pass(av, request: DecodeRequest, wanted: dict[int, list[int]], shape, seeking: bool) -> DecodeResult:
     """One pass of `decode_frames`. Sequential (`seeking=False`): one thread decodes from the start. Seeking: the
-    wanted frames are cut into spans (`split_spans`), one per core, each decoded by its own thread on its own
-    container (this thread takes the first): FFmpeg's frame threads refill after every seek and one frame-threaded
-    decoder used 1.5 of two cores (issue 26). All feed one `_ResizeStage`. The frames are the same
-    as one span's: the stage takes its size from the first span's first frame (the others wait for it before
+    wanted frames are cut into spans (`split_spans`), one per core (why: `MAX_DECODE_SPANS`), each decoded by its
+    own thread on its own container (this thread takes the first). All feed one `_ResizeStage`. The frames are the
+    same as one span's: the stage takes its size from the first span's first frame (the others wait for it before
     handing over a frame), and every frame goes to its own output slots.
 
     An error in any span stops the others (each checks between packets) and is raised here once all have stopped,
@@ -420,8 +420,8 @@ def _decode_span(
     `skip_frame="NONREF"` (a frame no other frame references is then not decoded at all; reference frames are, so
     wanted frames are unchanged); raises `_SeekingNotExact` on a frame without pts. Only wanted frames are
     converted to RGB, on this thread (with `ffmpeg_threads` other than 1, FFmpeg's frame and slice threads decode
-    under it; 0: FFmpeg's automatic count). Returns (pts of every frame
-    decoded, in output order; orientation of the first wanted frame or None)."""
+    under it; 0: FFmpeg's automatic count). Returns (pts of every frame decoded, in output order; orientation of
+    the first wanted frame or None)."""
     keyframes = request.keyframes if seeking else None
     all_pts, numbered = request.all_pts, request.numbered
     remaining = sum(len(slots) for slots in wanted.values())
