@@ -245,6 +245,38 @@ def test_fused_prefill_equals_vllms_explicit_attention(lengths):
     assert (fused - explicit).abs().max().item() < 1e-5
 
 
+def _engine_config(folder, monkeypatch, amx: bool, **engine_args):
+    """vLLM's whole engine config for `folder` (no engine started), as on a CPU with AMX tiles or without."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    args = EngineArgs(model=str(folder), trust_remote_code=True, dtype="float32", max_model_len=2048, **engine_args)
+    return args.create_engine_config()
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_every_cpu_decodes_with_the_latent_backend(small_checkpoint, monkeypatch, amx):
+    """On a CPU with AMX (Intel Xeon since Sapphire Rapids) vLLM picks its AMX_MLA backend by the host, whose
+    kernels take 576-wide latents only: engines failed at load ("invalid weight input features 16"). Our
+    architectures ask for CPU_MLA, whose class is the plugin's, with its block size 16, on every CPU."""
+    from vllm.platforms import current_platform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+    config = _engine_config(small_checkpoint, monkeypatch, amx)
+    assert config.attention_config.backend == AttentionBackendEnum.CPU_MLA
+    assert config.cache_config.block_size == 16
+    selector = AttentionSelectorConfig(head_size=48, dtype=torch.float32, kv_cache_dtype="auto", block_size=16,
+                                       use_mla=True)
+    path = current_platform.get_attn_backend_cls(config.attention_config.backend, selector)
+    assert path == "internvideo3.vllm.cpu_mla.LatentCPUMLABackend"
+
+
+def test_amx_backend_asked_for_by_name_is_refused_with_the_width(small_checkpoint, monkeypatch):
+    with pytest.raises(ValueError, match=r"AMX_MLA takes kv_lora_rank \+ qk_rope_head_dim = 576 only; .* = 48"):
+        _engine_config(small_checkpoint, monkeypatch, True, attention_backend="AMX_MLA")
+
+
 def test_plugin_is_registered_through_the_entry_point():
     from importlib.metadata import entry_points
 

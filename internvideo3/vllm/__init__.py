@@ -15,15 +15,17 @@ def register() -> None:
     `model_type`s ("internvideo3", "internvideo3_text"), our PyAV video loader
     (vLLM backend "internvideo3", chosen for our folders), the media connector whose errors name the request's file
     (the default unless `VLLM_MEDIA_CONNECTOR` is set) and the MLA backend for any latent width: on CPU our decode
-    (vLLM's native CPU MLA decode kernel is 576-only) and prefill through PyTorch's fused SDPA, on CUDA vLLM's
-    Triton MLA without the metadata's 320/512/576 head-size check (`triton_mla`). Idempotent."""
+    (vLLM's native CPU MLA decode kernel is 576-only) and prefill through PyTorch's fused SDPA, asked for by our
+    architectures on every CPU (vLLM would take its 576-only `AMX_MLA` where the CPU has AMX; `config.py`), on CUDA
+    vLLM's Triton MLA without the metadata's 320/512/576 head-size check (`triton_mla`). Idempotent."""
     from vllm import ModelRegistry
 
-    from .config import register_config_convertor
+    from .config import register_architecture_config, register_config_convertor
     from .media import register_media_connector
     from .processing import register_video_loader
 
     register_config_convertor()
+    register_architecture_config((ARCHITECTURE, TEXT_ARCHITECTURE))
     register_video_loader()
     register_media_connector()
     for architecture in (ARCHITECTURE, TEXT_ARCHITECTURE):

@@ -5,6 +5,11 @@ vLLM decides `use_mla` from a hard-coded `model_type` list (`transformers_utils/
 `is_deepseek_mla`) and looks a convertor up by `hf_config.model_type` (`config/model.py`); the base convertor's
 `_get_qk_rope_head_dim` re-reads config.json when qk_rope_head_dim == qk_nope_head_dim (ours: 128/128), which is
 right for our config already.
+
+On CPU vLLM picks the MLA backend by the host, not the model: `AMX_MLA` wherever the CPU has AMX tiles (Intel Xeon
+since Sapphire Rapids; `platforms/cpu.py` `get_attn_backend_cls`), whose kernels take kv_lora_rank + qk_rope_head_dim
+= 512 + 64 only and bf16 only. So our models ask for `CPU_MLA` (the plugin's latent backend, any width) through
+vLLM's per-architecture config hook, which runs before the platform reads the choice.
 """
 
 from __future__ import annotations
@@ -25,3 +30,37 @@ def register_config_convertor() -> None:
 
     for model_type in ("internvideo3", "internvideo3_text"):  # the video model; converted text-only models
         MODEL_ARCH_CONFIG_CONVERTORS.setdefault(model_type, InternVideo3ModelArchConfigConvertor)
+
+
+AMX_HEAD_SIZE = 576  # AMX_MLA's only head size (vllm/v1/attention/backends/mla/amx_mla.py)
+
+
+def register_architecture_config(architectures) -> None:
+    """Add our `architectures` to vLLM's `MODELS_CONFIG_MAP` (called from `VllmConfig.__post_init__`, before
+    `current_platform.check_and_update_config`). On CPU an unset attention backend becomes `CPU_MLA`; an explicit
+    `AMX_MLA` for a latent width other than 576 raises ValueError naming `--attention-backend`, instead of the AMX
+    weight packer's "invalid weight input features" at load. Other platforms: unchanged."""
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
+
+    class InternVideo3VllmConfig(VerifyAndUpdateConfig):
+        @staticmethod
+        def verify_and_update_config(vllm_config) -> None:
+            from vllm.platforms import current_platform
+            from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+            if not current_platform.is_cpu():
+                return
+            attention = vllm_config.attention_config
+            text = vllm_config.model_config.hf_text_config
+            width = int(text.kv_lora_rank) + int(text.qk_rope_head_dim)
+            if attention.backend is None:
+                attention.backend = AttentionBackendEnum.CPU_MLA
+            elif attention.backend == AttentionBackendEnum.AMX_MLA and width != AMX_HEAD_SIZE:
+                raise ValueError(
+                    f"--attention-backend AMX_MLA takes kv_lora_rank + qk_rope_head_dim = {AMX_HEAD_SIZE} only; "
+                    f"this model has {text.kv_lora_rank} + {text.qk_rope_head_dim} = {width}: use CPU_MLA or leave "
+                    "the backend unset"
+                )
+
+    for architecture in architectures:
+        MODELS_CONFIG_MAP.setdefault(architecture, InternVideo3VllmConfig)
