@@ -309,12 +309,12 @@ def split_spans(order: Sequence[int], keyframes: Sequence[int], all_pts: Sequenc
     order = list(order)
     if count < 2 or len(order) < 2 or len(keyframes) < 2:
         return [order]
-    cuts, total, last = [], 0, None  # cuts: (frames decoded before it, index in `order`); last: the previous frame's
+    cuts, total, last = [], 0, 0  # cuts: (frames decoded before it, index in `order`); last: the previous frame's
     for i, p in enumerate(order):
         at = bisect.bisect_left(all_pts, p)  # this frame's index in `all_pts`
         key = keyframes[max(bisect.bisect_right(keyframes, p) - 1, 0)]
-        if last is None or key > order[i - 1]:  # decoding (re)starts at the keyframe
-            if last is not None:
+        if i == 0 or key > order[i - 1]:  # decoding (re)starts at the keyframe
+            if i:
                 cuts.append((total, i))
             start = bisect.bisect_left(all_pts, key)
         else:

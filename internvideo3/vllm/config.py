@@ -32,14 +32,12 @@ def register_config_convertor() -> None:
         MODEL_ARCH_CONFIG_CONVERTORS.setdefault(model_type, InternVideo3ModelArchConfigConvertor)
 
 
-AMX_HEAD_SIZE = 576  # AMX_MLA's only head size (vllm/v1/attention/backends/mla/amx_mla.py)
-
-
 def register_architecture_config(architectures) -> None:
     """Add our `architectures` to vLLM's `MODELS_CONFIG_MAP` (called from `VllmConfig.__post_init__`, before
     `current_platform.check_and_update_config`). On CPU an unset attention backend becomes `CPU_MLA`; an explicit
-    `AMX_MLA` for a latent width other than 576 raises ValueError naming `--attention-backend`, instead of the AMX
-    weight packer's "invalid weight input features" at load. Other platforms: unchanged."""
+    `AMX_MLA` for a latent width it does not support (its `get_supported_head_sizes()`: 576) raises ValueError naming
+    `--attention-backend`, instead of the AMX weight packer's "invalid weight input features" at load. Other
+    platforms: unchanged."""
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP, VerifyAndUpdateConfig
 
     class InternVideo3VllmConfig(VerifyAndUpdateConfig):
@@ -55,9 +53,13 @@ def register_architecture_config(architectures) -> None:
             width = int(text.kv_lora_rank) + int(text.qk_rope_head_dim)
             if attention.backend is None:
                 attention.backend = AttentionBackendEnum.CPU_MLA
-            elif attention.backend == AttentionBackendEnum.AMX_MLA and width != AMX_HEAD_SIZE:
+            elif attention.backend == AttentionBackendEnum.AMX_MLA:
+                sizes = AttentionBackendEnum.AMX_MLA.get_class().get_supported_head_sizes()
+                if width in sizes:
+                    return
+                supported = " or ".join(map(str, sizes))
                 raise ValueError(
-                    f"--attention-backend AMX_MLA takes kv_lora_rank + qk_rope_head_dim = {AMX_HEAD_SIZE} only; "
+                    f"--attention-backend AMX_MLA takes kv_lora_rank + qk_rope_head_dim = {supported} only; "
                     f"this model has {text.kv_lora_rank} + {text.qk_rope_head_dim} = {width}: use CPU_MLA or leave "
                     "the backend unset"
                 )
